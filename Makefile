@@ -1,0 +1,48 @@
+# Pond: `make run` starts the stack, `make test` runs the suite. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto')
+GEN_STAMP := gen/.stamp
+
+.PHONY: setup run test test-redis bench lint protos clean
+
+setup: $(STAMP) $(GEN_STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	# Make the repo root and gen/ importable from anywhere (python -m services.member).
+	$(PY) -c "import sysconfig, pathlib; root = pathlib.Path.cwd(); pathlib.Path(sysconfig.get_paths()['purelib'], 'pond-paths.pth').write_text(f'{root}\n{root / \"gen\"}\n')"
+	touch $(STAMP)
+
+protos: $(STAMP)
+	rm -rf gen
+	$(MAKE) $(GEN_STAMP)
+
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch $(GEN_STAMP)
+
+run: setup
+	$(PY) -m stack
+
+test: setup
+	$(PY) -m pytest -q
+
+# The tests that need a Redis-compatible server (CI reruns them against redis-server).
+test-redis: setup
+	$(PY) -m pytest -q -m redis
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) gen .pond

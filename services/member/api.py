@@ -1,0 +1,439 @@
+"""The MemberService servicer: checks input, turns protos into use-case calls and
+results back into protos. No rules live here (domain/), no I/O (service layer)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from pond.member.v1 import member_pb2 as pb
+from pond.member.v1 import member_pb2_grpc
+
+from services.member import convert
+from services.member.app import MemberApp
+from services.member.domain import members as dm
+from services.member.domain.members import Gender, IdentityKind
+from services.member.domain.orders import OrderItem
+from services.member.service import Idem, NewIdentity
+from services.member.store import MemberFilter
+from services.runtime.auth import Role, current_caller, ensure_acts_for
+from services.runtime.errors import Violations, invalid_argument
+from services.runtime.idempotency import fingerprint
+from services.runtime.paging import decode_token, encode_token, page_size
+
+DOMAIN = "pond.member"
+MAX_ID = 128
+MAX_TEXT = 256
+MAX_POINTS = 1_000_000_000
+MAX_FEN = 10_000_000_000  # 100 million yuan
+MAX_ITEMS = 200
+MAX_IDENTITIES = 8
+# POS clocks drift: a paid time a few minutes ahead is accepted.
+FUTURE_SLACK = timedelta(minutes=10)
+
+OPS = frozenset({Role.OPERATOR, Role.SERVICE})
+STAFF = OPS | {Role.GUIDE}
+EVERYONE = STAFF | {Role.GATEWAY}
+# Which roles may call which method. The gateway is further limited to the member
+# it verified (ensure_acts_for); guides work the POS and the WeCom sidebar.
+AUTH_RULES: dict[str, frozenset[Role]] = {
+    "RegisterMember": EVERYONE, "GetMember": EVERYONE, "FindMember": STAFF,
+    "ListMembers": STAFF, "UpdateMember": EVERYONE, "AddMemberIdentity": EVERYONE,
+    "SetPaidMembership": OPS, "GetTierProgram": EVERYONE, "UpdateTierProgram": OPS,
+    "EvaluateTiers": OPS, "ListTierChanges": EVERYONE, "RedeemPoints": EVERYONE,
+    "AdjustPoints": OPS, "ListPointsEntries": EVERYONE, "ListExpiringPoints": EVERYONE,
+    "RunPointsExpiry": OPS, "TopUpStoredValue": STAFF, "PayWithStoredValue": EVERYONE,
+    "RefundStoredValuePayment": OPS, "ListStoredValueEntries": EVERYONE,
+    "RecordOrder": STAFF, "RefundOrder": OPS, "GetOrder": EVERYONE, "ListOrders": EVERYONE,
+}
+# What a customer may change about themselves through the gateway.
+GATEWAY_UPDATABLE = frozenset({"profile", "profile.name", "profile.gender", "profile.birthday",
+                               "profile.city", "consents"})
+
+
+def _request_id() -> str:
+    return structlog.contextvars.get_contextvars().get("request_id", "")
+
+
+def _text(v: Violations, path: str, value: str, *, required: bool = False,
+          limit: int = MAX_ID) -> None:
+    if required and not value:
+        v.add(path, "is required")
+    elif len(value) > limit:
+        v.add(path, f"must be at most {limit} characters")
+
+
+def _idem(v: Violations, request) -> Idem:
+    key = request.idempotency_key
+    if not key:
+        v.add("idempotency_key", "is required for calls that move value")
+    elif len(key) > MAX_ID:
+        v.add("idempotency_key", f"must be at most {MAX_ID} characters")
+    return Idem(key, fingerprint(request))
+
+
+def _enum(v: Violations, path: str, value: int, valid, *, required: bool = False) -> None:
+    if value == 0 and required:
+        v.add(path, "is required")
+    elif value != 0 and value not in valid:
+        v.add(path, f"unknown value {value}")
+
+
+def _positive(v: Violations, path: str, value: int, limit: int) -> None:
+    if not 0 < value <= limit:
+        v.add(path, f"must be between 1 and {limit}")
+
+
+def _identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | None:
+    problem = dm.identity_problem(ident.kind, ident.value, ident.app_id)
+    if problem:
+        v.add(path, problem)
+        return None
+    kind = IdentityKind(ident.kind)
+    if kind is IdentityKind.PHONE:
+        return NewIdentity(kind, dm.normalize_phone(ident.value) or "")
+    return NewIdentity(kind, ident.value, ident.app_id if kind is IdentityKind.WECHAT_OPENID else "")
+
+
+def _profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:
+    out: dict = {}
+    if {"profile", f"{prefix}.name"} & paths or not paths:
+        _text(v, f"{prefix}.name", p.name, limit=64)
+        out["name"] = p.name.strip()
+    if {"profile", f"{prefix}.gender"} & paths or not paths:
+        _enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
+        out["gender"] = Gender(p.gender) if p.gender in iter(Gender) else Gender.UNSPECIFIED
+    if {"profile", f"{prefix}.birthday"} & paths or not paths:
+        problem = dm.birthday_problem(p.birthday)
+        if problem:
+            v.add(f"{prefix}.birthday", problem)
+        out["birthday"] = p.birthday
+    if {"profile", f"{prefix}.city"} & paths or not paths:
+        _text(v, f"{prefix}.city", p.city, limit=64)
+        out["city"] = p.city.strip()
+    return out
+
+
+def _consents(v: Violations, consents, now: datetime) -> dict[int, tuple[bool, datetime]]:
+    out = {}
+    for i, c in enumerate(consents):
+        _enum(v, f"consents[{i}].channel", c.channel, dm.VALID_CONTACT_CHANNELS, required=True)
+        out[c.channel] = (c.granted, now)
+    return out
+
+
+def _limit(v: Violations, size: int) -> int:
+    return page_size(size, v)
+
+
+class MemberServicer(member_pb2_grpc.MemberServiceServicer):
+    def __init__(self, app: MemberApp) -> None:
+        self.app = app
+
+    async def _member_pb(self, m) -> pb.Member:
+        caller = current_caller.get()
+        program = await self.app.tier_program()
+        return convert.member_pb(m, program, self.app.reveal, caller is None or caller.sees_phone)
+
+    # -- members --
+    async def RegisterMember(self, request: pb.RegisterMemberRequest, context) -> pb.RegisterMemberResponse:
+        v = Violations(DOMAIN)
+        if not request.identities:
+            v.add("identities", "at least one identity is required")
+        elif len(request.identities) > MAX_IDENTITIES:
+            v.add("identities", f"at most {MAX_IDENTITIES}")
+        identities = [_identity(v, f"identities[{i}]", ident)
+                      for i, ident in enumerate(request.identities)]
+        profile = _profile_fields(v, request.profile, "profile", set())
+        for path in ("store_id", "guide_id", "referrer_id"):
+            _text(v, path, getattr(request, path))
+        _enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
+        consents = _consents(v, request.consents, self.app.now())
+        v.raise_if_any()
+        fields = dict(profile, store_id=request.store_id, guide_id=request.guide_id,
+                      channel=request.acquisition_channel, referrer_id=request.referrer_id,
+                      consents=consents)
+        m, created = await self.app.register([i for i in identities if i], fields, _request_id())
+        return pb.RegisterMemberResponse(member=await self._member_pb(m), created=created)
+
+    async def GetMember(self, request: pb.GetMemberRequest, context) -> pb.Member:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        return await self._member_pb(await self.app.get(request.member_id))
+
+    async def FindMember(self, request: pb.FindMemberRequest, context) -> pb.Member:
+        v = Violations(DOMAIN)
+        ident = _identity(v, "identity", request.identity)
+        v.raise_if_any()
+        return await self._member_pb(await self.app.find(ident))
+
+    async def ListMembers(self, request: pb.ListMembersRequest, context) -> pb.ListMembersResponse:
+        v = Violations(DOMAIN)
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        _enum(v, "kind", request.kind, [k.value for k in dm.MemberKind])
+        _enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
+        if not 0 <= request.tier_level <= 3:
+            v.add("tier_level", "must be 0..3 (or unset for any tier)")
+        _text(v, "store_id", request.store_id)
+        _text(v, "guide_id", request.guide_id)
+        v.raise_if_any()
+        flt = MemberFilter(store_id=request.store_id, guide_id=request.guide_id,
+                           tier_level=request.tier_level if request.HasField("tier_level")
+                           else -1, kind=request.kind, channel=request.acquisition_channel)
+        page = await self.app.list(flt, str(cursor.get("a", "")), limit + 1)
+        token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
+        return pb.ListMembersResponse(members=[await self._member_pb(m) for m in page[:limit]],
+                                      next_page_token=token)
+
+    async def UpdateMember(self, request: pb.UpdateMemberRequest, context) -> pb.Member:
+        v = Violations(DOMAIN)
+        member_id = request.member.id
+        _text(v, "member.id", member_id, required=True)
+        paths = set(request.update_mask.paths)
+        if not paths:
+            v.add("update_mask", "name the fields to update")
+        for path in paths - dm.UPDATABLE_PATHS:
+            v.add("update_mask", f"{path!r} cannot be updated")
+        caller = current_caller.get()
+        if caller is not None and caller.role is Role.GATEWAY:
+            for path in paths - GATEWAY_UPDATABLE:
+                v.add("update_mask", f"{path!r} cannot be changed by the member")
+        v.raise_if_any()
+        src = request.member
+        values = _profile_fields(v, src.profile, "member.profile", paths) if paths & {
+            "profile", "profile.name", "profile.gender", "profile.birthday", "profile.city"} else {}
+        for path in ("store_id", "guide_id", "referrer_id"):
+            if path in paths:
+                _text(v, f"member.{path}", getattr(src, path))
+                values[path] = getattr(src, path)
+        if "co_branded" in paths:
+            values["co_branded"] = src.co_branded
+        if "consents" in paths:
+            values["consents"] = _consents(v, src.consents, self.app.now())
+        v.raise_if_any()
+        ensure_acts_for(member_id)
+        if values.get("referrer_id"):
+            await self.app.get(values["referrer_id"])
+        return await self._member_pb(await self.app.update(member_id, values, _request_id()))
+
+    async def AddMemberIdentity(self, request: pb.AddMemberIdentityRequest, context) -> pb.Member:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        ident = _identity(v, "identity", request.identity)
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        return await self._member_pb(
+            await self.app.add_identity(request.member_id, ident, _request_id()))
+
+    async def SetPaidMembership(self, request: pb.SetPaidMembershipRequest, context) -> pb.Member:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        if not request.HasField("paid_until"):
+            v.add("paid_until", "is required")
+        idem = _idem(v, request)
+        v.raise_if_any()
+        until = request.paid_until.ToDatetime(tzinfo=UTC)
+        return await self._member_pb(await self.app.set_paid_membership(
+            request.member_id, until, idem, _request_id()))
+
+    # -- tiers --
+    async def GetTierProgram(self, request, context) -> pb.TierProgram:
+        return convert.program_pb(await self.app.get_program())
+
+    async def UpdateTierProgram(self, request: pb.UpdateTierProgramRequest, context) -> pb.TierProgram:
+        return convert.program_pb(
+            await self.app.update_program(convert.program_from_pb(request.program)))
+
+    async def EvaluateTiers(self, request, context) -> pb.EvaluateTiersResponse:
+        evaluated, downgraded = await self.app.evaluate_tiers()
+        return pb.EvaluateTiersResponse(members_evaluated=evaluated, members_downgraded=downgraded)
+
+    async def ListTierChanges(self, request: pb.ListTierChangesRequest, context) -> pb.ListTierChangesResponse:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await self.app.list_tier_changes(request.member_id, int(cursor.get("s", 0)),
+                                                limit + 1)
+        token = encode_token({"s": page[limit - 1][0]}) if len(page) > limit else ""
+        return pb.ListTierChangesResponse(
+            changes=[convert.tier_change_pb(c) for _s, c in page[:limit]], next_page_token=token)
+
+    # -- points --
+    async def RedeemPoints(self, request: pb.RedeemPointsRequest, context) -> pb.PointsEntry:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        _positive(v, "points", request.points, MAX_POINTS)
+        _text(v, "reason", request.reason, limit=MAX_TEXT)
+        idem = _idem(v, request)
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        return convert.points_entry_pb(await self.app.redeem_points(
+            request.member_id, request.points, request.reason, idem, _request_id()))
+
+    async def AdjustPoints(self, request: pb.AdjustPointsRequest, context) -> pb.PointsEntry:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        if request.delta == 0 or abs(request.delta) > MAX_POINTS:
+            v.add("delta", f"must be non-zero and at most {MAX_POINTS} either way")
+        _text(v, "reason", request.reason, required=True, limit=MAX_TEXT)
+        idem = _idem(v, request)
+        v.raise_if_any()
+        return convert.points_entry_pb(await self.app.adjust_points(
+            request.member_id, request.delta, request.reason, idem, _request_id()))
+
+    async def ListPointsEntries(self, request: pb.ListPointsEntriesRequest, context) -> pb.ListPointsEntriesResponse:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await self.app.list_points_entries(request.member_id, str(cursor.get("b", "")),
+                                                  limit + 1)
+        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
+        return pb.ListPointsEntriesResponse(
+            entries=[convert.points_entry_pb(e) for e in page[:limit]], next_page_token=token)
+
+    async def ListExpiringPoints(self, request: pb.ListExpiringPointsRequest, context) -> pb.ListExpiringPointsResponse:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id)
+        if not 1 <= request.within_days <= 366:
+            v.add("within_days", "must be between 1 and 366")
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await self.app.expiring_points(request.member_id, request.within_days,
+                                              str(cursor.get("a", "")), limit + 1)
+        token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
+        return pb.ListExpiringPointsResponse(
+            expiring=[convert.expiring_pb(lot) for lot in page[:limit]], next_page_token=token)
+
+    async def RunPointsExpiry(self, request: pb.RunPointsExpiryRequest, context) -> pb.RunPointsExpiryResponse:
+        if not 0 <= request.remind_within_days <= 366:
+            raise invalid_argument([("remind_within_days", "must be 0..366")], domain=DOMAIN)
+        members, points, announced = await self.app.run_points_expiry(
+            request.remind_within_days or 30)
+        return pb.RunPointsExpiryResponse(members_expired=members, points_expired=points,
+                                          lots_announced=announced)
+
+    # -- stored value --
+    async def TopUpStoredValue(self, request: pb.TopUpStoredValueRequest, context) -> pb.StoredValueEntry:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
+        if not 0 <= request.bonus_fen <= MAX_FEN:
+            v.add("bonus_fen", f"must be between 0 and {MAX_FEN}")
+        _text(v, "reference", request.reference, limit=MAX_TEXT)
+        idem = _idem(v, request)
+        v.raise_if_any()
+        return convert.sv_entry_pb(await self.app.top_up(
+            request.member_id, request.amount_fen, request.bonus_fen, request.reference, idem,
+            _request_id()))
+
+    async def PayWithStoredValue(self, request: pb.PayWithStoredValueRequest, context) -> pb.StoredValueEntry:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
+        _text(v, "reference", request.reference, required=True, limit=MAX_TEXT)
+        idem = _idem(v, request)
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        return convert.sv_entry_pb(await self.app.pay(
+            request.member_id, request.amount_fen, request.reference, idem, _request_id()))
+
+    async def RefundStoredValuePayment(self, request: pb.RefundStoredValuePaymentRequest, context) -> pb.StoredValueEntry:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        _text(v, "payment_entry_id", request.payment_entry_id, required=True)
+        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
+        idem = _idem(v, request)
+        v.raise_if_any()
+        return convert.sv_entry_pb(await self.app.refund_payment(
+            request.member_id, request.payment_entry_id, request.amount_fen, idem,
+            _request_id()))
+
+    async def ListStoredValueEntries(self, request: pb.ListStoredValueEntriesRequest, context) -> pb.ListStoredValueEntriesResponse:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await self.app.list_stored_value_entries(
+            request.member_id, str(cursor.get("b", "")), limit + 1)
+        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
+        return pb.ListStoredValueEntriesResponse(
+            entries=[convert.sv_entry_pb(e) for e in page[:limit]], next_page_token=token)
+
+    # -- orders --
+    async def RecordOrder(self, request: pb.RecordOrderRequest, context) -> pb.RecordOrderResponse:
+        v = Violations(DOMAIN)
+        _text(v, "order_id", request.order_id, required=True)
+        _text(v, "member_id", request.member_id, required=True)
+        _enum(v, "channel", request.channel, dm.VALID_CHANNELS, required=True)
+        _text(v, "store_id", request.store_id)
+        _text(v, "guide_id", request.guide_id)
+        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
+        if len(request.items) > MAX_ITEMS:
+            v.add("items", f"at most {MAX_ITEMS} items")
+        for i, item in enumerate(request.items[:MAX_ITEMS]):
+            _text(v, f"items[{i}].sku", item.sku, required=True)
+            _text(v, f"items[{i}].category", item.category, limit=64)
+            _positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
+            if not 0 <= item.unit_price_fen <= MAX_FEN:
+                v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {MAX_FEN}")
+        paid_at = request.paid_time.ToDatetime(tzinfo=UTC) if request.HasField("paid_time") else None
+        if paid_at is not None and paid_at > self.app.now() + FUTURE_SLACK:
+            v.add("paid_time", "is in the future")
+        v.raise_if_any()
+        items = tuple(OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen)
+                      for i in request.items)
+        order, member, replayed = await self.app.record_order(
+            order_id=request.order_id, member_id=request.member_id, channel=request.channel,
+            store_id=request.store_id, guide_id=request.guide_id, items=items,
+            amount_fen=request.amount_fen, paid_at=paid_at, fingerprint=fingerprint(request),
+            request_id=_request_id())
+        return pb.RecordOrderResponse(order=convert.order_pb(order),
+                                      member=await self._member_pb(member), replayed=replayed)
+
+    async def RefundOrder(self, request: pb.RefundOrderRequest, context) -> pb.RefundOrderResponse:
+        v = Violations(DOMAIN)
+        _text(v, "order_id", request.order_id, required=True)
+        _text(v, "refund_id", request.refund_id, required=True)
+        if not 0 <= request.refund_fen <= MAX_FEN:
+            v.add("refund_fen", f"must be 0 (everything left) up to {MAX_FEN}")
+        v.raise_if_any()
+        idem = Idem(request.refund_id, fingerprint(request))
+        order, member, points, growth = await self.app.refund_order(
+            request.order_id, request.refund_id, request.refund_fen, idem, _request_id())
+        return pb.RefundOrderResponse(order=convert.order_pb(order),
+                                      member=await self._member_pb(member),
+                                      points_reversed=points, growth_reversed=growth)
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.Order:
+        v = Violations(DOMAIN)
+        _text(v, "order_id", request.order_id, required=True)
+        v.raise_if_any()
+        order = await self.app.order(request.order_id)
+        ensure_acts_for(order.member_id)
+        return convert.order_pb(order)
+
+    async def ListOrders(self, request: pb.ListOrdersRequest, context) -> pb.ListOrdersResponse:
+        v = Violations(DOMAIN)
+        _text(v, "member_id", request.member_id, required=True)
+        limit = _limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await self.app.list_orders(request.member_id, str(cursor.get("b", "")), limit + 1)
+        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
+        return pb.ListOrdersResponse(orders=[convert.order_pb(o) for o in page[:limit]],
+                                     next_page_token=token)
+

@@ -1,0 +1,12 @@
+"""The member service application: every use case over one store, clock and cipher."""
+
+from __future__ import annotations
+
+from services.member.ledgers import LedgerUseCases
+from services.member.purchases import PurchaseUseCases
+from services.member.service import MemberUseCases
+from services.member.tiering import TierUseCases
+
+
+class MemberApp(MemberUseCases, LedgerUseCases, PurchaseUseCases, TierUseCases):
+    """Composed from the use-case groups; they share MemberCore's plumbing."""

@@ -1,0 +1,140 @@
+"""Use cases of orders from every channel: recording one (growth, points at the tier
+multiplier, kind, purchase statistics, tier upgrade) and refunding it (reversing
+points and growth in proportion, once per refund id)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from services.member.domain import orders as do
+from services.member.domain import points as dp
+from services.member.domain.errors import RuleViolation
+from services.member.domain.members import Member
+from services.member.domain.orders import Order, OrderItem
+from services.member.domain.points import PointsEntryKind
+from services.member.events import EventWriter
+from services.member.service import Idem, MemberCore, rule_error
+from services.member.store import Change, DuplicateKey, StoreConflict
+from services.runtime.errors import not_found
+from services.runtime.idempotency import key_reused
+from services.runtime.ids import new_id
+
+DOMAIN = "pond.member"
+
+
+class PurchaseUseCases(MemberCore):
+    async def order(self, order_id: str) -> Order:
+        o = await self.store.get_order(order_id)
+        if o is None:
+            raise not_found("order", order_id, domain=DOMAIN)
+        return o
+
+    async def record_order(
+        self, *, order_id: str, member_id: str, channel: int, store_id: str, guide_id: str,
+        items: tuple[OrderItem, ...], amount_fen: int, paid_at: datetime | None,
+        fingerprint: str, request_id: str = "",
+    ) -> tuple[Order, Member, bool]:
+        async def once() -> tuple[Order, Member, bool]:
+            existing = await self.store.get_order(order_id)
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    raise key_reused(order_id, domain=DOMAIN)
+                return existing, self.view(await self.member(existing.member_id)), True
+            m = await self.member(member_id)
+            now, expected = self.now(), m.version
+            when = paid_at or now
+            program = await self.tier_program()
+            multiplier = program.tier(m.tier_level).points_multiplier_permille
+            points = dp.points_for_order(amount_fen, self.rules.points_per_yuan, multiplier)
+            growth = do.growth_for_order(amount_fen, self.rules.growth_per_yuan)
+            order = Order(order_id, m.id, channel, store_id, guide_id, items, amount_fen, when,
+                          points, growth, fingerprint)
+            events = EventWriter(now, request_id)
+            change = Change(member=m, expected_version=expected, order=order, new_order=True)
+            if points:
+                move = dp.grant(entry_id=new_id("p"), member_id=m.id, balance=m.points_balance,
+                                points=points, now=now, order_id=order_id,
+                                reason=f"order {order_id}",
+                                expires_at=now + timedelta(days=self.rules.points_valid_days))
+                change.lots += move.lots
+                change.points_entries.append(move.entry)
+                m.points_balance = move.balance
+            m.growth_value += growth
+            m.paid_order_count += 1
+            m.total_spent_fen += amount_fen
+            m.first_paid_at = min(m.first_paid_at or when, when)
+            m.last_paid_at = max(m.last_paid_at or when, when)
+            in_window = when >= program.window_start(now)
+            await self.apply_tier_upgrade(m, now, events, change, growth if in_window else 0)
+            kind_before = m.kind
+            self.touch(m, now)
+            events.order_paid(order, m.paid_order_count)
+            if points:
+                events.points(change.points_entries[0])
+            if m.kind is not kind_before:
+                events.updated(m, ["kind"])
+            change.events = events.events
+            try:
+                await self.commit(change)
+            except DuplicateKey as exc:
+                raise StoreConflict(order_id) from exc  # recorded concurrently: replay it
+            return order, self.view(m), False
+
+        return await self.retrying(once)
+
+    async def refund_order(self, order_id: str, refund_id: str, refund_fen: int, idem: Idem,
+                           request_id: str = "") -> tuple[Order, Member, int, int]:
+        async def replay(result_id: str) -> tuple[Order, Member, int, int]:
+            o = await self.order(order_id)
+            refund = o.refund(refund_id)
+            entry_id = result_id.partition("|")[2]
+            entry = await self.store.get_points_entry(entry_id) if entry_id else None
+            reversed_points = -entry.delta if entry else 0
+            return o, await self.get(o.member_id), reversed_points, refund.growth if refund else 0
+
+        async def attempt() -> tuple[Change, str, tuple[Order, Member, int, int]]:
+            o = await self.order(order_id)
+            m = await self.member(o.member_id)
+            now, expected = self.now(), m.version
+            try:
+                refund = do.plan_refund(o, refund_id, refund_fen, now)
+            except RuleViolation as exc:
+                raise rule_error(exc) from exc
+            change = Change(member=m, expected_version=expected)
+            events = EventWriter(now, request_id)
+            reversed_points, entry_id = 0, ""
+            if refund.points > 0 and m.points_balance > 0:
+                # If the member already spent them, take back what is left: the
+                # balance never goes negative; the entry shows what was recovered.
+                move = dp.spend(entry_id=new_id("p"), member_id=m.id,
+                                lots=await self.store.open_lots(m.id), points=refund.points,
+                                now=now, kind=PointsEntryKind.REVERSE, order_id=order_id,
+                                reason=f"refund {refund_id} of order {order_id}",
+                                allow_partial=True)
+                if move.entry.delta:
+                    change.lots += move.lots
+                    change.points_entries.append(move.entry)
+                    m.points_balance = move.balance
+                    reversed_points, entry_id = -move.entry.delta, move.entry.id
+                    events.points(move.entry)
+            fully = o.refunded_fen + refund.fen >= o.amount_fen
+            o = replace(o, refunds=[*o.refunds, refund])
+            m.growth_value = max(0, m.growth_value - refund.growth)
+            m.total_spent_fen = max(0, m.total_spent_fen - refund.fen)
+            if fully:
+                m.paid_order_count = max(0, m.paid_order_count - 1)
+            kind_before = m.kind
+            self.touch(m, now)
+            if m.kind is not kind_before:
+                events.updated(m, ["kind"])
+            events.order_refunded(o, refund, reversed_points)
+            change.order = o
+            change.events = events.events
+            return change, f"{refund_id}|{entry_id}", (o, self.view(m), reversed_points, refund.growth)
+
+        return await self.idempotent(f"RefundOrder:{order_id}", idem, attempt, replay)
+
+    async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
+        await self.member(member_id)
+        return await self.store.list_orders(member_id, before_id, limit)

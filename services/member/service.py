@@ -1,0 +1,327 @@
+"""The member service's units of work: load, apply the domain rules, commit the
+change with its events and idempotency record, retry on a concurrent change.
+
+No gRPC here (api.py translates); no rules here (domain/ decides)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+import structlog
+
+from services.member.domain import members as dm
+from services.member.domain.errors import RuleViolation
+from services.member.domain.members import Identity, IdentityKind, Member
+from services.member.domain.tiers import DEFAULT_PROGRAM, TierChange, TierProgram, upgrade_to
+from services.member.events import EventWriter
+from services.member.store import (
+    Change, DuplicateKey, IdentityTaken, MemberFilter, MemberStore, StoreConflict,
+)
+from services.runtime.clock import Clock
+from services.runtime.crypto import FieldCipher
+from services.runtime.errors import (
+    PondError, already_exists, failed_precondition, invalid_argument, not_found,
+)
+from services.runtime.idempotency import IdempotencyRecord, key_reused
+from services.runtime.ids import new_id
+
+DOMAIN = "pond.member"
+MAX_ATTEMPTS = 8
+T = TypeVar("T")
+log = structlog.get_logger("pond.member")
+
+
+@dataclass(frozen=True)
+class LoyaltyRules:
+    """The brand's loyalty settings (configuration, see MemberSettings)."""
+
+    consuming_order_threshold: int = 1
+    points_per_yuan: int = 1
+    growth_per_yuan: int = 1
+    points_valid_days: int = 365
+
+
+@dataclass(frozen=True)
+class Idem:
+    """A value-moving call's idempotency key and request digest."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class NewIdentity:
+    kind: IdentityKind
+    value: str  # phones already normalized
+    app_id: str = ""
+
+
+def rule_error(exc: RuleViolation) -> PondError:
+    return failed_precondition(exc.reason, exc.message, domain=DOMAIN, **exc.metadata)
+
+
+class MemberCore:
+    """Shared plumbing for the member service's use cases."""
+
+    def __init__(self, store: MemberStore, clock: Clock, cipher: FieldCipher,
+                 rules: LoyaltyRules, on_commit: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.clock = clock
+        self.cipher = cipher
+        self.rules = rules
+        self._on_commit = on_commit
+        self._program: tuple[float, TierProgram] | None = None
+
+    # -- plumbing --
+    async def commit(self, change: Change) -> None:
+        await self.store.commit(change)
+        if change.events:
+            self._on_commit()
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs `attempt` again when a concurrent change won the race."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return await attempt()
+            except StoreConflict:
+                continue
+        raise PondError(grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE", "the member changed concurrently; retry",
+                        DOMAIN)
+
+    async def idempotent(self, scope: str, idem: Idem,
+                         attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
+                         replay: Callable[[str], Awaitable[T]]) -> T:
+        """Replays the first result for a known key (same request), rejects the key
+        with other parameters, otherwise runs `attempt` -> (change, result id, result)
+        and commits the change together with the idempotency record."""
+
+        async def once() -> T:
+            record = await self.store.get_idempotency(scope, idem.key)
+            if record is not None:
+                if record.fingerprint != idem.fingerprint:
+                    raise key_reused(idem.key, domain=DOMAIN)
+                return await replay(record.response.decode())
+            change, result_id, result = await attempt()
+            change.idempotency = IdempotencyRecord(scope, idem.key, idem.fingerprint,
+                                                   result_id.encode())
+            try:
+                await self.commit(change)
+            except DuplicateKey as exc:
+                raise StoreConflict(idem.key) from exc  # a concurrent replay: go round again
+            return result
+
+        return await self.retrying(once)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def touch(self, m: Member, now: datetime) -> None:
+        m.kind = dm.derive_kind(m, now, self.rules.consuming_order_threshold)
+        m.updated_at = now
+
+    async def member(self, member_id: str) -> Member:
+        m = await self.store.get_member(member_id) if member_id else None
+        if m is None:
+            raise not_found("member", member_id, domain=DOMAIN)
+        return m
+
+    def view(self, m: Member) -> Member:
+        """The member as of now: a paid membership past its end shows its lapsed kind
+        even before the maintenance sweep stores it."""
+        kind = dm.derive_kind(m, self.now(), self.rules.consuming_order_threshold)
+        if kind is not m.kind:
+            m = m.copy()
+            m.kind = kind
+        return m
+
+    async def tier_program(self) -> TierProgram:
+        # Cached briefly: read on every order, changed a few times a year.
+        if self._program and time.monotonic() - self._program[0] < 5:
+            return self._program[1]
+        program = await self.store.get_tier_program() or DEFAULT_PROGRAM
+        self._program = (time.monotonic(), program)
+        return program
+
+    def forget_program(self) -> None:
+        self._program = None
+
+    def lookup(self, ident: NewIdentity) -> str:
+        if ident.kind is IdentityKind.PHONE:
+            return f"phone:{self.cipher.lookup_hash(ident.value)}"
+        return dm.identity_lookup(ident.kind, ident.value, ident.app_id)
+
+    def stored_identity(self, ident: NewIdentity) -> Identity:
+        if ident.kind is IdentityKind.PHONE:
+            return Identity(ident.kind, self.lookup(ident), self.cipher.encrypt(ident.value))
+        return Identity(ident.kind, self.lookup(ident), ident.value, ident.app_id)
+
+    def reveal(self, identity: Identity) -> str:
+        return (self.cipher.decrypt(identity.value) if identity.kind is IdentityKind.PHONE
+                else identity.value)
+
+    async def apply_tier_upgrade(self, m: Member, now: datetime, events: EventWriter,
+                                 change: Change, extra_growth: int = 0) -> None:
+        program = await self.tier_program()
+        qualifying = await self.store.growth_since(m.id, program.window_start(now)) + extra_growth
+        target = upgrade_to(program, m.tier_level, qualifying)
+        if target is not None:
+            change.tier_changes.append(TierChange(m.id, m.tier_level, target, "growth", now))
+            events.tier(m.id, m.tier_level, target, "growth")
+            m.tier_level, m.tier_since = target, now
+
+
+class MemberUseCases(MemberCore):
+    """Registering, finding, listing and updating members."""
+
+    async def register(self, identities: list[NewIdentity], fields: dict, request_id: str = ""
+                       ) -> tuple[Member, bool]:
+        lookups = {self.lookup(i): i for i in identities}
+
+        async def once() -> tuple[Member, bool]:
+            owners = {lk: await self.store.member_id_for(lk) for lk in lookups}
+            owner_ids = sorted({o for o in owners.values() if o})
+            if len(owner_ids) > 1:
+                raise already_exists("IDENTITIES_BELONG_TO_DIFFERENT_MEMBERS",
+                                     f"these identities belong to members {', '.join(owner_ids)}",
+                                     domain=DOMAIN, member_ids=",".join(owner_ids))
+            now = self.now()
+            events = EventWriter(now, request_id)
+            if owner_ids:
+                m = await self.member(owner_ids[0])
+                missing = [lk for lk, o in owners.items() if not o]
+                if not missing:
+                    return self.view(m), False
+                expected = m.version
+                m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
+                self.touch(m, now)
+                events.updated(m, ["identities"])
+                change = Change(member=m, expected_version=expected,
+                                new_identities=[(lk, m.id) for lk in missing],
+                                events=events.events)
+                await self._commit_identities(change)
+                return self.view(m), False
+            referrer = fields.get("referrer_id", "")
+            if referrer and await self.store.get_member(referrer) is None:
+                raise invalid_argument([("referrer_id", "no member has this id")], domain=DOMAIN)
+            m = Member(id=new_id("m"), identities=[self.stored_identity(i) for i in identities],
+                       created_at=now, updated_at=now, tier_since=now, **fields)
+            self.touch(m, now)
+            events.registered(m)
+            change = Change(member=m, expected_version=None,
+                            new_identities=[(lk, m.id) for lk in lookups], events=events.events)
+            await self._commit_identities(change)
+            return m, True
+
+        return await self.retrying(once)
+
+    async def _commit_identities(self, change: Change) -> None:
+        try:
+            await self.commit(change)
+        except IdentityTaken as exc:
+            # Lost a race with another registration: go round and find the owner.
+            raise StoreConflict(exc.member_id) from exc
+
+    async def add_identity(self, member_id: str, ident: NewIdentity, request_id: str = ""
+                           ) -> Member:
+        lookup = self.lookup(ident)
+
+        async def once() -> Member:
+            m = await self.member(member_id)
+            owner = await self.store.member_id_for(lookup)
+            if owner == m.id:
+                return self.view(m)
+            if owner:
+                raise already_exists("IDENTITY_TAKEN", f"this identity belongs to member {owner}",
+                                     domain=DOMAIN, member_id=owner)
+            now, expected = self.now(), m.version
+            m.identities.append(self.stored_identity(ident))
+            self.touch(m, now)
+            events = EventWriter(now, request_id)
+            events.updated(m, ["identities"])
+            try:
+                await self.commit(Change(member=m, expected_version=expected,
+                                         new_identities=[(lookup, m.id)], events=events.events))
+            except IdentityTaken as exc:
+                raise already_exists("IDENTITY_TAKEN",
+                                     f"this identity belongs to member {exc.member_id}",
+                                     domain=DOMAIN, member_id=exc.member_id) from exc
+            return self.view(m)
+
+        return await self.retrying(once)
+
+    async def get(self, member_id: str) -> Member:
+        return self.view(await self.member(member_id))
+
+    async def find(self, ident: NewIdentity) -> Member:
+        member_id = await self.store.member_id_for(self.lookup(ident))
+        if member_id is None:
+            raise not_found("member", f"{ident.kind.name.lower()} identity", domain=DOMAIN)
+        return await self.get(member_id)
+
+    async def list(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
+        return [self.view(m) for m in await self.store.list_members(flt, after_id, limit)]
+
+    async def update(self, member_id: str, values: dict, request_id: str = "") -> Member:
+        """`values`: attribute -> new value, already validated by the api layer."""
+
+        async def once() -> Member:
+            m = await self.member(member_id)
+            if values.get("referrer_id") == member_id:
+                raise failed_precondition("SELF_REFERRAL", "a member cannot refer themselves",
+                                          domain=DOMAIN)
+            expected, now = m.version, self.now()
+            changed = [k for k, v in values.items() if getattr(m, k) != v]
+            for k, v in values.items():
+                setattr(m, k, v)
+            before = m.kind
+            self.touch(m, now)
+            if m.kind is not before:
+                changed.append("kind")
+            if not changed:
+                return self.view(m)
+            events = EventWriter(now, request_id)
+            events.updated(m, changed)
+            await self.commit(Change(member=m, expected_version=expected, events=events.events))
+            return self.view(m)
+
+        return await self.retrying(once)
+
+    async def set_paid_membership(self, member_id: str, until: datetime, idem: Idem,
+                                  request_id: str = "") -> Member:
+        async def attempt() -> tuple[Change, str, Member]:
+            m = await self.member(member_id)
+            now, expected = self.now(), m.version
+            if until <= now:
+                raise failed_precondition("END_IN_PAST", "paid_until must be in the future",
+                                          domain=DOMAIN)
+            m.paid_until = until
+            self.touch(m, now)
+            events = EventWriter(now, request_id)
+            events.updated(m, ["paid_until", "kind"])
+            return Change(member=m, expected_version=expected, events=events.events), m.id, m
+
+        return await self.idempotent("SetPaidMembership", idem, attempt, self.get)
+
+    async def lapse_paid_memberships(self, batch: int = 500) -> int:
+        """Stores the lapsed kind of paid memberships past their end (announced)."""
+        lapsed = 0
+        for member_id in await self.store.lapsed_paid_member_ids(self.now(), batch):
+
+            async def once(member_id: str = member_id) -> None:
+                m = await self.member(member_id)
+                now, expected = self.now(), m.version
+                self.touch(m, now)
+                events = EventWriter(now)
+                events.updated(m, ["kind"])
+                await self.commit(Change(member=m, expected_version=expected,
+                                         events=events.events))
+
+            await self.retrying(once)
+            lapsed += 1
+        return lapsed
+

@@ -1,0 +1,175 @@
+"""Domain events on Redis Streams: one envelope (pond.events.v1.Event), one stream per
+producer, consumer groups, at-least-once delivery.
+
+Consumers ack after the effect; a redelivered event whose id this group already
+finished is acked without running again; a message idle past `claim_idle_ms` is
+reclaimed (XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's
+dead-letter stream ("<stream>.dead") with the error. Handlers must still be
+idempotent by event id, since a crash between effect and ack redelivers the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis.asyncio as aioredis
+import structlog
+from google.protobuf import any_pb2, message
+from google.protobuf.timestamp_pb2 import Timestamp
+from pond.events.v1 import event_pb2
+
+STREAM_PREFIX = "pond.events."
+DEAD_SUFFIX = ".dead"
+# Streams are trimmed approximately to this length; consumers keep up long before.
+STREAM_MAXLEN = 1_000_000
+_DONE_TTL_SECONDS = 7 * 24 * 3600
+
+log = structlog.get_logger("pond.events")
+
+
+def stream_for(producer: str) -> str:
+    return f"{STREAM_PREFIX}{producer}"
+
+
+def make_event(
+    producer: str, subject_id: str, payload: message.Message, occurred_at: datetime,
+    request_id: str = "",
+) -> event_pb2.Event:
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    ts = Timestamp()
+    ts.FromDatetime(occurred_at)
+    return event_pb2.Event(
+        id=uuid.uuid4().hex, type=payload.DESCRIPTOR.full_name, occurred_at=ts,
+        producer=producer, subject_id=subject_id, payload=packed, request_id=request_id,
+    )
+
+
+async def publish(redis: aioredis.Redis, stream: str, events: list[bytes]) -> list[bytes]:
+    """XADD serialized envelopes in one round trip; returns the stream ids."""
+    pipe = redis.pipeline(transaction=False)
+    for raw in events:
+        pipe.xadd(stream, {b"e": raw}, maxlen=STREAM_MAXLEN, approximate=True)
+    return await pipe.execute()
+
+
+Handler = Callable[[event_pb2.Event], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    skipped: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+
+
+class EventConsumer:
+    def __init__(
+        self, redis: aioredis.Redis, stream: str, group: str, consumer: str, handler: Handler,
+        *, max_deliveries: int = 5, claim_idle_ms: int = 30_000, block_ms: int = 1000,
+        batch: int = 100,
+    ) -> None:
+        self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
+        self.handler = handler
+        self.max_deliveries, self.claim_idle_ms = max_deliveries, claim_idle_ms
+        self.block_ms, self.batch = block_ms, batch
+        self.stats = ConsumerStats()
+
+    def _done_key(self, event_id: str) -> str:
+        return f"pond:consumed:{self.group}:{event_id}"
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def poll(self, block_ms: int | None = None) -> int:
+        """One round: reclaim stale messages, then read new ones. Returns how many
+        messages were handled or skipped."""
+        done = await self._reclaim()
+        reply = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch,
+            block=self.block_ms if block_ms is None else block_ms,
+        )
+        for _stream, messages in reply or []:
+            for msg_id, fields in messages:
+                done += await self._deliver(msg_id, fields)
+        return done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure_group()
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except (aioredis.ConnectionError, OSError):
+                log.warning("event bus unreachable; retrying", stream=self.stream)
+                await asyncio.sleep(1)
+
+    async def _reclaim(self) -> int:
+        _next, messages, *_ = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        if not messages:
+            return 0
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min=messages[0][0], max=messages[-1][0],
+            count=len(messages) * 2, consumername=self.consumer,
+        )
+        deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
+        done = 0
+        for msg_id, fields in messages:
+            if fields is None:  # trimmed away while pending
+                await self.redis.xack(self.stream, self.group, msg_id)
+                continue
+            if deliveries.get(msg_id, 0) > self.max_deliveries:
+                await self._dead_letter(msg_id, fields, "too many deliveries")
+                continue
+            done += await self._deliver(msg_id, fields)
+        return done
+
+    async def _deliver(self, msg_id: bytes, fields: dict) -> int:
+        raw = fields.get(b"e", b"")
+        event = event_pb2.Event()
+        try:
+            event.ParseFromString(raw)
+            if not event.id:
+                raise ValueError("event without id")
+        except Exception as exc:
+            await self._dead_letter(msg_id, fields, f"unreadable envelope: {exc}")
+            return 0
+        if await self.redis.exists(self._done_key(event.id)):
+            await self.redis.xack(self.stream, self.group, msg_id)
+            self.stats.skipped += 1
+            return 1
+        try:
+            await self.handler(event)
+        except Exception as exc:
+            # Left pending: reclaimed after claim_idle_ms, dead-lettered after N tries.
+            self.stats.failed += 1
+            log.warning("event handler failed", event_type=event.type, event_id=event.id,
+                        error=repr(exc))
+            return 0
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self._done_key(event.id), b"1", ex=_DONE_TTL_SECONDS)
+        pipe.xack(self.stream, self.group, msg_id)
+        await pipe.execute()
+        self.stats.handled += 1
+        return 1
+
+    async def _dead_letter(self, msg_id: bytes, fields: dict, why: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.stream + DEAD_SUFFIX, {
+            b"e": fields.get(b"e", b""), b"error": why.encode(), b"group": self.group.encode(),
+            b"source_id": msg_id,
+        })
+        pipe.xack(self.stream, self.group, msg_id)
+        await pipe.execute()
+        self.stats.dead_lettered += 1
+        log.error("event dead-lettered", stream=self.stream, message_id=msg_id.decode(), why=why)

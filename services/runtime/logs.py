@@ -1,0 +1,48 @@
+"""structlog set-up: JSON off a TTY, console on one; request id from contextvars;
+phone numbers and secrets masked by a processor that runs on every line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from services.runtime.redaction import redact_value
+
+
+def _redact(_logger: object, _name: str, event_dict: dict) -> dict:
+    for key, value in event_dict.items():
+        if key in ("event", "timestamp", "level", "logger", "request_id", "method"):
+            continue
+        event_dict[key] = redact_value(key, value)
+    event_dict["event"] = redact_value("event", event_dict.get("event", ""))
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    json_output = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str = "pond") -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)

@@ -1,0 +1,1 @@
+"""The all-in-one dev stack (`make run`): the only code that knows every component."""

@@ -1,0 +1,28 @@
+"""The dev stack's scheduler: the periodic jobs a Kubernetes CronJob runs in
+production (by calling the same RPCs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from services.member.app import MemberApp
+from services.runtime.logs import get_logger
+
+log = get_logger("pond.jobs")
+
+
+async def run_schedule(member: MemberApp, stop: asyncio.Event) -> None:
+    interval = float(os.environ.get("POND_JOBS_INTERVAL_SECONDS", "3600"))
+    while not stop.is_set():
+        try:
+            expired = await member.run_points_expiry(remind_within_days=30)
+            evaluated = await member.evaluate_tiers()
+            lapsed = await member.lapse_paid_memberships()
+            log.info("scheduled jobs ran", points_expiry=expired, tiers=evaluated,
+                     lapsed_paid=lapsed)
+        except Exception:
+            log.exception("scheduled jobs failed; will retry next interval")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

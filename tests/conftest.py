@@ -1,0 +1,94 @@
+"""Shared fixtures: a real Redis-compatible server (embedded Valkey, or REDIS_URL),
+a real member service on a free port with SQLite under tmp_path, and tokens."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from pond.member.v1 import member_pb2_grpc
+
+from services.member.server import MemberService, start_member_service
+from services.member.settings import MemberSettings
+from services.runtime.auth import Role, mint_token
+from services.runtime.clients import call_metadata
+from services.runtime.clock import ManualClock
+from services.runtime.logs import configure_logging
+from services.runtime.redis_conn import EmbeddedValkey, connect_redis
+
+TEST_SECRET = "test-secret-" + "x" * 20
+TEST_PHONE_KEY = base64.b64encode(b"k" * 32).decode()
+
+configure_logging("warning", "json")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REDIS_URL when given (CI runs the Redis tests against Debian's redis-server),
+    otherwise a private embedded Valkey for the session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect_redis(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def token(role: Role, subject: str = "tester", ttl: float = 3600) -> str:
+    return mint_token(TEST_SECRET, subject, role, ttl)
+
+
+@dataclass
+class MemberHarness:
+    service: MemberService
+    channel: grpc.aio.Channel
+    stub: member_pb2_grpc.MemberServiceStub
+    clock: ManualClock
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.service.port}"
+
+    @staticmethod
+    def md(role: Role = Role.OPERATOR, member_id: str = "") -> tuple:
+        return call_metadata(token(role), member_id=member_id)
+
+
+def member_settings(tmp_path, redis_url: str = "", **overrides) -> MemberSettings:
+    env = dict(data_dir=tmp_path, auth_secret=TEST_SECRET, phone_key=TEST_PHONE_KEY,
+               redis_url=redis_url, mode="test", outbox_poll_seconds=0.05)
+    env.update(overrides)
+    return MemberSettings(**env)
+
+
+@pytest_asyncio.fixture
+async def member(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness]:
+    """A real member service (grpc.aio, port 0, SQLite, outbox relay to Redis)."""
+    clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
+    service = await start_member_service(member_settings(tmp_path, redis_url), clock=clock,
+                                         port=0, metrics=False)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield MemberHarness(service, channel, member_pb2_grpc.MemberServiceStub(channel), clock)
+    finally:
+        await channel.close()
+        await service.stop(0)
