@@ -19,9 +19,7 @@ async def run_schedule(member: MemberApp, stop: asyncio.Event) -> None:
         try:
             expired = await member.run_points_expiry(remind_within_days=30)
             evaluated = await member.evaluate_tiers()
-            lapsed = await member.lapse_paid_memberships()
-            log.info("scheduled jobs ran", points_expiry=expired, tiers=evaluated,
-                     lapsed_paid=lapsed)
+            log.info("scheduled jobs ran", points_expiry=expired, tiers=evaluated)
         except Exception:
             log.exception("scheduled jobs failed; will retry next interval")
         with contextlib.suppress(TimeoutError):

@@ -92,3 +92,11 @@ async def member(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness
     finally:
         await channel.close()
         await service.stop(0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that touches Redis is marked `redis`, so CI can rerun exactly those
+    against Debian's redis-server."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)

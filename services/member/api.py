@@ -96,19 +96,25 @@ def _identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | Non
 
 
 def _profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:
+    """The profile attributes named by `paths` (all of them when empty), checked;
+    violations are reported under `prefix` (the request's field path)."""
+
+    def wanted(name: str) -> bool:
+        return not paths or bool({"profile", f"profile.{name}"} & paths)
+
     out: dict = {}
-    if {"profile", f"{prefix}.name"} & paths or not paths:
+    if wanted("name"):
         _text(v, f"{prefix}.name", p.name, limit=64)
         out["name"] = p.name.strip()
-    if {"profile", f"{prefix}.gender"} & paths or not paths:
+    if wanted("gender"):
         _enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
         out["gender"] = Gender(p.gender) if p.gender in iter(Gender) else Gender.UNSPECIFIED
-    if {"profile", f"{prefix}.birthday"} & paths or not paths:
+    if wanted("birthday"):
         problem = dm.birthday_problem(p.birthday)
         if problem:
             v.add(f"{prefix}.birthday", problem)
         out["birthday"] = p.birthday
-    if {"profile", f"{prefix}.city"} & paths or not paths:
+    if wanted("city"):
         _text(v, f"{prefix}.city", p.city, limit=64)
         out["city"] = p.city.strip()
     return out

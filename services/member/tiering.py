@@ -27,7 +27,11 @@ class TierUseCases(MemberCore):
         return program
 
     async def evaluate_tiers(self, batch: int = 500) -> tuple[int, int]:
-        """Every member above the entry tier is re-evaluated; returns (evaluated, moved down)."""
+        """The periodic membership re-evaluation: every member above the entry tier
+        is re-evaluated, and paid memberships past their end are stored as lapsed.
+        Returns (evaluated, moved down)."""
+        while await self.lapse_paid_memberships(batch) == batch:
+            pass
         evaluated = downgraded = 0
         after = ""
         while True:

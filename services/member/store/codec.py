@@ -12,7 +12,6 @@ from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry, StoredValueEntryKind
 from services.member.domain.tiers import Tier, TierChange, TierProgram
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -53,7 +53,13 @@ from services.member.domain.points import Lot, PointsEntry
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.domain.tiers import TierChange, TierProgram
 from services.member.store import (
-    Change, DuplicateKey, IdentityTaken, MemberFilter, MemberStore, StoreConflict, codec,
+    Change,
+    DuplicateKey,
+    IdentityTaken,
+    MemberFilter,
+    MemberStore,
+    StoreConflict,
+    codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
 from services.runtime.storage import open_mongo

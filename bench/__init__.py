@@ -1,0 +1,19 @@
+"""`make bench`: the member service's throughput as ratios to a bare grpc.aio echo
+server, measured in the same run by the same client.
+
+The machine running it is shared and noisy, so no figure here is an absolute claim:
+each member RPC's calls/s is divided by the mean of the echo runs measured right
+before and after it (echo, GetMember, echo, RecordOrder, echo). The echo server is
+grpc.aio with one generic unary method, no interceptors and no auth, answering a
+pre-built Member of realistic size; the client sends it the same auth metadata.
+
+Layout: one load-generator process (this one: grpc.aio, one channel per target, N
+coroutines in a closed loop) and one process per server (bench.server), so on a
+two-core machine the client and the server under test each get a core. The member
+service runs as in the dev stack: SQLite under a temporary directory, an embedded
+Valkey for its outbox relay, real tokens, one JSON log line per RPC (to /dev/null).
+
+Files: runner.py (orchestration), server.py (the server processes), load.py (the
+closed-loop client), workload.py (requests), procstat.py (CPU accounting),
+report.py (table and bench/results/latest.json), profiling.py (`--profile`).
+"""
