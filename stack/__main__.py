@@ -59,10 +59,10 @@ async def main() -> int:
 def _banner(settings: MemberSettings, member_port: int, token: str) -> None:
     print(
         f"""
-Pond is running (data in {settings.data_dir.resolve()}, Redis at {os.environ['REDIS_URL']})
+Pond is running (data in {settings.data_dir.resolve()}, Redis at {os.environ["REDIS_URL"]})
   member    gRPC 127.0.0.1:{member_port}   metrics :{settings.member_metrics_port}
 
-Dev operator token (7 days), also in {settings.data_dir / 'dev-operator.token'}:
+Dev operator token (7 days), also in {settings.data_dir / "dev-operator.token"}:
   {token}
 
 Try it (in another terminal):

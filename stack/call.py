@@ -35,7 +35,8 @@ async def main(argv: list[str]) -> int:
         stub = member_pb2_grpc.MemberServiceStub(channel)
         try:
             response = await getattr(stub, method_name)(
-                request, metadata=call_metadata(token), timeout=10)
+                request, metadata=call_metadata(token), timeout=10
+            )
         except grpc.aio.AioRpcError as err:
             reason, violations = error_details(err)
             print(f"{err.code().name} {reason}: {err.details()}")

@@ -16,11 +16,16 @@ async def main() -> int:
     settings = MemberSettings()
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("pond.member")
-    missing = [name for name, value in (
-        ("POND_AUTH_SECRET", settings.secret()), ("POND_PHONE_KEY", settings.phone_key_b64()),
-        ("REDIS_URL", settings.redis_url),
-        ("MONGODB_URI", settings.mongodb_uri if settings.mode == "production" else "x"),
-    ) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("POND_AUTH_SECRET", settings.secret()),
+            ("POND_PHONE_KEY", settings.phone_key_b64()),
+            ("REDIS_URL", settings.redis_url),
+            ("MONGODB_URI", settings.mongodb_uri if settings.mode == "production" else "x"),
+        )
+        if not value
+    ]
     if missing:
         log.error("missing configuration", missing=missing)
         return 2

@@ -14,14 +14,13 @@ from services.member.app import MemberApp
 from services.member.domain import members as dm
 from services.member.domain.members import Gender, IdentityKind
 from services.member.domain.orders import OrderItem
-from services.member.service import Idem, NewIdentity
+from services.member.service import DOMAIN, Idem, NewIdentity
 from services.member.store import MemberFilter
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
 from services.runtime.idempotency import fingerprint
 from services.runtime.paging import decode_token, encode_token, page_size
 
-DOMAIN = "pond.member"
 MAX_ID = 128
 MAX_TEXT = 256
 MAX_POINTS = 1_000_000_000
@@ -37,26 +36,44 @@ EVERYONE = STAFF | {Role.GATEWAY}
 # Which roles may call which method. The gateway is further limited to the member
 # it verified (ensure_acts_for); guides work the POS and the WeCom sidebar.
 AUTH_RULES: dict[str, frozenset[Role]] = {
-    "RegisterMember": EVERYONE, "GetMember": EVERYONE, "FindMember": STAFF,
-    "ListMembers": STAFF, "UpdateMember": EVERYONE, "AddMemberIdentity": EVERYONE,
-    "SetPaidMembership": OPS, "GetTierProgram": EVERYONE, "UpdateTierProgram": OPS,
-    "EvaluateTiers": OPS, "ListTierChanges": EVERYONE, "RedeemPoints": EVERYONE,
-    "AdjustPoints": OPS, "ListPointsEntries": EVERYONE, "ListExpiringPoints": EVERYONE,
-    "RunPointsExpiry": OPS, "TopUpStoredValue": STAFF, "PayWithStoredValue": EVERYONE,
-    "RefundStoredValuePayment": OPS, "ListStoredValueEntries": EVERYONE,
-    "RecordOrder": STAFF, "RefundOrder": OPS, "GetOrder": EVERYONE, "ListOrders": EVERYONE,
+    "RegisterMember": EVERYONE,
+    "GetMember": EVERYONE,
+    "FindMember": STAFF,
+    "ListMembers": STAFF,
+    "UpdateMember": EVERYONE,
+    "AddMemberIdentity": EVERYONE,
+    "SetPaidMembership": OPS,
+    "GetTierProgram": EVERYONE,
+    "UpdateTierProgram": OPS,
+    "EvaluateTiers": OPS,
+    "ListTierChanges": EVERYONE,
+    "RedeemPoints": EVERYONE,
+    "AdjustPoints": OPS,
+    "ListPointsEntries": EVERYONE,
+    "ListExpiringPoints": EVERYONE,
+    "RunPointsExpiry": OPS,
+    "TopUpStoredValue": STAFF,
+    "PayWithStoredValue": EVERYONE,
+    "RefundStoredValuePayment": OPS,
+    "ListStoredValueEntries": EVERYONE,
+    "RecordOrder": STAFF,
+    "RefundOrder": OPS,
+    "GetOrder": EVERYONE,
+    "ListOrders": EVERYONE,
 }
 # What a customer may change about themselves through the gateway.
-GATEWAY_UPDATABLE = frozenset({"profile", "profile.name", "profile.gender", "profile.birthday",
-                               "profile.city", "consents"})
+GATEWAY_UPDATABLE = frozenset(
+    {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city", "consents"}
+)
 
 
 def _request_id() -> str:
     return structlog.contextvars.get_contextvars().get("request_id", "")
 
 
-def _text(v: Violations, path: str, value: str, *, required: bool = False,
-          limit: int = MAX_ID) -> None:
+def _text(
+    v: Violations, path: str, value: str, *, required: bool = False, limit: int = MAX_ID
+) -> None:
     if required and not value:
         v.add(path, "is required")
     elif len(value) > limit:
@@ -92,7 +109,9 @@ def _identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | Non
     kind = IdentityKind(ident.kind)
     if kind is IdentityKind.PHONE:
         return NewIdentity(kind, dm.normalize_phone(ident.value) or "")
-    return NewIdentity(kind, ident.value, ident.app_id if kind is IdentityKind.WECHAT_OPENID else "")
+    return NewIdentity(
+        kind, ident.value, ident.app_id if kind is IdentityKind.WECHAT_OPENID else ""
+    )
 
 
 def _profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:
@@ -142,23 +161,31 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         return convert.member_pb(m, program, self.app.reveal, caller is None or caller.sees_phone)
 
     # -- members --
-    async def RegisterMember(self, request: pb.RegisterMemberRequest, context) -> pb.RegisterMemberResponse:
+    async def RegisterMember(
+        self, request: pb.RegisterMemberRequest, context
+    ) -> pb.RegisterMemberResponse:
         v = Violations(DOMAIN)
         if not request.identities:
             v.add("identities", "at least one identity is required")
         elif len(request.identities) > MAX_IDENTITIES:
             v.add("identities", f"at most {MAX_IDENTITIES}")
-        identities = [_identity(v, f"identities[{i}]", ident)
-                      for i, ident in enumerate(request.identities)]
+        identities = [
+            _identity(v, f"identities[{i}]", ident) for i, ident in enumerate(request.identities)
+        ]
         profile = _profile_fields(v, request.profile, "profile", set())
         for path in ("store_id", "guide_id", "referrer_id"):
             _text(v, path, getattr(request, path))
         _enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
         consents = _consents(v, request.consents, self.app.now())
         v.raise_if_any()
-        fields = dict(profile, store_id=request.store_id, guide_id=request.guide_id,
-                      channel=request.acquisition_channel, referrer_id=request.referrer_id,
-                      consents=consents)
+        fields = dict(
+            profile,
+            store_id=request.store_id,
+            guide_id=request.guide_id,
+            channel=request.acquisition_channel,
+            referrer_id=request.referrer_id,
+            consents=consents,
+        )
         m, created = await self.app.register([i for i in identities if i], fields, _request_id())
         return pb.RegisterMemberResponse(member=await self._member_pb(m), created=created)
 
@@ -186,13 +213,18 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         _text(v, "store_id", request.store_id)
         _text(v, "guide_id", request.guide_id)
         v.raise_if_any()
-        flt = MemberFilter(store_id=request.store_id, guide_id=request.guide_id,
-                           tier_level=request.tier_level if request.HasField("tier_level")
-                           else -1, kind=request.kind, channel=request.acquisition_channel)
+        flt = MemberFilter(
+            store_id=request.store_id,
+            guide_id=request.guide_id,
+            tier_level=request.tier_level if request.HasField("tier_level") else -1,
+            kind=request.kind,
+            channel=request.acquisition_channel,
+        )
         page = await self.app.list(flt, str(cursor.get("a", "")), limit + 1)
         token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
-        return pb.ListMembersResponse(members=[await self._member_pb(m) for m in page[:limit]],
-                                      next_page_token=token)
+        return pb.ListMembersResponse(
+            members=[await self._member_pb(m) for m in page[:limit]], next_page_token=token
+        )
 
     async def UpdateMember(self, request: pb.UpdateMemberRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
@@ -209,8 +241,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
                 v.add("update_mask", f"{path!r} cannot be changed by the member")
         v.raise_if_any()
         src = request.member
-        values = _profile_fields(v, src.profile, "member.profile", paths) if paths & {
-            "profile", "profile.name", "profile.gender", "profile.birthday", "profile.city"} else {}
+        values = (
+            _profile_fields(v, src.profile, "member.profile", paths)
+            if paths
+            & {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city"}
+            else {}
+        )
         for path in ("store_id", "guide_id", "referrer_id"):
             if path in paths:
                 _text(v, f"member.{path}", getattr(src, path))
@@ -232,7 +268,8 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         return await self._member_pb(
-            await self.app.add_identity(request.member_id, ident, _request_id()))
+            await self.app.add_identity(request.member_id, ident, _request_id())
+        )
 
     async def SetPaidMembership(self, request: pb.SetPaidMembershipRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
@@ -242,33 +279,41 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         idem = _idem(v, request)
         v.raise_if_any()
         until = request.paid_until.ToDatetime(tzinfo=UTC)
-        return await self._member_pb(await self.app.set_paid_membership(
-            request.member_id, until, idem, _request_id()))
+        return await self._member_pb(
+            await self.app.set_paid_membership(request.member_id, until, idem, _request_id())
+        )
 
     # -- tiers --
     async def GetTierProgram(self, request, context) -> pb.TierProgram:
         return convert.program_pb(await self.app.get_program())
 
-    async def UpdateTierProgram(self, request: pb.UpdateTierProgramRequest, context) -> pb.TierProgram:
+    async def UpdateTierProgram(
+        self, request: pb.UpdateTierProgramRequest, context
+    ) -> pb.TierProgram:
         return convert.program_pb(
-            await self.app.update_program(convert.program_from_pb(request.program)))
+            await self.app.update_program(convert.program_from_pb(request.program))
+        )
 
     async def EvaluateTiers(self, request, context) -> pb.EvaluateTiersResponse:
         evaluated, downgraded = await self.app.evaluate_tiers()
         return pb.EvaluateTiersResponse(members_evaluated=evaluated, members_downgraded=downgraded)
 
-    async def ListTierChanges(self, request: pb.ListTierChangesRequest, context) -> pb.ListTierChangesResponse:
+    async def ListTierChanges(
+        self, request: pb.ListTierChangesRequest, context
+    ) -> pb.ListTierChangesResponse:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         limit = _limit(v, request.page_size)
         cursor = decode_token(request.page_token, v) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        page = await self.app.list_tier_changes(request.member_id, int(cursor.get("s", 0)),
-                                                limit + 1)
+        page = await self.app.list_tier_changes(
+            request.member_id, int(cursor.get("s", 0)), limit + 1
+        )
         token = encode_token({"s": page[limit - 1][0]}) if len(page) > limit else ""
         return pb.ListTierChangesResponse(
-            changes=[convert.tier_change_pb(c) for _s, c in page[:limit]], next_page_token=token)
+            changes=[convert.tier_change_pb(c) for _s, c in page[:limit]], next_page_token=token
+        )
 
     # -- points --
     async def RedeemPoints(self, request: pb.RedeemPointsRequest, context) -> pb.PointsEntry:
@@ -279,8 +324,11 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         idem = _idem(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        return convert.points_entry_pb(await self.app.redeem_points(
-            request.member_id, request.points, request.reason, idem, _request_id()))
+        return convert.points_entry_pb(
+            await self.app.redeem_points(
+                request.member_id, request.points, request.reason, idem, _request_id()
+            )
+        )
 
     async def AdjustPoints(self, request: pb.AdjustPointsRequest, context) -> pb.PointsEntry:
         v = Violations(DOMAIN)
@@ -290,23 +338,32 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         _text(v, "reason", request.reason, required=True, limit=MAX_TEXT)
         idem = _idem(v, request)
         v.raise_if_any()
-        return convert.points_entry_pb(await self.app.adjust_points(
-            request.member_id, request.delta, request.reason, idem, _request_id()))
+        return convert.points_entry_pb(
+            await self.app.adjust_points(
+                request.member_id, request.delta, request.reason, idem, _request_id()
+            )
+        )
 
-    async def ListPointsEntries(self, request: pb.ListPointsEntriesRequest, context) -> pb.ListPointsEntriesResponse:
+    async def ListPointsEntries(
+        self, request: pb.ListPointsEntriesRequest, context
+    ) -> pb.ListPointsEntriesResponse:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         limit = _limit(v, request.page_size)
         cursor = decode_token(request.page_token, v) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        page = await self.app.list_points_entries(request.member_id, str(cursor.get("b", "")),
-                                                  limit + 1)
+        page = await self.app.list_points_entries(
+            request.member_id, str(cursor.get("b", "")), limit + 1
+        )
         token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
         return pb.ListPointsEntriesResponse(
-            entries=[convert.points_entry_pb(e) for e in page[:limit]], next_page_token=token)
+            entries=[convert.points_entry_pb(e) for e in page[:limit]], next_page_token=token
+        )
 
-    async def ListExpiringPoints(self, request: pb.ListExpiringPointsRequest, context) -> pb.ListExpiringPointsResponse:
+    async def ListExpiringPoints(
+        self, request: pb.ListExpiringPointsRequest, context
+    ) -> pb.ListExpiringPointsResponse:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id)
         if not 1 <= request.within_days <= 366:
@@ -315,22 +372,30 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         cursor = decode_token(request.page_token, v) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        page = await self.app.expiring_points(request.member_id, request.within_days,
-                                              str(cursor.get("a", "")), limit + 1)
+        page = await self.app.expiring_points(
+            request.member_id, request.within_days, str(cursor.get("a", "")), limit + 1
+        )
         token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
         return pb.ListExpiringPointsResponse(
-            expiring=[convert.expiring_pb(lot) for lot in page[:limit]], next_page_token=token)
+            expiring=[convert.expiring_pb(lot) for lot in page[:limit]], next_page_token=token
+        )
 
-    async def RunPointsExpiry(self, request: pb.RunPointsExpiryRequest, context) -> pb.RunPointsExpiryResponse:
+    async def RunPointsExpiry(
+        self, request: pb.RunPointsExpiryRequest, context
+    ) -> pb.RunPointsExpiryResponse:
         if not 0 <= request.remind_within_days <= 366:
             raise invalid_argument([("remind_within_days", "must be 0..366")], domain=DOMAIN)
         members, points, announced = await self.app.run_points_expiry(
-            request.remind_within_days or 30)
-        return pb.RunPointsExpiryResponse(members_expired=members, points_expired=points,
-                                          lots_announced=announced)
+            request.remind_within_days or 30
+        )
+        return pb.RunPointsExpiryResponse(
+            members_expired=members, points_expired=points, lots_announced=announced
+        )
 
     # -- stored value --
-    async def TopUpStoredValue(self, request: pb.TopUpStoredValueRequest, context) -> pb.StoredValueEntry:
+    async def TopUpStoredValue(
+        self, request: pb.TopUpStoredValueRequest, context
+    ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
@@ -339,11 +404,20 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         _text(v, "reference", request.reference, limit=MAX_TEXT)
         idem = _idem(v, request)
         v.raise_if_any()
-        return convert.sv_entry_pb(await self.app.top_up(
-            request.member_id, request.amount_fen, request.bonus_fen, request.reference, idem,
-            _request_id()))
+        return convert.sv_entry_pb(
+            await self.app.top_up(
+                request.member_id,
+                request.amount_fen,
+                request.bonus_fen,
+                request.reference,
+                idem,
+                _request_id(),
+            )
+        )
 
-    async def PayWithStoredValue(self, request: pb.PayWithStoredValueRequest, context) -> pb.StoredValueEntry:
+    async def PayWithStoredValue(
+        self, request: pb.PayWithStoredValueRequest, context
+    ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
@@ -351,21 +425,30 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         idem = _idem(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        return convert.sv_entry_pb(await self.app.pay(
-            request.member_id, request.amount_fen, request.reference, idem, _request_id()))
+        return convert.sv_entry_pb(
+            await self.app.pay(
+                request.member_id, request.amount_fen, request.reference, idem, _request_id()
+            )
+        )
 
-    async def RefundStoredValuePayment(self, request: pb.RefundStoredValuePaymentRequest, context) -> pb.StoredValueEntry:
+    async def RefundStoredValuePayment(
+        self, request: pb.RefundStoredValuePaymentRequest, context
+    ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         _text(v, "payment_entry_id", request.payment_entry_id, required=True)
         _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
         idem = _idem(v, request)
         v.raise_if_any()
-        return convert.sv_entry_pb(await self.app.refund_payment(
-            request.member_id, request.payment_entry_id, request.amount_fen, idem,
-            _request_id()))
+        return convert.sv_entry_pb(
+            await self.app.refund_payment(
+                request.member_id, request.payment_entry_id, request.amount_fen, idem, _request_id()
+            )
+        )
 
-    async def ListStoredValueEntries(self, request: pb.ListStoredValueEntriesRequest, context) -> pb.ListStoredValueEntriesResponse:
+    async def ListStoredValueEntries(
+        self, request: pb.ListStoredValueEntriesRequest, context
+    ) -> pb.ListStoredValueEntriesResponse:
         v = Violations(DOMAIN)
         _text(v, "member_id", request.member_id, required=True)
         limit = _limit(v, request.page_size)
@@ -373,10 +456,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         page = await self.app.list_stored_value_entries(
-            request.member_id, str(cursor.get("b", "")), limit + 1)
+            request.member_id, str(cursor.get("b", "")), limit + 1
+        )
         token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
         return pb.ListStoredValueEntriesResponse(
-            entries=[convert.sv_entry_pb(e) for e in page[:limit]], next_page_token=token)
+            entries=[convert.sv_entry_pb(e) for e in page[:limit]], next_page_token=token
+        )
 
     # -- orders --
     async def RecordOrder(self, request: pb.RecordOrderRequest, context) -> pb.RecordOrderResponse:
@@ -395,19 +480,30 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             _positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
             if not 0 <= item.unit_price_fen <= MAX_FEN:
                 v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {MAX_FEN}")
-        paid_at = request.paid_time.ToDatetime(tzinfo=UTC) if request.HasField("paid_time") else None
+        paid_at = (
+            request.paid_time.ToDatetime(tzinfo=UTC) if request.HasField("paid_time") else None
+        )
         if paid_at is not None and paid_at > self.app.now() + FUTURE_SLACK:
             v.add("paid_time", "is in the future")
         v.raise_if_any()
-        items = tuple(OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen)
-                      for i in request.items)
+        items = tuple(
+            OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen) for i in request.items
+        )
         order, member, replayed = await self.app.record_order(
-            order_id=request.order_id, member_id=request.member_id, channel=request.channel,
-            store_id=request.store_id, guide_id=request.guide_id, items=items,
-            amount_fen=request.amount_fen, paid_at=paid_at, fingerprint=fingerprint(request),
-            request_id=_request_id())
-        return pb.RecordOrderResponse(order=convert.order_pb(order),
-                                      member=await self._member_pb(member), replayed=replayed)
+            order_id=request.order_id,
+            member_id=request.member_id,
+            channel=request.channel,
+            store_id=request.store_id,
+            guide_id=request.guide_id,
+            items=items,
+            amount_fen=request.amount_fen,
+            paid_at=paid_at,
+            fingerprint=fingerprint(request),
+            request_id=_request_id(),
+        )
+        return pb.RecordOrderResponse(
+            order=convert.order_pb(order), member=await self._member_pb(member), replayed=replayed
+        )
 
     async def RefundOrder(self, request: pb.RefundOrderRequest, context) -> pb.RefundOrderResponse:
         v = Violations(DOMAIN)
@@ -418,10 +514,14 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v.raise_if_any()
         idem = Idem(request.refund_id, fingerprint(request))
         order, member, points, growth = await self.app.refund_order(
-            request.order_id, request.refund_id, request.refund_fen, idem, _request_id())
-        return pb.RefundOrderResponse(order=convert.order_pb(order),
-                                      member=await self._member_pb(member),
-                                      points_reversed=points, growth_reversed=growth)
+            request.order_id, request.refund_id, request.refund_fen, idem, _request_id()
+        )
+        return pb.RefundOrderResponse(
+            order=convert.order_pb(order),
+            member=await self._member_pb(member),
+            points_reversed=points,
+            growth_reversed=growth,
+        )
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.Order:
         v = Violations(DOMAIN)
@@ -440,6 +540,6 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         ensure_acts_for(request.member_id)
         page = await self.app.list_orders(request.member_id, str(cursor.get("b", "")), limit + 1)
         token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
-        return pb.ListOrdersResponse(orders=[convert.order_pb(o) for o in page[:limit]],
-                                     next_page_token=token)
-
+        return pb.ListOrdersResponse(
+            orders=[convert.order_pb(o) for o in page[:limit]], next_page_token=token
+        )

@@ -33,70 +33,133 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
             value = mask_phone(value)
         identities.append(pb.Identity(kind=ident.kind.value, value=value, app_id=ident.app_id))
     return pb.Member(
-        id=m.id, identities=identities,
+        id=m.id,
+        identities=identities,
         profile=pb.Profile(name=m.name, gender=m.gender.value, birthday=m.birthday, city=m.city),
-        store_id=m.store_id, guide_id=m.guide_id, acquisition_channel=m.channel,
+        store_id=m.store_id,
+        guide_id=m.guide_id,
+        acquisition_channel=m.channel,
         referrer_id=m.referrer_id,
-        consents=[pb.Consent(channel=ch, granted=granted, updated_at=timestamp(at))
-                  for ch, (granted, at) in sorted(m.consents.items())],
-        kind=m.kind.value, co_branded=m.co_branded, paid_until=timestamp(m.paid_until),
-        tier_level=m.tier_level, tier_name=program.tier(m.tier_level).name,
-        growth_value=m.growth_value, points_balance=m.points_balance,
-        stored_value_fen=m.stored_value_fen, paid_order_count=m.paid_order_count,
-        total_spent_fen=m.total_spent_fen, first_paid_at=timestamp(m.first_paid_at),
-        last_paid_at=timestamp(m.last_paid_at), create_time=timestamp(m.created_at),
+        consents=[
+            pb.Consent(channel=ch, granted=granted, updated_at=timestamp(at))
+            for ch, (granted, at) in sorted(m.consents.items())
+        ],
+        kind=m.kind.value,
+        co_branded=m.co_branded,
+        paid_until=timestamp(m.paid_until),
+        tier_level=m.tier_level,
+        tier_name=program.tier(m.tier_level).name,
+        growth_value=m.growth_value,
+        points_balance=m.points_balance,
+        stored_value_fen=m.stored_value_fen,
+        paid_order_count=m.paid_order_count,
+        total_spent_fen=m.total_spent_fen,
+        first_paid_at=timestamp(m.first_paid_at),
+        last_paid_at=timestamp(m.last_paid_at),
+        create_time=timestamp(m.created_at),
         update_time=timestamp(m.updated_at),
     )
 
 
 def program_pb(p: TierProgram) -> pb.TierProgram:
     return pb.TierProgram(
-        tiers=[pb.Tier(level=t.level, name=t.name, growth_threshold=t.growth_threshold,
-                       points_multiplier_permille=t.points_multiplier_permille,
-                       birthday_gift_points=t.birthday_gift_points, benefits=t.benefits)
-               for t in p.tiers],
-        evaluation_window_days=p.evaluation_window_days, retention_days=p.retention_days,
+        tiers=[
+            pb.Tier(
+                level=t.level,
+                name=t.name,
+                growth_threshold=t.growth_threshold,
+                points_multiplier_permille=t.points_multiplier_permille,
+                birthday_gift_points=t.birthday_gift_points,
+                benefits=t.benefits,
+            )
+            for t in p.tiers
+        ],
+        evaluation_window_days=p.evaluation_window_days,
+        retention_days=p.retention_days,
         update_time=timestamp(p.updated_at),
     )
 
 
 def program_from_pb(p: pb.TierProgram) -> TierProgram:
     return TierProgram(
-        tuple(Tier(t.level, t.name, t.growth_threshold, t.points_multiplier_permille,
-                   t.birthday_gift_points, dict(t.benefits)) for t in p.tiers),
-        p.evaluation_window_days, p.retention_days,
+        tuple(
+            Tier(
+                t.level,
+                t.name,
+                t.growth_threshold,
+                t.points_multiplier_permille,
+                t.birthday_gift_points,
+                dict(t.benefits),
+            )
+            for t in p.tiers
+        ),
+        p.evaluation_window_days,
+        p.retention_days,
     )
 
 
 def tier_change_pb(c: TierChange) -> pb.TierChange:
-    return pb.TierChange(member_id=c.member_id, from_level=c.from_level, to_level=c.to_level,
-                         reason=c.reason, change_time=timestamp(c.at))
+    return pb.TierChange(
+        member_id=c.member_id,
+        from_level=c.from_level,
+        to_level=c.to_level,
+        reason=c.reason,
+        change_time=timestamp(c.at),
+    )
 
 
 def points_entry_pb(e: PointsEntry) -> pb.PointsEntry:
-    return pb.PointsEntry(id=e.id, member_id=e.member_id, kind=e.kind.value, delta=e.delta,
-                          balance_after=e.balance_after, reason=e.reason, order_id=e.order_id,
-                          create_time=timestamp(e.at), expire_time=timestamp(e.expires_at))
+    return pb.PointsEntry(
+        id=e.id,
+        member_id=e.member_id,
+        kind=e.kind.value,
+        delta=e.delta,
+        balance_after=e.balance_after,
+        reason=e.reason,
+        order_id=e.order_id,
+        create_time=timestamp(e.at),
+        expire_time=timestamp(e.expires_at),
+    )
 
 
 def expiring_pb(lot: Lot) -> pb.ExpiringPoints:
-    return pb.ExpiringPoints(member_id=lot.member_id, points=lot.remaining,
-                             expire_time=timestamp(lot.expires_at))
+    return pb.ExpiringPoints(
+        member_id=lot.member_id, points=lot.remaining, expire_time=timestamp(lot.expires_at)
+    )
 
 
 def sv_entry_pb(e: StoredValueEntry) -> pb.StoredValueEntry:
     return pb.StoredValueEntry(
-        id=e.id, member_id=e.member_id, kind=e.kind.value, delta_fen=e.delta_fen,
-        bonus_fen=e.bonus_fen, balance_after_fen=e.balance_after_fen, reference=e.reference,
-        payment_entry_id=e.payment_entry_id, create_time=timestamp(e.at))
+        id=e.id,
+        member_id=e.member_id,
+        kind=e.kind.value,
+        delta_fen=e.delta_fen,
+        bonus_fen=e.bonus_fen,
+        balance_after_fen=e.balance_after_fen,
+        reference=e.reference,
+        payment_entry_id=e.payment_entry_id,
+        create_time=timestamp(e.at),
+    )
 
 
 def order_pb(o: Order) -> pb.Order:
     return pb.Order(
-        id=o.id, member_id=o.member_id, channel=o.channel, store_id=o.store_id,
+        id=o.id,
+        member_id=o.member_id,
+        channel=o.channel,
+        store_id=o.store_id,
         guide_id=o.guide_id,
-        items=[pb.OrderItem(sku=i.sku, category=i.category, quantity=i.quantity,
-                            unit_price_fen=i.unit_price_fen) for i in o.items],
-        amount_fen=o.amount_fen, paid_time=timestamp(o.paid_at), points_earned=o.points_earned,
-        growth_earned=o.growth_earned, refunded_fen=o.refunded_fen,
-        points_reversed=o.points_reversed, growth_reversed=o.growth_reversed)
+        items=[
+            pb.OrderItem(
+                sku=i.sku, category=i.category, quantity=i.quantity, unit_price_fen=i.unit_price_fen
+            )
+            for i in o.items
+        ],
+        amount_fen=o.amount_fen,
+        paid_time=timestamp(o.paid_at),
+        points_earned=o.points_earned,
+        growth_earned=o.growth_earned,
+        refunded_fen=o.refunded_fen,
+        points_reversed=o.points_reversed,
+        growth_reversed=o.growth_reversed,
+    )

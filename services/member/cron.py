@@ -24,14 +24,20 @@ async def main() -> int:
     target = os.environ.get("POND_MEMBER_TARGET", f"127.0.0.1:{settings.member_port}")
     md = call_metadata(mint_token(settings.secret(), "member-cron", Role.SERVICE, 600))
     stub = member_pb2_grpc.MemberServiceStub(channel(target))
-    expiry = await call(stub.RunPointsExpiry, pb.RunPointsExpiryRequest(), metadata=md,
-                        timeout=600, idempotent=True)
-    tiers = await call(stub.EvaluateTiers, pb.EvaluateTiersRequest(), metadata=md,
-                       timeout=600, idempotent=True)
-    log.info("member jobs done", members_expired=expiry.members_expired,
-             points_expired=expiry.points_expired, lots_announced=expiry.lots_announced,
-             members_evaluated=tiers.members_evaluated,
-             members_downgraded=tiers.members_downgraded)
+    expiry = await call(
+        stub.RunPointsExpiry, pb.RunPointsExpiryRequest(), metadata=md, timeout=600, idempotent=True
+    )
+    tiers = await call(
+        stub.EvaluateTiers, pb.EvaluateTiersRequest(), metadata=md, timeout=600, idempotent=True
+    )
+    log.info(
+        "member jobs done",
+        members_expired=expiry.members_expired,
+        points_expired=expiry.points_expired,
+        lots_announced=expiry.lots_announced,
+        members_evaluated=tiers.members_evaluated,
+        members_downgraded=tiers.members_downgraded,
+    )
     return 0
 
 

@@ -38,40 +38,84 @@ class EventWriter:
         self.events.append(_pack(subject, payload, self.now, self.request_id))
 
     def registered(self, m: Member) -> None:
-        self.add(m.id, ev.MemberRegistered(member_id=m.id, channel=m.channel,
-                                           referrer_id=m.referrer_id, store_id=m.store_id,
-                                           guide_id=m.guide_id))
+        self.add(
+            m.id,
+            ev.MemberRegistered(
+                member_id=m.id,
+                channel=m.channel,
+                referrer_id=m.referrer_id,
+                store_id=m.store_id,
+                guide_id=m.guide_id,
+            ),
+        )
 
     def updated(self, m: Member, changed: list[str]) -> None:
         if changed:
-            self.add(m.id, ev.MemberUpdated(member_id=m.id, changed_fields=sorted(set(changed)),
-                                            kind=m.kind.value))
+            self.add(
+                m.id,
+                ev.MemberUpdated(
+                    member_id=m.id, changed_fields=sorted(set(changed)), kind=m.kind.value
+                ),
+            )
 
     def points(self, entry: PointsEntry) -> None:
-        self.add(entry.member_id, ev.PointsChanged(
-            member_id=entry.member_id, kind=entry.kind.value, delta=entry.delta,
-            balance=entry.balance_after, entry_id=entry.id))
+        self.add(
+            entry.member_id,
+            ev.PointsChanged(
+                member_id=entry.member_id,
+                kind=entry.kind.value,
+                delta=entry.delta,
+                balance=entry.balance_after,
+                entry_id=entry.id,
+            ),
+        )
 
     def tier(self, member_id: str, from_level: int, to_level: int, reason: str) -> None:
-        self.add(member_id, ev.TierChanged(member_id=member_id, from_level=from_level,
-                                           to_level=to_level, reason=reason))
+        self.add(
+            member_id,
+            ev.TierChanged(
+                member_id=member_id, from_level=from_level, to_level=to_level, reason=reason
+            ),
+        )
 
     def order_paid(self, o: Order, paid_order_count: int) -> None:
         payload = ev.OrderPaid(
-            member_id=o.member_id, order_id=o.id, channel=o.channel, store_id=o.store_id,
-            guide_id=o.guide_id, amount_fen=o.amount_fen, points_earned=o.points_earned,
-            growth_earned=o.growth_earned, paid_order_count=paid_order_count,
-            items=[member_pb2.OrderItem(sku=i.sku, category=i.category, quantity=i.quantity,
-                                        unit_price_fen=i.unit_price_fen) for i in o.items])
+            member_id=o.member_id,
+            order_id=o.id,
+            channel=o.channel,
+            store_id=o.store_id,
+            guide_id=o.guide_id,
+            amount_fen=o.amount_fen,
+            points_earned=o.points_earned,
+            growth_earned=o.growth_earned,
+            paid_order_count=paid_order_count,
+            items=[
+                member_pb2.OrderItem(
+                    sku=i.sku,
+                    category=i.category,
+                    quantity=i.quantity,
+                    unit_price_fen=i.unit_price_fen,
+                )
+                for i in o.items
+            ],
+        )
         payload.paid_at.FromDatetime(o.paid_at)
         self.add(o.member_id, payload)
 
     def order_refunded(self, o: Order, refund: Refund, points_reversed: int) -> None:
-        self.add(o.member_id, ev.OrderRefunded(
-            member_id=o.member_id, order_id=o.id, refund_id=refund.refund_id,
-            refund_fen=refund.fen, refunded_total_fen=o.refunded_fen,
-            fully_refunded=o.refunded_fen >= o.amount_fen, points_reversed=points_reversed,
-            growth_reversed=refund.growth))
+        self.add(
+            o.member_id,
+            ev.OrderRefunded(
+                member_id=o.member_id,
+                order_id=o.id,
+                refund_id=refund.refund_id,
+                refund_fen=refund.fen,
+                refunded_total_fen=o.refunded_fen,
+                fully_refunded=o.refunded_fen >= o.amount_fen,
+                points_reversed=points_reversed,
+                growth_reversed=refund.growth,
+            ),
+        )
 
     def expiring(self, lot: Lot) -> None:
         payload = ev.PointsExpiring(member_id=lot.member_id, points=lot.remaining)

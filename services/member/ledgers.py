@@ -12,12 +12,10 @@ from services.member.domain.errors import RuleViolation
 from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.events import EventWriter
-from services.member.service import Idem, MemberCore, rule_error
+from services.member.service import DOMAIN, Idem, MemberCore, rule_error
 from services.member.store import Change
 from services.runtime.errors import not_found
 from services.runtime.ids import new_id
-
-DOMAIN = "pond.member"
 
 
 class LedgerUseCases(MemberCore):
@@ -28,8 +26,9 @@ class LedgerUseCases(MemberCore):
             raise not_found("points entry", entry_id, domain=DOMAIN)
         return entry
 
-    async def _move_points(self, scope: str, member_id: str, idem: Idem, request_id: str,
-                           make) -> PointsEntry:
+    async def _move_points(
+        self, scope: str, member_id: str, idem: Idem, request_id: str, make
+    ) -> PointsEntry:
         async def attempt() -> tuple[Change, str, PointsEntry]:
             m = await self.member(member_id)
             now, expected = self.now(), m.version
@@ -42,47 +41,79 @@ class LedgerUseCases(MemberCore):
             self.touch(m, now)
             events = EventWriter(now, request_id)
             events.points(move.entry)
-            change = Change(member=m, expected_version=expected, lots=list(move.lots),
-                            points_entries=[move.entry], events=events.events)
+            change = Change(
+                member=m,
+                expected_version=expected,
+                lots=list(move.lots),
+                points_entries=[move.entry],
+                events=events.events,
+            )
             return change, move.entry.id, move.entry
 
         return await self.idempotent(scope, idem, attempt, self._points_entry)
 
-    async def redeem_points(self, member_id: str, points: int, reason: str, idem: Idem,
-                            request_id: str = "") -> PointsEntry:
+    async def redeem_points(
+        self, member_id: str, points: int, reason: str, idem: Idem, request_id: str = ""
+    ) -> PointsEntry:
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
-            return dp.spend(entry_id=new_id("p"), member_id=m.id, lots=lots, points=points,
-                            now=now, kind=PointsEntryKind.REDEEM, reason=reason)
+            return dp.spend(
+                entry_id=new_id("p"),
+                member_id=m.id,
+                lots=lots,
+                points=points,
+                now=now,
+                kind=PointsEntryKind.REDEEM,
+                reason=reason,
+            )
 
         return await self._move_points("RedeemPoints", member_id, idem, request_id, make)
 
-    async def adjust_points(self, member_id: str, delta: int, reason: str, idem: Idem,
-                            request_id: str = "") -> PointsEntry:
+    async def adjust_points(
+        self, member_id: str, delta: int, reason: str, idem: Idem, request_id: str = ""
+    ) -> PointsEntry:
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
             if delta > 0:
-                return dp.grant(entry_id=new_id("p"), member_id=m.id, balance=m.points_balance,
-                                points=delta, now=now, kind=PointsEntryKind.ADJUST, reason=reason,
-                                expires_at=now + timedelta(days=self.rules.points_valid_days))
-            return dp.spend(entry_id=new_id("p"), member_id=m.id, lots=lots, points=-delta,
-                            now=now, kind=PointsEntryKind.ADJUST, reason=reason)
+                return dp.grant(
+                    entry_id=new_id("p"),
+                    member_id=m.id,
+                    balance=m.points_balance,
+                    points=delta,
+                    now=now,
+                    kind=PointsEntryKind.ADJUST,
+                    reason=reason,
+                    expires_at=now + timedelta(days=self.rules.points_valid_days),
+                )
+            return dp.spend(
+                entry_id=new_id("p"),
+                member_id=m.id,
+                lots=lots,
+                points=-delta,
+                now=now,
+                kind=PointsEntryKind.ADJUST,
+                reason=reason,
+            )
 
         return await self._move_points("AdjustPoints", member_id, idem, request_id, make)
 
-    async def list_points_entries(self, member_id: str, before_id: str, limit: int
-                                  ) -> list[PointsEntry]:
+    async def list_points_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[PointsEntry]:
         await self.member(member_id)
         return await self.store.list_points_entries(member_id, before_id, limit)
 
-    async def expiring_points(self, member_id: str, within_days: int, after_id: str, limit: int
-                              ) -> list[Lot]:
+    async def expiring_points(
+        self, member_id: str, within_days: int, after_id: str, limit: int
+    ) -> list[Lot]:
         if member_id:
             await self.member(member_id)
         now = self.now()
-        return await self.store.expiring_lots(member_id, now, now + timedelta(days=within_days),
-                                              after_id, limit)
+        return await self.store.expiring_lots(
+            member_id, now, now + timedelta(days=within_days), after_id, limit
+        )
 
-    async def run_points_expiry(self, remind_within_days: int, batch: int = 500
-                                ) -> tuple[int, int, int]:
+    async def run_points_expiry(
+        self, remind_within_days: int, batch: int = 500
+    ) -> tuple[int, int, int]:
         """Expires every due lot (one EXPIRE entry per member) and announces lots
         expiring within `remind_within_days` once each. Safe to rerun at any time."""
         members = points = 0
@@ -97,7 +128,8 @@ class LedgerUseCases(MemberCore):
         while True:
             now = self.now()
             lots = await self.store.unannounced_lots(
-                now, now + timedelta(days=remind_within_days), batch)
+                now, now + timedelta(days=remind_within_days), batch
+            )
             if not lots:
                 break
             by_member: dict[str, set[str]] = {}
@@ -105,36 +137,56 @@ class LedgerUseCases(MemberCore):
                 by_member.setdefault(lot.member_id, set()).add(lot.id)
             for member_id, lot_ids in by_member.items():
                 announced += await self.retrying(
-                    lambda mid=member_id, ids=lot_ids: self._announce(mid, ids))
+                    lambda mid=member_id, ids=lot_ids: self._announce(mid, ids)
+                )
         return members, points, announced
 
     async def _announce(self, member_id: str, lot_ids: set[str]) -> int:
         # Through the member's version like every lot change, so a concurrent spend
         # is never overwritten by a stale copy of the lot.
         m = await self.member(member_id)
-        lots = [lot for lot in await self.store.open_lots(member_id)
-                if lot.id in lot_ids and not lot.announced]
+        lots = [
+            lot
+            for lot in await self.store.open_lots(member_id)
+            if lot.id in lot_ids and not lot.announced
+        ]
         events = EventWriter(self.now())
         for lot in lots:
             events.expiring(lot)
-        await self.commit(Change(member=m, expected_version=m.version,
-                                 lots=[replace(lot, announced=True) for lot in lots],
-                                 events=events.events))
+        await self.commit(
+            Change(
+                member=m,
+                expected_version=m.version,
+                lots=[replace(lot, announced=True) for lot in lots],
+                events=events.events,
+            )
+        )
         return len(lots)
 
     async def _expire_member(self, member_id: str) -> int:
         m = await self.member(member_id)
         now, expected = self.now(), m.version
-        move = dp.expire(entry_id=new_id("p"), member_id=m.id,
-                         lots=await self.store.open_lots(member_id), now=now)
+        move = dp.expire(
+            entry_id=new_id("p"),
+            member_id=m.id,
+            lots=await self.store.open_lots(member_id),
+            now=now,
+        )
         if move is None:
             return 0
         m.points_balance = move.balance
         self.touch(m, now)
         events = EventWriter(now)
         events.points(move.entry)
-        await self.commit(Change(member=m, expected_version=expected, lots=list(move.lots),
-                                 points_entries=[move.entry], events=events.events))
+        await self.commit(
+            Change(
+                member=m,
+                expected_version=expected,
+                lots=list(move.lots),
+                points_entries=[move.entry],
+                events=events.events,
+            )
+        )
         return -move.entry.delta
 
     # -- stored value --
@@ -144,8 +196,9 @@ class LedgerUseCases(MemberCore):
             raise not_found("stored value entry", entry_id, domain=DOMAIN)
         return entry
 
-    async def _move_stored_value(self, scope: str, member_id: str, idem: Idem, request_id: str,
-                                 make) -> StoredValueEntry:
+    async def _move_stored_value(
+        self, scope: str, member_id: str, idem: Idem, request_id: str, make
+    ) -> StoredValueEntry:
         async def attempt() -> tuple[Change, str, StoredValueEntry]:
             m = await self.member(member_id)
             now, expected = self.now(), m.version
@@ -160,47 +213,84 @@ class LedgerUseCases(MemberCore):
             events = EventWriter(now, request_id)
             if m.kind is not before:
                 events.updated(m, ["kind"])
-            change = Change(member=m, expected_version=expected, stored_value_entries=[entry],
-                            events=events.events)
+            change = Change(
+                member=m,
+                expected_version=expected,
+                stored_value_entries=[entry],
+                events=events.events,
+            )
             return change, entry.id, entry
 
         return await self.idempotent(scope, idem, attempt, self._sv_entry)
 
-    async def top_up(self, member_id: str, amount_fen: int, bonus_fen: int, reference: str,
-                     idem: Idem, request_id: str = "") -> StoredValueEntry:
+    async def top_up(
+        self,
+        member_id: str,
+        amount_fen: int,
+        bonus_fen: int,
+        reference: str,
+        idem: Idem,
+        request_id: str = "",
+    ) -> StoredValueEntry:
         async def make(m, now: datetime) -> StoredValueEntry:
-            return dsv.top_up(entry_id=new_id("s"), member_id=m.id, balance=m.stored_value_fen,
-                              amount_fen=amount_fen, bonus_fen=bonus_fen, now=now,
-                              reference=reference)
+            return dsv.top_up(
+                entry_id=new_id("s"),
+                member_id=m.id,
+                balance=m.stored_value_fen,
+                amount_fen=amount_fen,
+                bonus_fen=bonus_fen,
+                now=now,
+                reference=reference,
+            )
 
-        return await self._move_stored_value("TopUpStoredValue", member_id, idem, request_id,
-                                             make)
+        return await self._move_stored_value("TopUpStoredValue", member_id, idem, request_id, make)
 
-    async def pay(self, member_id: str, amount_fen: int, reference: str, idem: Idem,
-                  request_id: str = "") -> StoredValueEntry:
+    async def pay(
+        self, member_id: str, amount_fen: int, reference: str, idem: Idem, request_id: str = ""
+    ) -> StoredValueEntry:
         async def make(m, now: datetime) -> StoredValueEntry:
-            return dsv.pay(entry_id=new_id("s"), member_id=m.id, balance=m.stored_value_fen,
-                           amount_fen=amount_fen, now=now, reference=reference)
+            return dsv.pay(
+                entry_id=new_id("s"),
+                member_id=m.id,
+                balance=m.stored_value_fen,
+                amount_fen=amount_fen,
+                now=now,
+                reference=reference,
+            )
 
-        return await self._move_stored_value("PayWithStoredValue", member_id, idem, request_id,
-                                             make)
+        return await self._move_stored_value(
+            "PayWithStoredValue", member_id, idem, request_id, make
+        )
 
-    async def refund_payment(self, member_id: str, payment_entry_id: str, amount_fen: int,
-                             idem: Idem, request_id: str = "") -> StoredValueEntry:
+    async def refund_payment(
+        self,
+        member_id: str,
+        payment_entry_id: str,
+        amount_fen: int,
+        idem: Idem,
+        request_id: str = "",
+    ) -> StoredValueEntry:
         async def make(m, now: datetime) -> StoredValueEntry:
             payment = await self.store.get_stored_value_entry(payment_entry_id)
             if payment is None:
                 raise not_found("stored value payment", payment_entry_id, domain=DOMAIN)
             refunded = await self.store.refunded_fen_for_payment(payment_entry_id)
-            return dsv.refund_payment(entry_id=new_id("s"), member_id=m.id,
-                                      balance=m.stored_value_fen, payment=payment,
-                                      already_refunded_fen=refunded, amount_fen=amount_fen,
-                                      now=now)
+            return dsv.refund_payment(
+                entry_id=new_id("s"),
+                member_id=m.id,
+                balance=m.stored_value_fen,
+                payment=payment,
+                already_refunded_fen=refunded,
+                amount_fen=amount_fen,
+                now=now,
+            )
 
-        return await self._move_stored_value("RefundStoredValuePayment", member_id, idem,
-                                             request_id, make)
+        return await self._move_stored_value(
+            "RefundStoredValuePayment", member_id, idem, request_id, make
+        )
 
-    async def list_stored_value_entries(self, member_id: str, before_id: str, limit: int
-                                        ) -> list[StoredValueEntry]:
+    async def list_stored_value_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[StoredValueEntry]:
         await self.member(member_id)
         return await self.store.list_stored_value_entries(member_id, before_id, limit)

@@ -14,13 +14,11 @@ from services.member.domain.members import Member
 from services.member.domain.orders import Order, OrderItem
 from services.member.domain.points import PointsEntryKind
 from services.member.events import EventWriter
-from services.member.service import Idem, MemberCore, rule_error
+from services.member.service import DOMAIN, Idem, MemberCore, rule_error
 from services.member.store import Change, DuplicateKey, StoreConflict
 from services.runtime.errors import not_found
 from services.runtime.idempotency import key_reused
 from services.runtime.ids import new_id
-
-DOMAIN = "pond.member"
 
 
 class PurchaseUseCases(MemberCore):
@@ -31,9 +29,18 @@ class PurchaseUseCases(MemberCore):
         return o
 
     async def record_order(
-        self, *, order_id: str, member_id: str, channel: int, store_id: str, guide_id: str,
-        items: tuple[OrderItem, ...], amount_fen: int, paid_at: datetime | None,
-        fingerprint: str, request_id: str = "",
+        self,
+        *,
+        order_id: str,
+        member_id: str,
+        channel: int,
+        store_id: str,
+        guide_id: str,
+        items: tuple[OrderItem, ...],
+        amount_fen: int,
+        paid_at: datetime | None,
+        fingerprint: str,
+        request_id: str = "",
     ) -> tuple[Order, Member, bool]:
         async def once() -> tuple[Order, Member, bool]:
             existing = await self.store.get_order(order_id)
@@ -48,15 +55,32 @@ class PurchaseUseCases(MemberCore):
             multiplier = program.tier(m.tier_level).points_multiplier_permille
             points = dp.points_for_order(amount_fen, self.rules.points_per_yuan, multiplier)
             growth = do.growth_for_order(amount_fen, self.rules.growth_per_yuan)
-            order = Order(order_id, m.id, channel, store_id, guide_id, items, amount_fen, when,
-                          points, growth, fingerprint)
+            order = Order(
+                order_id,
+                m.id,
+                channel,
+                store_id,
+                guide_id,
+                items,
+                amount_fen,
+                when,
+                points,
+                growth,
+                fingerprint,
+            )
             events = EventWriter(now, request_id)
             change = Change(member=m, expected_version=expected, order=order, new_order=True)
             if points:
-                move = dp.grant(entry_id=new_id("p"), member_id=m.id, balance=m.points_balance,
-                                points=points, now=now, order_id=order_id,
-                                reason=f"order {order_id}",
-                                expires_at=now + timedelta(days=self.rules.points_valid_days))
+                move = dp.grant(
+                    entry_id=new_id("p"),
+                    member_id=m.id,
+                    balance=m.points_balance,
+                    points=points,
+                    now=now,
+                    order_id=order_id,
+                    reason=f"order {order_id}",
+                    expires_at=now + timedelta(days=self.rules.points_valid_days),
+                )
                 change.lots += move.lots
                 change.points_entries.append(move.entry)
                 m.points_balance = move.balance
@@ -83,8 +107,9 @@ class PurchaseUseCases(MemberCore):
 
         return await self.retrying(once)
 
-    async def refund_order(self, order_id: str, refund_id: str, refund_fen: int, idem: Idem,
-                           request_id: str = "") -> tuple[Order, Member, int, int]:
+    async def refund_order(
+        self, order_id: str, refund_id: str, refund_fen: int, idem: Idem, request_id: str = ""
+    ) -> tuple[Order, Member, int, int]:
         async def replay(result_id: str) -> tuple[Order, Member, int, int]:
             o = await self.order(order_id)
             refund = o.refund(refund_id)
@@ -107,11 +132,17 @@ class PurchaseUseCases(MemberCore):
             if refund.points > 0 and m.points_balance > 0:
                 # If the member already spent them, take back what is left: the
                 # balance never goes negative; the entry shows what was recovered.
-                move = dp.spend(entry_id=new_id("p"), member_id=m.id,
-                                lots=await self.store.open_lots(m.id), points=refund.points,
-                                now=now, kind=PointsEntryKind.REVERSE, order_id=order_id,
-                                reason=f"refund {refund_id} of order {order_id}",
-                                allow_partial=True)
+                move = dp.spend(
+                    entry_id=new_id("p"),
+                    member_id=m.id,
+                    lots=await self.store.open_lots(m.id),
+                    points=refund.points,
+                    now=now,
+                    kind=PointsEntryKind.REVERSE,
+                    order_id=order_id,
+                    reason=f"refund {refund_id} of order {order_id}",
+                    allow_partial=True,
+                )
                 if move.entry.delta:
                     change.lots += move.lots
                     change.points_entries.append(move.entry)
@@ -131,7 +162,11 @@ class PurchaseUseCases(MemberCore):
             events.order_refunded(o, refund, reversed_points)
             change.order = o
             change.events = events.events
-            return change, f"{refund_id}|{entry_id}", (o, self.view(m), reversed_points, refund.growth)
+            return (
+                change,
+                f"{refund_id}|{entry_id}",
+                (o, self.view(m), reversed_points, refund.growth),
+            )
 
         return await self.idempotent(f"RefundOrder:{order_id}", idem, attempt, replay)
 

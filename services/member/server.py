@@ -27,7 +27,8 @@ def registration(servicer: MemberServicer) -> ServiceRegistration:
     return ServiceRegistration(
         descriptor=SERVICE,
         add_to_server=lambda server: member_pb2_grpc.add_MemberServiceServicer_to_server(
-            servicer, server),
+            servicer, server
+        ),
         rules=AUTH_RULES,
     )
 
@@ -60,30 +61,52 @@ class MemberService:
 
 
 async def start_member_service(
-    settings: MemberSettings, *, clock: Clock | None = None, port: int | None = None,
-    metrics: bool = True, store: MemberStore | None = None,
+    settings: MemberSettings,
+    *,
+    clock: Clock | None = None,
+    port: int | None = None,
+    metrics: bool = True,
+    store: MemberStore | None = None,
 ) -> MemberService:
     key = settings.phone_key_b64()
     if not key:
         raise RuntimeError("refusing to start without a phone encryption key (POND_PHONE_KEY)")
     store = store or await open_store(
-        sqlite_path=str(settings.data_dir / "member.db"), mongodb_uri=settings.mongodb_uri,
-        mongodb_db=settings.mongodb_db)
+        sqlite_path=str(settings.data_dir / "member.db"),
+        mongodb_uri=settings.mongodb_uri,
+        mongodb_db=settings.mongodb_db,
+    )
     stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     relay = None
     if settings.redis_url:
-        relay = OutboxRelay(store, connect_redis(settings.redis_url), STREAM,
-                            poll_seconds=settings.outbox_poll_seconds)
+        relay = OutboxRelay(
+            store,
+            connect_redis(settings.redis_url),
+            STREAM,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
         if settings.outbox_relay_enabled:
             tasks.append(asyncio.create_task(relay.run(stop), name="member-outbox"))
-    rules = LoyaltyRules(settings.consuming_order_threshold, settings.points_per_yuan,
-                         settings.growth_per_yuan, settings.points_valid_days)
-    app = MemberApp(store, clock or SystemClock(), FieldCipher.from_b64(key), rules,
-                    on_commit=relay.notify if relay else (lambda: None))
+    rules = LoyaltyRules(
+        settings.consuming_order_threshold,
+        settings.points_per_yuan,
+        settings.growth_per_yuan,
+        settings.points_valid_days,
+    )
+    app = MemberApp(
+        store,
+        clock or SystemClock(),
+        FieldCipher.from_b64(key),
+        rules,
+        on_commit=relay.notify if relay else (lambda: None),
+    )
     server = PondServer(
-        registration(MemberServicer(app)), secret=settings.secret(), host=settings.host,
+        registration(MemberServicer(app)),
+        secret=settings.secret(),
+        host=settings.host,
         port=settings.member_port if port is None else port,
-        metrics_port=settings.member_metrics_port if metrics else 0)
+        metrics_port=settings.member_metrics_port if metrics else 0,
+    )
     await server.start()
     return MemberService(server, store, app, relay, stop, tasks)

@@ -20,12 +20,21 @@ from services.member.domain.members import Identity, IdentityKind, Member
 from services.member.domain.tiers import DEFAULT_PROGRAM, TierChange, TierProgram, upgrade_to
 from services.member.events import EventWriter
 from services.member.store import (
-    Change, DuplicateKey, IdentityTaken, MemberFilter, MemberStore, StoreConflict,
+    Change,
+    DuplicateKey,
+    IdentityTaken,
+    MemberFilter,
+    MemberStore,
+    StoreConflict,
 )
 from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
 from services.runtime.errors import (
-    PondError, already_exists, failed_precondition, invalid_argument, not_found,
+    PondError,
+    already_exists,
+    failed_precondition,
+    invalid_argument,
+    not_found,
 )
 from services.runtime.idempotency import IdempotencyRecord, key_reused
 from services.runtime.ids import new_id
@@ -68,8 +77,14 @@ def rule_error(exc: RuleViolation) -> PondError:
 class MemberCore:
     """Shared plumbing for the member service's use cases."""
 
-    def __init__(self, store: MemberStore, clock: Clock, cipher: FieldCipher,
-                 rules: LoyaltyRules, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: MemberStore,
+        clock: Clock,
+        cipher: FieldCipher,
+        rules: LoyaltyRules,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.cipher = cipher
@@ -90,12 +105,20 @@ class MemberCore:
                 return await attempt()
             except StoreConflict:
                 continue
-        raise PondError(grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE", "the member changed concurrently; retry",
-                        DOMAIN)
+        raise PondError(
+            grpc.StatusCode.ABORTED,
+            "CONCURRENT_UPDATE",
+            "the member changed concurrently; retry",
+            DOMAIN,
+        )
 
-    async def idempotent(self, scope: str, idem: Idem,
-                         attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
-                         replay: Callable[[str], Awaitable[T]]) -> T:
+    async def idempotent(
+        self,
+        scope: str,
+        idem: Idem,
+        attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
+        replay: Callable[[str], Awaitable[T]],
+    ) -> T:
         """Replays the first result for a known key (same request), rejects the key
         with other parameters, otherwise runs `attempt` -> (change, result id, result)
         and commits the change together with the idempotency record."""
@@ -107,8 +130,9 @@ class MemberCore:
                     raise key_reused(idem.key, domain=DOMAIN)
                 return await replay(record.response.decode())
             change, result_id, result = await attempt()
-            change.idempotency = IdempotencyRecord(scope, idem.key, idem.fingerprint,
-                                                   result_id.encode())
+            change.idempotency = IdempotencyRecord(
+                scope, idem.key, idem.fingerprint, result_id.encode()
+            )
             try:
                 await self.commit(change)
             except DuplicateKey as exc:
@@ -161,11 +185,15 @@ class MemberCore:
         return Identity(ident.kind, self.lookup(ident), ident.value, ident.app_id)
 
     def reveal(self, identity: Identity) -> str:
-        return (self.cipher.decrypt(identity.value) if identity.kind is IdentityKind.PHONE
-                else identity.value)
+        return (
+            self.cipher.decrypt(identity.value)
+            if identity.kind is IdentityKind.PHONE
+            else identity.value
+        )
 
-    async def apply_tier_upgrade(self, m: Member, now: datetime, events: EventWriter,
-                                 change: Change, extra_growth: int = 0) -> None:
+    async def apply_tier_upgrade(
+        self, m: Member, now: datetime, events: EventWriter, change: Change, extra_growth: int = 0
+    ) -> None:
         program = await self.tier_program()
         qualifying = await self.store.growth_since(m.id, program.window_start(now)) + extra_growth
         target = upgrade_to(program, m.tier_level, qualifying)
@@ -178,17 +206,21 @@ class MemberCore:
 class MemberUseCases(MemberCore):
     """Registering, finding, listing and updating members."""
 
-    async def register(self, identities: list[NewIdentity], fields: dict, request_id: str = ""
-                       ) -> tuple[Member, bool]:
+    async def register(
+        self, identities: list[NewIdentity], fields: dict, request_id: str = ""
+    ) -> tuple[Member, bool]:
         lookups = {self.lookup(i): i for i in identities}
 
         async def once() -> tuple[Member, bool]:
             owners = {lk: await self.store.member_id_for(lk) for lk in lookups}
             owner_ids = sorted({o for o in owners.values() if o})
             if len(owner_ids) > 1:
-                raise already_exists("IDENTITIES_BELONG_TO_DIFFERENT_MEMBERS",
-                                     f"these identities belong to members {', '.join(owner_ids)}",
-                                     domain=DOMAIN, member_ids=",".join(owner_ids))
+                raise already_exists(
+                    "IDENTITIES_BELONG_TO_DIFFERENT_MEMBERS",
+                    f"these identities belong to members {', '.join(owner_ids)}",
+                    domain=DOMAIN,
+                    member_ids=",".join(owner_ids),
+                )
             now = self.now()
             events = EventWriter(now, request_id)
             if owner_ids:
@@ -200,20 +232,33 @@ class MemberUseCases(MemberCore):
                 m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
                 self.touch(m, now)
                 events.updated(m, ["identities"])
-                change = Change(member=m, expected_version=expected,
-                                new_identities=[(lk, m.id) for lk in missing],
-                                events=events.events)
+                change = Change(
+                    member=m,
+                    expected_version=expected,
+                    new_identities=[(lk, m.id) for lk in missing],
+                    events=events.events,
+                )
                 await self._commit_identities(change)
                 return self.view(m), False
             referrer = fields.get("referrer_id", "")
             if referrer and await self.store.get_member(referrer) is None:
                 raise invalid_argument([("referrer_id", "no member has this id")], domain=DOMAIN)
-            m = Member(id=new_id("m"), identities=[self.stored_identity(i) for i in identities],
-                       created_at=now, updated_at=now, tier_since=now, **fields)
+            m = Member(
+                id=new_id("m"),
+                identities=[self.stored_identity(i) for i in identities],
+                created_at=now,
+                updated_at=now,
+                tier_since=now,
+                **fields,
+            )
             self.touch(m, now)
             events.registered(m)
-            change = Change(member=m, expected_version=None,
-                            new_identities=[(lk, m.id) for lk in lookups], events=events.events)
+            change = Change(
+                member=m,
+                expected_version=None,
+                new_identities=[(lk, m.id) for lk in lookups],
+                events=events.events,
+            )
             await self._commit_identities(change)
             return m, True
 
@@ -226,8 +271,9 @@ class MemberUseCases(MemberCore):
             # Lost a race with another registration: go round and find the owner.
             raise StoreConflict(exc.member_id) from exc
 
-    async def add_identity(self, member_id: str, ident: NewIdentity, request_id: str = ""
-                           ) -> Member:
+    async def add_identity(
+        self, member_id: str, ident: NewIdentity, request_id: str = ""
+    ) -> Member:
         lookup = self.lookup(ident)
 
         async def once() -> Member:
@@ -236,20 +282,33 @@ class MemberUseCases(MemberCore):
             if owner == m.id:
                 return self.view(m)
             if owner:
-                raise already_exists("IDENTITY_TAKEN", f"this identity belongs to member {owner}",
-                                     domain=DOMAIN, member_id=owner)
+                raise already_exists(
+                    "IDENTITY_TAKEN",
+                    f"this identity belongs to member {owner}",
+                    domain=DOMAIN,
+                    member_id=owner,
+                )
             now, expected = self.now(), m.version
             m.identities.append(self.stored_identity(ident))
             self.touch(m, now)
             events = EventWriter(now, request_id)
             events.updated(m, ["identities"])
             try:
-                await self.commit(Change(member=m, expected_version=expected,
-                                         new_identities=[(lookup, m.id)], events=events.events))
+                await self.commit(
+                    Change(
+                        member=m,
+                        expected_version=expected,
+                        new_identities=[(lookup, m.id)],
+                        events=events.events,
+                    )
+                )
             except IdentityTaken as exc:
-                raise already_exists("IDENTITY_TAKEN",
-                                     f"this identity belongs to member {exc.member_id}",
-                                     domain=DOMAIN, member_id=exc.member_id) from exc
+                raise already_exists(
+                    "IDENTITY_TAKEN",
+                    f"this identity belongs to member {exc.member_id}",
+                    domain=DOMAIN,
+                    member_id=exc.member_id,
+                ) from exc
             return self.view(m)
 
         return await self.retrying(once)
@@ -272,8 +331,9 @@ class MemberUseCases(MemberCore):
         async def once() -> Member:
             m = await self.member(member_id)
             if values.get("referrer_id") == member_id:
-                raise failed_precondition("SELF_REFERRAL", "a member cannot refer themselves",
-                                          domain=DOMAIN)
+                raise failed_precondition(
+                    "SELF_REFERRAL", "a member cannot refer themselves", domain=DOMAIN
+                )
             expected, now = m.version, self.now()
             changed = [k for k, v in values.items() if getattr(m, k) != v]
             for k, v in values.items():
@@ -291,14 +351,16 @@ class MemberUseCases(MemberCore):
 
         return await self.retrying(once)
 
-    async def set_paid_membership(self, member_id: str, until: datetime, idem: Idem,
-                                  request_id: str = "") -> Member:
+    async def set_paid_membership(
+        self, member_id: str, until: datetime, idem: Idem, request_id: str = ""
+    ) -> Member:
         async def attempt() -> tuple[Change, str, Member]:
             m = await self.member(member_id)
             now, expected = self.now(), m.version
             if until <= now:
-                raise failed_precondition("END_IN_PAST", "paid_until must be in the future",
-                                          domain=DOMAIN)
+                raise failed_precondition(
+                    "END_IN_PAST", "paid_until must be in the future", domain=DOMAIN
+                )
             m.paid_until = until
             self.touch(m, now)
             events = EventWriter(now, request_id)
@@ -318,10 +380,8 @@ class MemberUseCases(MemberCore):
                 self.touch(m, now)
                 events = EventWriter(now)
                 events.updated(m, ["kind"])
-                await self.commit(Change(member=m, expected_version=expected,
-                                         events=events.events))
+                await self.commit(Change(member=m, expected_version=expected, events=events.events))
 
             await self.retrying(once)
             lapsed += 1
         return lapsed
-

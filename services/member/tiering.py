@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from services.member.domain.tiers import TierChange, TierProgram, program_problems, reevaluate
 from services.member.events import EventWriter
-from services.member.service import MemberCore
+from services.member.service import DOMAIN, MemberCore
 from services.member.store import Change, MemberFilter
 from services.runtime.errors import invalid_argument
-
-DOMAIN = "pond.member"
 
 
 class TierUseCases(MemberCore):
@@ -20,8 +18,9 @@ class TierUseCases(MemberCore):
         problems = program_problems(program)
         if problems:
             raise invalid_argument(problems, domain=DOMAIN)
-        program = TierProgram(program.tiers, program.evaluation_window_days,
-                              program.retention_days, self.now())
+        program = TierProgram(
+            program.tiers, program.evaluation_window_days, program.retention_days, self.now()
+        )
         await self.commit(Change(tier_program=program))
         self.forget_program()
         return program
@@ -54,15 +53,20 @@ class TierUseCases(MemberCore):
         reason = "re-evaluation"
         events = EventWriter(now)
         events.tier(m.id, m.tier_level, target, reason)
-        change = Change(member=m, expected_version=expected, events=events.events,
-                        tier_changes=[TierChange(m.id, m.tier_level, target, reason, now)])
+        change = Change(
+            member=m,
+            expected_version=expected,
+            events=events.events,
+            tier_changes=[TierChange(m.id, m.tier_level, target, reason, now)],
+        )
         moved_down = int(target < m.tier_level)
         m.tier_level, m.tier_since = target, now
         self.touch(m, now)
         await self.commit(change)
         return moved_down
 
-    async def list_tier_changes(self, member_id: str, before_seq: int, limit: int
-                                ) -> list[tuple[int, TierChange]]:
+    async def list_tier_changes(
+        self, member_id: str, before_seq: int, limit: int
+    ) -> list[tuple[int, TierChange]]:
         await self.member(member_id)
         return await self.store.list_tier_changes(member_id, before_seq, limit)

@@ -143,6 +143,8 @@ def ensure_acts_for(member_id: str) -> None:
         raise permission_denied("the gateway may only act for the member it verified")
 
 
-def method_rules(service_full_name: str, rules: dict[str, frozenset[Role]]) -> dict[str, frozenset[Role]]:
+def method_rules(
+    service_full_name: str, rules: dict[str, frozenset[Role]]
+) -> dict[str, frozenset[Role]]:
     """{"GetMember": roles} -> {"/pond.member.v1.MemberService/GetMember": roles}."""
     return {f"/{service_full_name}/{name}": roles for name, roles in rules.items()}

@@ -43,8 +43,13 @@ def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> t
 
 
 async def call(
-    method: Callable[..., Awaitable[Any]], request: Any, *, metadata: tuple,
-    timeout: float = DEFAULT_DEADLINE_SECONDS, idempotent: bool = False, attempts: int = 3,
+    method: Callable[..., Awaitable[Any]],
+    request: Any,
+    *,
+    metadata: tuple,
+    timeout: float = DEFAULT_DEADLINE_SECONDS,
+    idempotent: bool = False,
+    attempts: int = 3,
 ) -> Any:
     for attempt in range(1, attempts + 1):
         try:

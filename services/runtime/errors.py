@@ -26,7 +26,9 @@ class PondError(Exception):
     def to_status(self) -> status_pb2.Status:
         info = any_pb2.Any()
         info.Pack(
-            error_details_pb2.ErrorInfo(reason=self.reason, domain=self.domain, metadata=self.metadata)
+            error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=self.domain, metadata=self.metadata
+            )
         )
         details = [info]
         if self.violations:
@@ -83,7 +85,9 @@ def not_found(what: str, ident: str, *, domain: str = "pond") -> PondError:
     )
 
 
-def already_exists(reason: str, message: str, *, domain: str = "pond", **metadata: str) -> PondError:
+def already_exists(
+    reason: str, message: str, *, domain: str = "pond", **metadata: str
+) -> PondError:
     return PondError(grpc.StatusCode.ALREADY_EXISTS, reason, message, domain, dict(metadata))
 
 
@@ -101,7 +105,9 @@ def permission_denied(message: str) -> PondError:
     return PondError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", message, "pond.auth")
 
 
-def error_details(rpc_error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, list[tuple[str, str]]]:
+def error_details(
+    rpc_error: grpc.aio.AioRpcError | grpc.RpcError,
+) -> tuple[str, list[tuple[str, str]]]:
     """Client side: (ErrorInfo reason, field violations) from a failed call."""
     from grpc_status import rpc_status
 

@@ -36,7 +36,10 @@ def stream_for(producer: str) -> str:
 
 
 def make_event(
-    producer: str, subject_id: str, payload: message.Message, occurred_at: datetime,
+    producer: str,
+    subject_id: str,
+    payload: message.Message,
+    occurred_at: datetime,
     request_id: str = "",
 ) -> event_pb2.Event:
     packed = any_pb2.Any()
@@ -44,8 +47,13 @@ def make_event(
     ts = Timestamp()
     ts.FromDatetime(occurred_at)
     return event_pb2.Event(
-        id=uuid.uuid4().hex, type=payload.DESCRIPTOR.full_name, occurred_at=ts,
-        producer=producer, subject_id=subject_id, payload=packed, request_id=request_id,
+        id=uuid.uuid4().hex,
+        type=payload.DESCRIPTOR.full_name,
+        occurred_at=ts,
+        producer=producer,
+        subject_id=subject_id,
+        payload=packed,
+        request_id=request_id,
     )
 
 
@@ -70,8 +78,16 @@ class ConsumerStats:
 
 class EventConsumer:
     def __init__(
-        self, redis: aioredis.Redis, stream: str, group: str, consumer: str, handler: Handler,
-        *, max_deliveries: int = 5, claim_idle_ms: int = 30_000, block_ms: int = 1000,
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 30_000,
+        block_ms: int = 1000,
         batch: int = 100,
     ) -> None:
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
@@ -95,7 +111,10 @@ class EventConsumer:
         messages were handled or skipped."""
         done = await self._reclaim()
         reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.batch,
+            self.group,
+            self.consumer,
+            {self.stream: ">"},
+            count=self.batch,
             block=self.block_ms if block_ms is None else block_ms,
         )
         for _stream, messages in reply or []:
@@ -119,8 +138,12 @@ class EventConsumer:
         if not messages:
             return 0
         pending = await self.redis.xpending_range(
-            self.stream, self.group, min=messages[0][0], max=messages[-1][0],
-            count=len(messages) * 2, consumername=self.consumer,
+            self.stream,
+            self.group,
+            min=messages[0][0],
+            max=messages[-1][0],
+            count=len(messages) * 2,
+            consumername=self.consumer,
         )
         deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
         done = 0
@@ -153,8 +176,9 @@ class EventConsumer:
         except Exception as exc:
             # Left pending: reclaimed after claim_idle_ms, dead-lettered after N tries.
             self.stats.failed += 1
-            log.warning("event handler failed", event_type=event.type, event_id=event.id,
-                        error=repr(exc))
+            log.warning(
+                "event handler failed", event_type=event.type, event_id=event.id, error=repr(exc)
+            )
             return 0
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._done_key(event.id), b"1", ex=_DONE_TTL_SECONDS)
@@ -165,10 +189,15 @@ class EventConsumer:
 
     async def _dead_letter(self, msg_id: bytes, fields: dict, why: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.stream + DEAD_SUFFIX, {
-            b"e": fields.get(b"e", b""), b"error": why.encode(), b"group": self.group.encode(),
-            b"source_id": msg_id,
-        })
+        pipe.xadd(
+            self.stream + DEAD_SUFFIX,
+            {
+                b"e": fields.get(b"e", b""),
+                b"error": why.encode(),
+                b"group": self.group.encode(),
+                b"source_id": msg_id,
+            },
+        )
         pipe.xack(self.stream, self.group, msg_id)
         await pipe.execute()
         self.stats.dead_lettered += 1

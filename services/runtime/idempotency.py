@@ -30,8 +30,13 @@ def fingerprint(request: message.Message) -> str:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
-def replay(record: IdempotencyRecord, request_fingerprint: str, response_type: type[M],
-           *, domain: str = "pond") -> M:
+def replay(
+    record: IdempotencyRecord,
+    request_fingerprint: str,
+    response_type: type[M],
+    *,
+    domain: str = "pond",
+) -> M:
     if record.fingerprint != request_fingerprint:
         raise key_reused(record.key, domain=domain)
     response = response_type()
@@ -43,5 +48,6 @@ def key_reused(key: str, *, domain: str = "pond") -> PondError:
     return failed_precondition(
         "IDEMPOTENCY_KEY_REUSED",
         f"idempotency key {key!r} was already used with different parameters",
-        domain=domain, key=key,
+        domain=domain,
+        key=key,
     )

@@ -24,8 +24,13 @@ class OutboxStore(Protocol):
 
 class OutboxRelay:
     def __init__(
-        self, store: OutboxStore, redis: aioredis.Redis, stream: str,
-        *, poll_seconds: float = 1.0, batch: int = 500,
+        self,
+        store: OutboxStore,
+        redis: aioredis.Redis,
+        stream: str,
+        *,
+        poll_seconds: float = 1.0,
+        batch: int = 500,
     ) -> None:
         self.store, self.redis, self.stream = store, redis, stream
         self.poll_seconds, self.batch = poll_seconds, batch

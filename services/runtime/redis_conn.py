@@ -42,10 +42,25 @@ class EmbeddedValkey:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.data_dir.resolve()), "--appendonly", "yes",
-                "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-                "--protected-mode", "yes", "--logfile", "valkey.log",
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir.resolve()),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                "valkey.log",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -54,7 +69,10 @@ class EmbeddedValkey:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"valkey-server exited; see {self.data_dir / 'valkey.log'}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return self
             time.sleep(0.02)
         self.stop()

@@ -41,8 +41,13 @@ class ServiceRegistration:
 
 class PondServer:
     def __init__(
-        self, registration: ServiceRegistration, *, secret: str, host: str = "127.0.0.1",
-        port: int = 0, metrics_port: int = 0,
+        self,
+        registration: ServiceRegistration,
+        *,
+        secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_port: int = 0,
     ) -> None:
         if not secret:
             raise RuntimeError("refusing to start without an auth secret (POND_AUTH_SECRET)")

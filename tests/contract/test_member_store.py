@@ -34,8 +34,7 @@ T0 = datetime(2025, 3, 1, 8, 30, 15, 123457, tzinfo=UTC)
 FAR = datetime(2038, 3, 17, 2, 40, 10, 534271, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "mongomock",
-                        pytest.param("mongodb", marks=pytest.mark.mongodb)])
+@pytest.fixture(params=["sqlite", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongodb)])
 def backend(request) -> str:
     return request.param
 
@@ -71,18 +70,21 @@ async def store(backend: str, tmp_path):
 
 # -- builders --
 
+
 def new_member(mid: str, *lookups: str, **fields) -> Member:
     lookups = lookups or (f"phone:{mid}",)
     idents = [Identity(IdentityKind.PHONE, lk, f"ciphertext-{lk}") for lk in lookups]
-    return Member(id=mid, identities=idents, created_at=T0, updated_at=T0, tier_since=T0,
-                  **fields)
+    return Member(id=mid, identities=idents, created_at=T0, updated_at=T0, tier_since=T0, **fields)
 
 
 async def add(store: MemberStore, m: Member, **change) -> Member:
     """Inserts `m` with its identities (and any other `change`)."""
     extra = change.pop("new_identities", [])
-    await store.commit(Change(member=m, **change, new_identities=[
-        *((i.lookup, m.id) for i in m.identities), *extra]))
+    await store.commit(
+        Change(
+            member=m, **change, new_identities=[*((i.lookup, m.id) for i in m.identities), *extra]
+        )
+    )
     return m
 
 
@@ -98,16 +100,37 @@ def points_entry(entry_id: str, member_id: str, delta: int = 5, **kw) -> PointsE
     return PointsEntry(entry_id, member_id, PointsEntryKind.EARN, delta, 100, T0, **kw)
 
 
-def sv_entry(entry_id: str, member_id: str, kind=StoredValueEntryKind.TOP_UP, delta: int = 1000,
-             payment: str = "") -> StoredValueEntry:
+def sv_entry(
+    entry_id: str,
+    member_id: str,
+    kind=StoredValueEntryKind.TOP_UP,
+    delta: int = 1000,
+    payment: str = "",
+) -> StoredValueEntry:
     return StoredValueEntry(entry_id, member_id, kind, delta, 0, 5000, T0, "ref-1", payment)
 
 
-def order(order_id: str, member_id: str, paid_at: datetime, growth: int = 100,
-          refunds: list[Refund] | None = None) -> Order:
-    return Order(order_id, member_id, 3, "store-1", "guide-1",
-                 (OrderItem("sku-1", "茶", 2, 1500), OrderItem("sku-2", "", 1, 2000)), 5000,
-                 paid_at, 50, growth, "fp-" + order_id, list(refunds or []))
+def order(
+    order_id: str,
+    member_id: str,
+    paid_at: datetime,
+    growth: int = 100,
+    refunds: list[Refund] | None = None,
+) -> Order:
+    return Order(
+        order_id,
+        member_id,
+        3,
+        "store-1",
+        "guide-1",
+        (OrderItem("sku-1", "茶", 2, 1500), OrderItem("sku-2", "", 1, 2000)),
+        5000,
+        paid_at,
+        50,
+        growth,
+        "fp-" + order_id,
+        list(refunds or []),
+    )
 
 
 def record(key: str, response: bytes = b"o-1", scope: str = "RecordOrder") -> IdempotencyRecord:
@@ -130,7 +153,8 @@ def side_writes(member_id: str, suffix: str) -> dict:
         lots=[lot(f"pe-{suffix}", member_id, FAR)],
         points_entries=[points_entry(f"pe-{suffix}", member_id)],
         stored_value_entries=[sv_entry(f"sv-{suffix}", member_id)],
-        order=order(f"o-{suffix}", member_id, T0), new_order=True,
+        order=order(f"o-{suffix}", member_id, T0),
+        new_order=True,
         tier_changes=[TierChange(member_id, 0, 1, "growth", T0)],
         tier_program=TierProgram((Tier(0, "会员", 0),)),
         idempotency=record(f"k-{suffix}"),
@@ -140,17 +164,36 @@ def side_writes(member_id: str, suffix: str) -> dict:
 
 # -- members --
 
+
 async def test_insert_get_and_look_up_a_member(store: MemberStore) -> None:
     m = new_member(
-        "m1", "phone:h1", "unionid:u1", name="张三", gender=Gender.FEMALE, birthday="1990-05-06",
-        city="上海", store_id="s1", guide_id="g1", channel=2, referrer_id="m0",
-        consents={1: (True, T0), 3: (False, T0 + timedelta(seconds=1))}, co_branded=True,
-        paid_until=FAR, stored_value_opened=True, kind=MemberKind.PAID, tier_level=2,
-        growth_value=12_345, points_balance=678, stored_value_fen=9_900, paid_order_count=4,
-        total_spent_fen=123_400, first_paid_at=T0, last_paid_at=T0 + timedelta(days=3))
+        "m1",
+        "phone:h1",
+        "unionid:u1",
+        name="张三",
+        gender=Gender.FEMALE,
+        birthday="1990-05-06",
+        city="上海",
+        store_id="s1",
+        guide_id="g1",
+        channel=2,
+        referrer_id="m0",
+        consents={1: (True, T0), 3: (False, T0 + timedelta(seconds=1))},
+        co_branded=True,
+        paid_until=FAR,
+        stored_value_opened=True,
+        kind=MemberKind.PAID,
+        tier_level=2,
+        growth_value=12_345,
+        points_balance=678,
+        stored_value_fen=9_900,
+        paid_order_count=4,
+        total_spent_fen=123_400,
+        first_paid_at=T0,
+        last_paid_at=T0 + timedelta(days=3),
+    )
     m.identities.append(Identity(IdentityKind.WECHAT_OPENID, "openid:app:o1", "o1", "app"))
-    await store.commit(Change(member=m, new_identities=[("phone:h1", "m1"),
-                                                          ("unionid:u1", "m1")]))
+    await store.commit(Change(member=m, new_identities=[("phone:h1", "m1"), ("unionid:u1", "m1")]))
     assert m.version == 1
     got = await store.get_member("m1")
     assert got == m
@@ -238,9 +281,12 @@ async def test_the_same_refusal_when_several_things_are_wrong(store: MemberStore
     m = await add(store, new_member("m1", "phone:a"))
     await update(store, m, order=order("o-1", "m1", T0), new_order=True, idempotency=record("k"))
     stale = replace(m.copy(), version=1)
-    everything_wrong = dict(new_identities=[("wx:new", "m1"), ("phone:a", "m1")],
-                            order=order("o-1", "m1", T0), new_order=True,
-                            idempotency=record("k"))
+    everything_wrong = dict(
+        new_identities=[("wx:new", "m1"), ("phone:a", "m1")],
+        order=order("o-1", "m1", T0),
+        new_order=True,
+        idempotency=record("k"),
+    )
     with pytest.raises(StoreConflict):
         await update(store, stale, **everything_wrong)
     with pytest.raises(IdentityTaken):
@@ -257,11 +303,20 @@ async def test_concurrent_commits_on_one_version_one_wins(store: MemberStore) ->
     m = await add(store, new_member("m1"))
     copies = [replace(m.copy(), name=f"n{i}") for i in range(5)]
     results = await asyncio.gather(
-        *(store.commit(Change(member=c, expected_version=1, new_identities=[(f"wx:{i}", "m1")],
-                              points_entries=[points_entry(f"pe-{i}", "m1")],
-                              events=[f"e{i}".encode()]))
-          for i, c in enumerate(copies)),
-        return_exceptions=True)
+        *(
+            store.commit(
+                Change(
+                    member=c,
+                    expected_version=1,
+                    new_identities=[(f"wx:{i}", "m1")],
+                    points_entries=[points_entry(f"pe-{i}", "m1")],
+                    events=[f"e{i}".encode()],
+                )
+            )
+            for i, c in enumerate(copies)
+        ),
+        return_exceptions=True,
+    )
     winners = [i for i, r in enumerate(results) if r is None]
     assert len(winners) == 1, results
     assert all(isinstance(r, StoreConflict) for r in results if r is not None)
@@ -284,8 +339,12 @@ async def test_list_members_filters_and_pages(store: MemberStore) -> None:
         ("m06", "", "", 0, MemberKind.REGISTERED, 0),
     ]
     for mid, store_id, guide, tier, kind, channel in reversed(rows):
-        await add(store, new_member(mid, store_id=store_id, guide_id=guide, tier_level=tier,
-                                kind=kind, channel=channel))
+        await add(
+            store,
+            new_member(
+                mid, store_id=store_id, guide_id=guide, tier_level=tier, kind=kind, channel=channel
+            ),
+        )
 
     async def ids(flt: MemberFilter, after: str = "", limit: int = 100) -> list[str]:
         return [m.id for m in await store.list_members(flt, after, limit)]
@@ -315,13 +374,18 @@ async def test_list_members_filters_and_pages(store: MemberStore) -> None:
 
 async def test_lapsed_paid_member_ids(store: MemberStore) -> None:
     now = T0 + timedelta(days=30)
-    await add(store, new_member("lapsed1", kind=MemberKind.PAID,
-                                paid_until=now - timedelta(days=1)))
+    await add(
+        store, new_member("lapsed1", kind=MemberKind.PAID, paid_until=now - timedelta(days=1))
+    )
     await add(store, new_member("lapsed2", kind=MemberKind.PAID, paid_until=now))  # <= now
-    await add(store, new_member("current", kind=MemberKind.PAID,
-                            paid_until=now + timedelta(microseconds=1)))
-    await add(store, new_member("stored", kind=MemberKind.STORED_VALUE,
-                            paid_until=now - timedelta(days=1)))  # already moved on
+    await add(
+        store,
+        new_member("current", kind=MemberKind.PAID, paid_until=now + timedelta(microseconds=1)),
+    )
+    await add(
+        store,
+        new_member("stored", kind=MemberKind.STORED_VALUE, paid_until=now - timedelta(days=1)),
+    )  # already moved on
     await add(store, new_member("never", kind=MemberKind.PAID))  # no paid_until
     assert sorted(await store.lapsed_paid_member_ids(now, 10)) == ["lapsed1", "lapsed2"]
     one = await store.lapsed_paid_member_ids(now, 1)
@@ -330,6 +394,7 @@ async def test_lapsed_paid_member_ids(store: MemberStore) -> None:
 
 
 # -- idempotency --
+
 
 async def test_idempotency_record_round_trip_and_duplicate(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
@@ -344,9 +409,13 @@ async def test_idempotency_record_round_trip_and_duplicate(store: MemberStore) -
     assert await store.get_idempotency("TopUp", "k1") == other
     m.name = "replayed"
     with pytest.raises(DuplicateKey):
-        await update(store, m, new_identities=[("wx:dup", "m1")],
-                     points_entries=[points_entry("pe-dup", "m1")],
-                     idempotency=record("k1", response=b"second"))
+        await update(
+            store,
+            m,
+            new_identities=[("wx:dup", "m1")],
+            points_entries=[points_entry("pe-dup", "m1")],
+            idempotency=record("k1", response=b"second"),
+        )
     got = await store.get_member("m1")
     assert (got.name, got.version) == ("", 3)
     assert await store.get_idempotency("RecordOrder", "k1") == rec
@@ -364,6 +433,7 @@ async def test_idempotency_without_a_member(store: MemberStore) -> None:
 
 
 # -- points --
+
 
 async def test_lots_upsert_and_open_lots(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
@@ -386,15 +456,15 @@ async def test_due_expiring_and_unannounced_lots(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
     day = timedelta(days=1)
     lots = [
-        lot("a1", "ma", T0 - day),                      # due
+        lot("a1", "ma", T0 - day),  # due
         lot("a2", "ma", T0 + 2 * day),
         lot("a3", "ma", T0 + 3 * day, announced=True),
-        lot("b1", "mb", T0),                            # due exactly at T0
+        lot("b1", "mb", T0),  # due exactly at T0
         lot("b2", "mb", T0 + 2 * day),
-        lot("b3", "mb", T0 - day, remaining=0),          # spent: never listed
-        lot("c1", "mc", T0 + 2 * day, remaining=0),      # spent
-        lot("c2", "mc", T0 + 10 * day),                 # outside the window
-        lot("d1", "md", T0 + day),                      # exactly at the start: excluded
+        lot("b3", "mb", T0 - day, remaining=0),  # spent: never listed
+        lot("c1", "mc", T0 + 2 * day, remaining=0),  # spent
+        lot("c2", "mc", T0 + 10 * day),  # outside the window
+        lot("d1", "md", T0 + day),  # exactly at the start: excluded
     ]
     await update(store, m, lots=lots)
     by_id = {x.id: x for x in lots}
@@ -405,15 +475,17 @@ async def test_due_expiring_and_unannounced_lots(store: MemberStore) -> None:
 
     start, end = T0 + day, T0 + 3 * day  # (start, end]
     assert await store.expiring_lots("", start, end, "", 10) == [
-        by_id["a2"], by_id["a3"], by_id["b2"]]
+        by_id["a2"],
+        by_id["a3"],
+        by_id["b2"],
+    ]
     assert await store.expiring_lots("ma", start, end, "", 10) == [by_id["a2"], by_id["a3"]]
     assert await store.expiring_lots("mb", start, end, "", 10) == [by_id["b2"]]
     assert await store.expiring_lots("mc", start, end, "", 10) == []
     assert await store.expiring_lots("", start, end, "", 2) == [by_id["a2"], by_id["a3"]]
     assert await store.expiring_lots("", start, end, "a3", 2) == [by_id["b2"]]
     assert await store.expiring_lots("ma", start, end, "a2", 10) == [by_id["a3"]]
-    assert await store.expiring_lots("", start, T0 + 2 * day, "", 10) == [by_id["a2"],
-                                                                          by_id["b2"]]
+    assert await store.expiring_lots("", start, T0 + 2 * day, "", 10) == [by_id["a2"], by_id["b2"]]
     assert await store.unannounced_lots(start, end, 10) == [by_id["a2"], by_id["b2"]]
     assert await store.unannounced_lots(start, end, 1) == [by_id["a2"]]
     assert await store.unannounced_lots(T0 + 3 * day, T0 + 30 * day, 10) == [by_id["c2"]]
@@ -422,12 +494,21 @@ async def test_due_expiring_and_unannounced_lots(store: MemberStore) -> None:
 async def test_points_entries_newest_first(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
     entries = [points_entry(f"pe-{i:02d}", "m1", delta=i) for i in range(1, 6)]
-    spend = PointsEntry("pe-06", "m1", PointsEntryKind.REDEEM, -7, 8, FAR, "兑换", "o-1",
-                        None, (("pe-01", 1), ("pe-02", 6)))
+    spend = PointsEntry(
+        "pe-06",
+        "m1",
+        PointsEntryKind.REDEEM,
+        -7,
+        8,
+        FAR,
+        "兑换",
+        "o-1",
+        None,
+        (("pe-01", 1), ("pe-02", 6)),
+    )
     grant = points_entry("pe-07", "m1", reason="order", order_id="o-2", expires_at=FAR)
     await update(store, m, points_entries=[*entries[:3]])
-    await update(store, m, points_entries=[*entries[3:], spend, grant,
-                                           points_entry("pe-99", "m2")])
+    await update(store, m, points_entries=[*entries[3:], spend, grant, points_entry("pe-99", "m2")])
     assert await store.get_points_entry("pe-06") == spend
     assert await store.get_points_entry("pe-07") == grant
     assert await store.get_points_entry("nope") is None
@@ -445,6 +526,7 @@ async def test_points_entries_newest_first(store: MemberStore) -> None:
 
 
 # -- stored value --
+
 
 async def test_stored_value_entries_and_refunds(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
@@ -475,6 +557,7 @@ async def test_stored_value_entries_and_refunds(store: MemberStore) -> None:
 
 # -- orders --
 
+
 async def test_orders_insert_duplicate_update_and_get(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
     o = order("o-1", "m1", T0)
@@ -483,13 +566,23 @@ async def test_orders_insert_duplicate_update_and_get(store: MemberStore) -> Non
     assert await store.get_order("nope") is None
     m.name = "dup"
     with pytest.raises(DuplicateKey):
-        await update(store, m, order=order("o-1", "m1", FAR, growth=1),
-                     new_identities=[("wx:dup", "m1")], new_order=True)
+        await update(
+            store,
+            m,
+            order=order("o-1", "m1", FAR, growth=1),
+            new_identities=[("wx:dup", "m1")],
+            new_order=True,
+        )
     assert await store.get_order("o-1") == o
     assert (await store.get_member("m1")).version == 2
     assert await store.member_id_for("wx:dup") is None
-    refunded = replace(o, refunds=[Refund("r-1", 1000, 10, 20, T0 + timedelta(hours=1)),
-                                   Refund("r-2", 500, 5, 10, FAR)])
+    refunded = replace(
+        o,
+        refunds=[
+            Refund("r-1", 1000, 10, 20, T0 + timedelta(hours=1)),
+            Refund("r-2", 500, 5, 10, FAR),
+        ],
+    )
     await update(store, m, order=refunded)
     assert await store.get_order("o-1") == refunded
     # Replacing an order that is not there writes nothing.
@@ -500,8 +593,14 @@ async def test_orders_insert_duplicate_update_and_get(store: MemberStore) -> Non
 async def test_list_orders_newest_paid_first(store: MemberStore) -> None:
     m = await add(store, new_member("m1"))
     t = [T0 + timedelta(hours=h) for h in range(4)]
-    orders = [order("o-a", "m1", t[1]), order("o-b", "m1", t[3]), order("o-c", "m1", t[1]),
-              order("o-d", "m1", t[0]), order("o-e", "m1", t[2]), order("o-z", "m2", t[3])]
+    orders = [
+        order("o-a", "m1", t[1]),
+        order("o-b", "m1", t[3]),
+        order("o-c", "m1", t[1]),
+        order("o-d", "m1", t[0]),
+        order("o-e", "m1", t[2]),
+        order("o-z", "m2", t[3]),
+    ]
     for o in orders:
         await update(store, m, order=o, new_order=True)
 
@@ -539,13 +638,19 @@ async def test_growth_since_is_net_of_refunds(store: MemberStore) -> None:
 
 # -- tiers --
 
+
 async def test_tier_program_round_trip(store: MemberStore) -> None:
     assert await store.get_tier_program() is None
     program = TierProgram(
-        (Tier(0, "会员 Member", 0),
-         Tier(1, "银卡", 1000, 1100, 100, {"生日礼": "双倍积分", "free_shipping": "yes"}),
-         Tier(2, "金卡 Gold", 5000, 1250, 300, {"lounge": "贵宾室"})),
-        evaluation_window_days=180, retention_days=30, updated_at=FAR)
+        (
+            Tier(0, "会员 Member", 0),
+            Tier(1, "银卡", 1000, 1100, 100, {"生日礼": "双倍积分", "free_shipping": "yes"}),
+            Tier(2, "金卡 Gold", 5000, 1250, 300, {"lounge": "贵宾室"}),
+        ),
+        evaluation_window_days=180,
+        retention_days=30,
+        updated_at=FAR,
+    )
     await store.commit(Change(tier_program=program))
     assert await store.get_tier_program() == program
     second = replace(program, tiers=program.tiers[:1], retention_days=0, updated_at=None)
@@ -568,7 +673,7 @@ async def test_tier_changes_newest_first(store: MemberStore) -> None:
     seqs = [s for s, _ in listed]
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == 3
     assert all(isinstance(s, int) and s > 0 for s in seqs)
-    (b_seq, b_change), = await store.list_tier_changes("b", 0, 10)
+    ((b_seq, b_change),) = await store.list_tier_changes("b", 0, 10)
     assert b_change == c2 and seqs[2] < b_seq < seqs[1]
     assert await store.list_tier_changes("a", 0, 1) == listed[:1]
     assert await store.list_tier_changes("a", seqs[0], 1) == listed[1:2]
@@ -578,6 +683,7 @@ async def test_tier_changes_newest_first(store: MemberStore) -> None:
 
 
 # -- outbox --
+
 
 async def test_outbox_pending_and_published(store: MemberStore) -> None:
     assert await store.outbox_pending(10) == []

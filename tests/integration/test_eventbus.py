@@ -52,10 +52,9 @@ def event_id(raw: bytes) -> str:
 
 async def poll_until(
     consumers: list[EventConsumer], done: Callable[[], Awaitable[bool] | bool],
-    timeout: float = WAIT_SECONDS,
 ) -> None:
     """Polls the consumers (short blocking reads) until `done()` holds or time runs out."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + WAIT_SECONDS
     while True:
         result = done()
         if isinstance(result, Awaitable):

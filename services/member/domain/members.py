@@ -143,7 +143,17 @@ def derive_kind(member: Member, now: datetime, consuming_threshold: int) -> Memb
     return MemberKind.REGISTERED
 
 
-UPDATABLE_PATHS = frozenset({
-    "profile", "profile.name", "profile.gender", "profile.birthday", "profile.city",
-    "store_id", "guide_id", "referrer_id", "consents", "co_branded",
-})
+UPDATABLE_PATHS = frozenset(
+    {
+        "profile",
+        "profile.name",
+        "profile.gender",
+        "profile.birthday",
+        "profile.city",
+        "store_id",
+        "guide_id",
+        "referrer_id",
+        "consents",
+        "co_branded",
+    }
+)

@@ -68,16 +68,24 @@ def plan_refund(order: Order, refund_id: str, requested_fen: int, now: datetime)
     left; points and growth reversed in proportion, on cumulative totals."""
     left = order.amount_fen - order.refunded_fen
     if left <= 0:
-        raise RuleViolation("ORDER_FULLY_REFUNDED", f"order {order.id} is already fully refunded",
-                            order_id=order.id)
+        raise RuleViolation(
+            "ORDER_FULLY_REFUNDED", f"order {order.id} is already fully refunded", order_id=order.id
+        )
     fen = left if requested_fen == 0 else requested_fen
     if fen > left:
         raise RuleViolation(
-            "REFUND_EXCEEDS_ORDER", f"refund of {fen} fen exceeds the {left} fen left on the order",
-            order_id=order.id, refundable_fen=str(left),
+            "REFUND_EXCEEDS_ORDER",
+            f"refund of {fen} fen exceeds the {left} fen left on the order",
+            order_id=order.id,
+            refundable_fen=str(left),
         )
     refunded_after = order.refunded_fen + fen
     points_total = order.points_earned * refunded_after // order.amount_fen
     growth_total = order.growth_earned * refunded_after // order.amount_fen
-    return Refund(refund_id, fen, points_total - order.points_reversed,
-                  growth_total - order.growth_reversed, now)
+    return Refund(
+        refund_id,
+        fen,
+        points_total - order.points_reversed,
+        growth_total - order.growth_reversed,
+        now,
+    )

@@ -60,15 +60,23 @@ class PointsMove:
 
 
 def grant(
-    *, entry_id: str, member_id: str, balance: int, points: int, now: datetime,
-    expires_at: datetime, kind: PointsEntryKind = PointsEntryKind.EARN, reason: str = "",
+    *,
+    entry_id: str,
+    member_id: str,
+    balance: int,
+    points: int,
+    now: datetime,
+    expires_at: datetime,
+    kind: PointsEntryKind = PointsEntryKind.EARN,
+    reason: str = "",
     order_id: str = "",
 ) -> PointsMove:
     if points <= 0:
         raise ValueError("a grant is positive")
     lot = Lot(entry_id, member_id, now, expires_at, points, points, order_id)
-    entry = PointsEntry(entry_id, member_id, kind, points, balance + points, now, reason,
-                        order_id, expires_at)
+    entry = PointsEntry(
+        entry_id, member_id, kind, points, balance + points, now, reason, order_id, expires_at
+    )
     return PointsMove((lot,), entry)
 
 
@@ -76,14 +84,26 @@ def _spend_order(lots: list[Lot], prefer_order: str) -> list[Lot]:
     # An order's own lot first (for reversals), then soonest expiry, then oldest.
     return sorted(
         (lot for lot in lots if lot.remaining > 0),
-        key=lambda lot: (lot.order_id != prefer_order or not prefer_order, lot.expires_at,
-                         lot.earned_at, lot.id),
+        key=lambda lot: (
+            lot.order_id != prefer_order or not prefer_order,
+            lot.expires_at,
+            lot.earned_at,
+            lot.id,
+        ),
     )
 
 
 def spend(
-    *, entry_id: str, member_id: str, lots: list[Lot], points: int, now: datetime,
-    kind: PointsEntryKind, reason: str = "", order_id: str = "", allow_partial: bool = False,
+    *,
+    entry_id: str,
+    member_id: str,
+    lots: list[Lot],
+    points: int,
+    now: datetime,
+    kind: PointsEntryKind,
+    reason: str = "",
+    order_id: str = "",
+    allow_partial: bool = False,
 ) -> PointsMove:
     """Take `points` from the open lots, soonest-expiring first. Without
     `allow_partial`, not enough points is a RuleViolation; with it, takes what there is."""
@@ -94,8 +114,10 @@ def spend(
     available = sum(lot.remaining for lot in open_lots)
     if available < points and not allow_partial:
         raise RuleViolation(
-            "INSUFFICIENT_POINTS", f"the member has {available} points, {points} needed",
-            available=str(available), needed=str(points),
+            "INSUFFICIENT_POINTS",
+            f"the member has {available} points, {points} needed",
+            available=str(available),
+            needed=str(points),
         )
     want = min(points, available)
     changed: list[Lot] = []
@@ -108,8 +130,9 @@ def spend(
         taken.append((lot.id, take))
         want -= take
     delta = -sum(t for _, t in taken)
-    entry = PointsEntry(entry_id, member_id, kind, delta, balance + delta, now, reason,
-                        order_id, None, tuple(taken))
+    entry = PointsEntry(
+        entry_id, member_id, kind, delta, balance + delta, now, reason, order_id, None, tuple(taken)
+    )
     return PointsMove(tuple(changed), entry)
 
 
@@ -121,8 +144,18 @@ def expire(*, entry_id: str, member_id: str, lots: list[Lot], now: datetime) -> 
     balance = sum(lot.remaining for lot in lots)
     total = sum(lot.remaining for lot in due)
     changed = tuple(replace(lot, remaining=0) for lot in due)
-    entry = PointsEntry(entry_id, member_id, PointsEntryKind.EXPIRE, -total, balance - total,
-                        now, "expired", "", None, tuple((lot.id, lot.remaining) for lot in due))
+    entry = PointsEntry(
+        entry_id,
+        member_id,
+        PointsEntryKind.EXPIRE,
+        -total,
+        balance - total,
+        now,
+        "expired",
+        "",
+        None,
+        tuple((lot.id, lot.remaining) for lot in due),
+    )
     return PointsMove(changed, entry)
 
 

@@ -97,8 +97,11 @@ def upgrade_to(program: TierProgram, current_level: int, qualifying_growth: int)
 
 
 def reevaluate(
-    program: TierProgram, current_level: int, tier_since: datetime | None,
-    qualifying_growth: int, now: datetime,
+    program: TierProgram,
+    current_level: int,
+    tier_since: datetime | None,
+    qualifying_growth: int,
+    now: datetime,
 ) -> int | None:
     """At the periodic re-evaluation: the new level, or None to keep the tier.
     Members are only moved down once the retention window since reaching the tier

@@ -101,8 +101,9 @@ class MemberStore(abc.ABC):
     async def get_points_entry(self, entry_id: str) -> PointsEntry | None: ...
 
     @abc.abstractmethod
-    async def list_points_entries(self, member_id: str, before_id: str, limit: int
-                                  ) -> list[PointsEntry]:
+    async def list_points_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[PointsEntry]:
         """Newest first, before `before_id` ("" from the newest)."""
 
     @abc.abstractmethod
@@ -110,8 +111,9 @@ class MemberStore(abc.ABC):
         """Members holding a lot with points left whose expiry is <= now."""
 
     @abc.abstractmethod
-    async def expiring_lots(self, member_id: str, start: datetime, end: datetime,
-                            after_id: str, limit: int) -> list[Lot]:
+    async def expiring_lots(
+        self, member_id: str, start: datetime, end: datetime, after_id: str, limit: int
+    ) -> list[Lot]:
         """Lots with points left expiring in (start, end], ordered by lot id; one
         member or every member ("")."""
 
@@ -127,8 +129,9 @@ class MemberStore(abc.ABC):
     async def refunded_fen_for_payment(self, payment_entry_id: str) -> int: ...
 
     @abc.abstractmethod
-    async def list_stored_value_entries(self, member_id: str, before_id: str, limit: int
-                                        ) -> list[StoredValueEntry]: ...
+    async def list_stored_value_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[StoredValueEntry]: ...
 
     # -- orders --
     @abc.abstractmethod
@@ -147,8 +150,9 @@ class MemberStore(abc.ABC):
     async def get_tier_program(self) -> TierProgram | None: ...
 
     @abc.abstractmethod
-    async def list_tier_changes(self, member_id: str, before_seq: int, limit: int
-                                ) -> list[tuple[int, TierChange]]:
+    async def list_tier_changes(
+        self, member_id: str, before_seq: int, limit: int
+    ) -> list[tuple[int, TierChange]]:
         """Newest first as (sequence, change); before_seq 0 from the newest."""
 
     # -- outbox (services.runtime.outbox.OutboxStore) --
@@ -159,14 +163,16 @@ class MemberStore(abc.ABC):
     async def outbox_mark_published(self, seqs: list[int]) -> None: ...
 
 
-async def open_store(*, sqlite_path: str = "", mongodb_uri: str = "", mongodb_db: str = "pond",
-                     mongo_database=None) -> MemberStore:
+async def open_store(
+    *, sqlite_path: str = "", mongodb_uri: str = "", mongodb_db: str = "pond", mongo_database=None
+) -> MemberStore:
     """MongoDB when a URI (or a database object, for tests) is given, else SQLite."""
     if mongo_database is not None or mongodb_uri:
         from services.member.store.mongo import MongoMemberStore
 
-        return await MongoMemberStore.open(uri=mongodb_uri, db_name=mongodb_db,
-                                           database=mongo_database)
+        return await MongoMemberStore.open(
+            uri=mongodb_uri, db_name=mongodb_db, database=mongo_database
+        )
     from services.member.store.sqlite import SqliteMemberStore
 
     return await SqliteMemberStore.open(sqlite_path)

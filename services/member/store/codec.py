@@ -29,18 +29,31 @@ def member_to_doc(m: Member) -> dict:
     return {
         "_id": m.id,
         "identities": [[i.kind.value, i.lookup, i.value, i.app_id] for i in m.identities],
-        "created_at": ts(m.created_at), "updated_at": ts(m.updated_at),
-        "name": m.name, "gender": m.gender.value, "birthday": m.birthday, "city": m.city,
-        "store_id": m.store_id, "guide_id": m.guide_id, "channel": m.channel,
+        "created_at": ts(m.created_at),
+        "updated_at": ts(m.updated_at),
+        "name": m.name,
+        "gender": m.gender.value,
+        "birthday": m.birthday,
+        "city": m.city,
+        "store_id": m.store_id,
+        "guide_id": m.guide_id,
+        "channel": m.channel,
         "referrer_id": m.referrer_id,
         "consents": [[ch, granted, ts(at)] for ch, (granted, at) in sorted(m.consents.items())],
-        "co_branded": m.co_branded, "paid_until": ts(m.paid_until),
-        "stored_value_opened": m.stored_value_opened, "kind": m.kind.value,
-        "tier_level": m.tier_level, "tier_since": ts(m.tier_since),
-        "growth_value": m.growth_value, "points_balance": m.points_balance,
-        "stored_value_fen": m.stored_value_fen, "paid_order_count": m.paid_order_count,
-        "total_spent_fen": m.total_spent_fen, "first_paid_at": ts(m.first_paid_at),
-        "last_paid_at": ts(m.last_paid_at), "version": m.version,
+        "co_branded": m.co_branded,
+        "paid_until": ts(m.paid_until),
+        "stored_value_opened": m.stored_value_opened,
+        "kind": m.kind.value,
+        "tier_level": m.tier_level,
+        "tier_since": ts(m.tier_since),
+        "growth_value": m.growth_value,
+        "points_balance": m.points_balance,
+        "stored_value_fen": m.stored_value_fen,
+        "paid_order_count": m.paid_order_count,
+        "total_spent_fen": m.total_spent_fen,
+        "first_paid_at": ts(m.first_paid_at),
+        "last_paid_at": ts(m.last_paid_at),
+        "version": m.version,
     }
 
 
@@ -48,65 +61,131 @@ def member_from_doc(d: dict) -> Member:
     return Member(
         id=d["_id"],
         identities=[Identity(IdentityKind(k), lk, v, a) for k, lk, v, a in d["identities"]],
-        created_at=dt(d["created_at"]), updated_at=dt(d["updated_at"]),
-        name=d["name"], gender=Gender(d["gender"]), birthday=d["birthday"], city=d["city"],
-        store_id=d["store_id"], guide_id=d["guide_id"], channel=d["channel"],
+        created_at=dt(d["created_at"]),
+        updated_at=dt(d["updated_at"]),
+        name=d["name"],
+        gender=Gender(d["gender"]),
+        birthday=d["birthday"],
+        city=d["city"],
+        store_id=d["store_id"],
+        guide_id=d["guide_id"],
+        channel=d["channel"],
         referrer_id=d["referrer_id"],
         consents={ch: (granted, dt(at)) for ch, granted, at in d["consents"]},
-        co_branded=d["co_branded"], paid_until=dt(d["paid_until"]),
-        stored_value_opened=d["stored_value_opened"], kind=MemberKind(d["kind"]),
-        tier_level=d["tier_level"], tier_since=dt(d["tier_since"]),
-        growth_value=d["growth_value"], points_balance=d["points_balance"],
-        stored_value_fen=d["stored_value_fen"], paid_order_count=d["paid_order_count"],
-        total_spent_fen=d["total_spent_fen"], first_paid_at=dt(d["first_paid_at"]),
-        last_paid_at=dt(d["last_paid_at"]), version=d["version"],
+        co_branded=d["co_branded"],
+        paid_until=dt(d["paid_until"]),
+        stored_value_opened=d["stored_value_opened"],
+        kind=MemberKind(d["kind"]),
+        tier_level=d["tier_level"],
+        tier_since=dt(d["tier_since"]),
+        growth_value=d["growth_value"],
+        points_balance=d["points_balance"],
+        stored_value_fen=d["stored_value_fen"],
+        paid_order_count=d["paid_order_count"],
+        total_spent_fen=d["total_spent_fen"],
+        first_paid_at=dt(d["first_paid_at"]),
+        last_paid_at=dt(d["last_paid_at"]),
+        version=d["version"],
     )
 
 
 def lot_to_doc(lot: Lot) -> dict:
-    return {"_id": lot.id, "member_id": lot.member_id, "earned_at": ts(lot.earned_at),
-            "expires_at": ts(lot.expires_at), "amount": lot.amount, "remaining": lot.remaining,
-            "order_id": lot.order_id, "announced": lot.announced}
+    return {
+        "_id": lot.id,
+        "member_id": lot.member_id,
+        "earned_at": ts(lot.earned_at),
+        "expires_at": ts(lot.expires_at),
+        "amount": lot.amount,
+        "remaining": lot.remaining,
+        "order_id": lot.order_id,
+        "announced": lot.announced,
+    }
 
 
 def lot_from_doc(d: dict) -> Lot:
-    return Lot(d["_id"], d["member_id"], dt(d["earned_at"]), dt(d["expires_at"]), d["amount"],
-               d["remaining"], d["order_id"], bool(d["announced"]))
+    return Lot(
+        d["_id"],
+        d["member_id"],
+        dt(d["earned_at"]),
+        dt(d["expires_at"]),
+        d["amount"],
+        d["remaining"],
+        d["order_id"],
+        bool(d["announced"]),
+    )
 
 
 def points_entry_to_doc(e: PointsEntry) -> dict:
-    return {"_id": e.id, "member_id": e.member_id, "kind": e.kind.value, "delta": e.delta,
-            "balance_after": e.balance_after, "at": ts(e.at), "reason": e.reason,
-            "order_id": e.order_id, "expires_at": ts(e.expires_at),
-            "taken": [list(t) for t in e.taken]}
+    return {
+        "_id": e.id,
+        "member_id": e.member_id,
+        "kind": e.kind.value,
+        "delta": e.delta,
+        "balance_after": e.balance_after,
+        "at": ts(e.at),
+        "reason": e.reason,
+        "order_id": e.order_id,
+        "expires_at": ts(e.expires_at),
+        "taken": [list(t) for t in e.taken],
+    }
 
 
 def points_entry_from_doc(d: dict) -> PointsEntry:
-    return PointsEntry(d["_id"], d["member_id"], PointsEntryKind(d["kind"]), d["delta"],
-                       d["balance_after"], dt(d["at"]), d["reason"], d["order_id"],
-                       dt(d["expires_at"]), tuple((lot, n) for lot, n in d["taken"]))
+    return PointsEntry(
+        d["_id"],
+        d["member_id"],
+        PointsEntryKind(d["kind"]),
+        d["delta"],
+        d["balance_after"],
+        dt(d["at"]),
+        d["reason"],
+        d["order_id"],
+        dt(d["expires_at"]),
+        tuple((lot, n) for lot, n in d["taken"]),
+    )
 
 
 def sv_entry_to_doc(e: StoredValueEntry) -> dict:
-    return {"_id": e.id, "member_id": e.member_id, "kind": e.kind.value,
-            "delta_fen": e.delta_fen, "bonus_fen": e.bonus_fen,
-            "balance_after_fen": e.balance_after_fen, "at": ts(e.at),
-            "reference": e.reference, "payment_entry_id": e.payment_entry_id}
+    return {
+        "_id": e.id,
+        "member_id": e.member_id,
+        "kind": e.kind.value,
+        "delta_fen": e.delta_fen,
+        "bonus_fen": e.bonus_fen,
+        "balance_after_fen": e.balance_after_fen,
+        "at": ts(e.at),
+        "reference": e.reference,
+        "payment_entry_id": e.payment_entry_id,
+    }
 
 
 def sv_entry_from_doc(d: dict) -> StoredValueEntry:
-    return StoredValueEntry(d["_id"], d["member_id"], StoredValueEntryKind(d["kind"]),
-                            d["delta_fen"], d["bonus_fen"], d["balance_after_fen"], dt(d["at"]),
-                            d["reference"], d["payment_entry_id"])
+    return StoredValueEntry(
+        d["_id"],
+        d["member_id"],
+        StoredValueEntryKind(d["kind"]),
+        d["delta_fen"],
+        d["bonus_fen"],
+        d["balance_after_fen"],
+        dt(d["at"]),
+        d["reference"],
+        d["payment_entry_id"],
+    )
 
 
 def order_to_doc(o: Order) -> dict:
     return {
-        "_id": o.id, "member_id": o.member_id, "channel": o.channel, "store_id": o.store_id,
+        "_id": o.id,
+        "member_id": o.member_id,
+        "channel": o.channel,
+        "store_id": o.store_id,
         "guide_id": o.guide_id,
         "items": [[i.sku, i.category, i.quantity, i.unit_price_fen] for i in o.items],
-        "amount_fen": o.amount_fen, "paid_at": ts(o.paid_at), "points_earned": o.points_earned,
-        "growth_earned": o.growth_earned, "fingerprint": o.fingerprint,
+        "amount_fen": o.amount_fen,
+        "paid_at": ts(o.paid_at),
+        "points_earned": o.points_earned,
+        "growth_earned": o.growth_earned,
+        "fingerprint": o.fingerprint,
         "refunds": [[r.refund_id, r.fen, r.points, r.growth, ts(r.at)] for r in o.refunds],
         # Denormalised so growth_since is one indexed sum.
         "net_growth": o.growth_earned - o.growth_reversed,
@@ -115,9 +194,17 @@ def order_to_doc(o: Order) -> dict:
 
 def order_from_doc(d: dict) -> Order:
     return Order(
-        d["_id"], d["member_id"], d["channel"], d["store_id"], d["guide_id"],
-        tuple(OrderItem(*i) for i in d["items"]), d["amount_fen"], dt(d["paid_at"]),
-        d["points_earned"], d["growth_earned"], d["fingerprint"],
+        d["_id"],
+        d["member_id"],
+        d["channel"],
+        d["store_id"],
+        d["guide_id"],
+        tuple(OrderItem(*i) for i in d["items"]),
+        d["amount_fen"],
+        dt(d["paid_at"]),
+        d["points_earned"],
+        d["growth_earned"],
+        d["fingerprint"],
         [Refund(rid, fen, pts, gr, dt(at)) for rid, fen, pts, gr, at in d["refunds"]],
     )
 
@@ -125,21 +212,40 @@ def order_from_doc(d: dict) -> Order:
 def program_to_doc(p: TierProgram) -> dict:
     return {
         "_id": "tier_program",
-        "tiers": [[t.level, t.name, t.growth_threshold, t.points_multiplier_permille,
-                   t.birthday_gift_points, dict(t.benefits)] for t in p.tiers],
+        "tiers": [
+            [
+                t.level,
+                t.name,
+                t.growth_threshold,
+                t.points_multiplier_permille,
+                t.birthday_gift_points,
+                dict(t.benefits),
+            ]
+            for t in p.tiers
+        ],
         "evaluation_window_days": p.evaluation_window_days,
-        "retention_days": p.retention_days, "updated_at": ts(p.updated_at),
+        "retention_days": p.retention_days,
+        "updated_at": ts(p.updated_at),
     }
 
 
 def program_from_doc(d: dict) -> TierProgram:
-    return TierProgram(tuple(Tier(*t) for t in d["tiers"]), d["evaluation_window_days"],
-                       d["retention_days"], dt(d["updated_at"]))
+    return TierProgram(
+        tuple(Tier(*t) for t in d["tiers"]),
+        d["evaluation_window_days"],
+        d["retention_days"],
+        dt(d["updated_at"]),
+    )
 
 
 def tier_change_to_doc(c: TierChange) -> dict:
-    return {"member_id": c.member_id, "from_level": c.from_level, "to_level": c.to_level,
-            "reason": c.reason, "at": ts(c.at)}
+    return {
+        "member_id": c.member_id,
+        "from_level": c.from_level,
+        "to_level": c.to_level,
+        "reason": c.reason,
+        "at": ts(c.at),
+    }
 
 
 def tier_change_from_doc(d: dict) -> TierChange:

@@ -1,7 +1,7 @@
 """The member store on MongoDB (motor): the production backend. Every motor and pymongo
 call of the member service stays in this file.
 
-Collections (every index a query needs is created by open(), idempotently):
+Collections (created by open(), with every index a query needs, idempotently):
   members          codec.member_to_doc, `_id` = member id; the fields filters use
                    (store_id, guide_id, tier_level, kind, channel, paid_until) and the
                    version are top-level fields of that document
@@ -45,7 +45,7 @@ import contextlib
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, WriteConcern
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError
 
 from services.member.domain.members import Member, MemberKind
 from services.member.domain.orders import Order
@@ -64,6 +64,19 @@ from services.member.store import (
 from services.runtime.idempotency import IdempotencyRecord
 from services.runtime.storage import open_mongo
 
+_COLLECTIONS = (
+    "members",
+    "identities",
+    "lots",
+    "points_entries",
+    "sv_entries",
+    "orders",
+    "tier_changes",
+    "settings",
+    "idempotency",
+    "outbox",
+    "counters",
+)
 _OPEN = {"remaining": {"$gt": 0}}  # lots with points left
 
 # collection -> [(keys, options)]
@@ -126,6 +139,12 @@ class MongoMemberStore(MemberStore):
         db = open_mongo(uri, db_name) if owns_client else database
         try:
             store = cls(db, transactions=await _has_transactions(db), owns_client=owns_client)
+            # Created up front: not every server creates collections inside a transaction.
+            existing = set(await db.list_collection_names())
+            for name in _COLLECTIONS:
+                if name not in existing:
+                    with contextlib.suppress(CollectionInvalid):  # a concurrent open made it
+                        await db.create_collection(name)
             for name, indexes in _INDEXES.items():
                 for keys, options in indexes:
                     await db[name].create_index(keys, **options)
@@ -164,12 +183,11 @@ class MongoMemberStore(MemberStore):
         if count == 0:
             return []
         doc = await self._counters.find_one_and_update(
-            {"_id": name}, {"$inc": {"n": count}}, upsert=True,
-            return_document=ReturnDocument.AFTER)
+            {"_id": name}, {"$inc": {"n": count}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
         return list(range(doc["n"] - count + 1, doc["n"] + 1))
 
-    async def _apply(self, change: Change, tier_seqs: list[int], outbox_seqs: list[int],
-                     s) -> None:
+    async def _apply(self, change: Change, tier_seqs: list[int], outbox_seqs: list[int], s) -> None:
         """The module docstring explains the order. `s` is the transaction's session, or
         None without transactions."""
         m = change.member
@@ -181,8 +199,9 @@ class MongoMemberStore(MemberStore):
         try:
             for lookup, member_id in change.new_identities:
                 try:
-                    await self._identities.insert_one({"_id": lookup, "member_id": member_id},
-                                                      session=s)
+                    await self._identities.insert_one(
+                        {"_id": lookup, "member_id": member_id}, session=s
+                    )
                 except DuplicateKeyError as exc:
                     # Outside the session: a refused write has aborted the transaction.
                     owner = await self._identities.find_one({"_id": lookup})
@@ -199,8 +218,15 @@ class MongoMemberStore(MemberStore):
                 doc_id = _idempotency_id(rec.scope, rec.key)
                 try:
                     await self._idempotency.insert_one(
-                        {"_id": doc_id, "scope": rec.scope, "key": rec.key,
-                         "fingerprint": rec.fingerprint, "response": rec.response}, session=s)
+                        {
+                            "_id": doc_id,
+                            "scope": rec.scope,
+                            "key": rec.key,
+                            "fingerprint": rec.fingerprint,
+                            "response": rec.response,
+                        },
+                        session=s,
+                    )
                 except DuplicateKeyError as exc:
                     raise DuplicateKey(rec.key) from exc
                 inserted.append((self._idempotency, doc_id))
@@ -213,29 +239,44 @@ class MongoMemberStore(MemberStore):
                         await collection.delete_one({"_id": doc_id})
             raise
         for lot in change.lots:
-            await self._lots.replace_one({"_id": lot.id}, codec.lot_to_doc(lot), upsert=True,
-                                         session=s)
+            await self._lots.replace_one(
+                {"_id": lot.id}, codec.lot_to_doc(lot), upsert=True, session=s
+            )
         if change.points_entries:
             await self._points.insert_many(
-                [codec.points_entry_to_doc(e) for e in change.points_entries], session=s)
+                [codec.points_entry_to_doc(e) for e in change.points_entries], session=s
+            )
         if change.stored_value_entries:
             await self._sv.insert_many(
-                [codec.sv_entry_to_doc(e) for e in change.stored_value_entries], session=s)
+                [codec.sv_entry_to_doc(e) for e in change.stored_value_entries], session=s
+            )
         if change.order is not None and not change.new_order:
-            await self._orders.replace_one({"_id": change.order.id},
-                                           codec.order_to_doc(change.order), session=s)
+            await self._orders.replace_one(
+                {"_id": change.order.id}, codec.order_to_doc(change.order), session=s
+            )
         if change.tier_changes:
             await self._tier_changes.insert_many(
-                [{"_id": seq, **codec.tier_change_to_doc(c)}
-                 for seq, c in zip(tier_seqs, change.tier_changes, strict=True)], session=s)
+                [
+                    {"_id": seq, **codec.tier_change_to_doc(c)}
+                    for seq, c in zip(tier_seqs, change.tier_changes, strict=True)
+                ],
+                session=s,
+            )
         if change.tier_program is not None:
-            await self._settings.replace_one({"_id": "tier_program"},
-                                             codec.program_to_doc(change.tier_program),
-                                             upsert=True, session=s)
+            await self._settings.replace_one(
+                {"_id": "tier_program"},
+                codec.program_to_doc(change.tier_program),
+                upsert=True,
+                session=s,
+            )
         if change.events:
             await self._outbox.insert_many(
-                [{"_id": seq, "event": raw}
-                 for seq, raw in zip(outbox_seqs, change.events, strict=True)], session=s)
+                [
+                    {"_id": seq, "event": raw}
+                    for seq, raw in zip(outbox_seqs, change.events, strict=True)
+                ],
+                session=s,
+            )
 
     async def _write_member(self, m: Member, expected_version: int | None, s) -> None:
         doc = codec.member_to_doc(m)
@@ -247,14 +288,20 @@ class MongoMemberStore(MemberStore):
                 raise StoreConflict(m.id) from exc
         else:
             result = await self._members.replace_one(
-                {"_id": m.id, "version": expected_version}, doc, session=s)
+                {"_id": m.id, "version": expected_version}, doc, session=s
+            )
             if result.matched_count != 1:
                 raise StoreConflict(m.id)
 
     # -- reads --
     @staticmethod
-    async def _find(collection, query: dict, sort: list[tuple[str, int]] | None, limit: int,
-                    projection: dict | None = None) -> list[dict]:
+    async def _find(
+        collection,
+        query: dict,
+        sort: list[tuple[str, int]] | None,
+        limit: int,
+        projection: dict | None = None,
+    ) -> list[dict]:
         """Like SQL's LIMIT: 0 returns nothing, a negative limit everything."""
         if limit == 0:
             return []
@@ -267,9 +314,12 @@ class MongoMemberStore(MemberStore):
 
     @staticmethod
     async def _sum(collection, match: dict, field: str) -> int:
-        rows = await collection.aggregate([
-            {"$match": match}, {"$group": {"_id": None, "total": {"$sum": f"${field}"}}},
-        ]).to_list(None)
+        rows = await collection.aggregate(
+            [
+                {"$match": match},
+                {"$group": {"_id": None, "total": {"$sum": f"${field}"}}},
+            ]
+        ).to_list(None)
         return int(rows[0]["total"]) if rows else 0
 
     async def get_member(self, member_id: str) -> Member | None:
@@ -282,10 +332,13 @@ class MongoMemberStore(MemberStore):
 
     async def list_members(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
         query: dict = {"_id": {"$gt": after_id}}
-        for name, value, unset in (("store_id", flt.store_id, ""),
-                                   ("guide_id", flt.guide_id, ""),
-                                   ("tier_level", flt.tier_level, -1),
-                                   ("kind", flt.kind, 0), ("channel", flt.channel, 0)):
+        for name, value, unset in (
+            ("store_id", flt.store_id, ""),
+            ("guide_id", flt.guide_id, ""),
+            ("tier_level", flt.tier_level, -1),
+            ("kind", flt.kind, 0),
+            ("channel", flt.channel, 0),
+        ):
             if value != unset:
                 query[name] = {"$eq": value}
         if flt.min_tier_level:
@@ -295,26 +348,35 @@ class MongoMemberStore(MemberStore):
 
     async def lapsed_paid_member_ids(self, now: datetime, limit: int) -> list[str]:
         docs = await self._find(
-            self._members, {"kind": MemberKind.PAID.value, "paid_until": {"$lte": codec.ts(now)}},
-            None, limit, {"_id": 1})
+            self._members,
+            {"kind": MemberKind.PAID.value, "paid_until": {"$lte": codec.ts(now)}},
+            [("paid_until", ASCENDING)],
+            limit,
+            {"_id": 1},
+        )
         return [d["_id"] for d in docs]
 
     async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
         doc = await self._idempotency.find_one({"_id": _idempotency_id(scope, key)})
-        return (IdempotencyRecord(scope, key, doc["fingerprint"], bytes(doc["response"]))
-                if doc else None)
+        return (
+            IdempotencyRecord(scope, key, doc["fingerprint"], bytes(doc["response"]))
+            if doc
+            else None
+        )
 
     async def open_lots(self, member_id: str) -> list[Lot]:
-        docs = await self._find(self._lots, {"member_id": member_id, **_OPEN},
-                                [("_id", ASCENDING)], -1)
+        docs = await self._find(
+            self._lots, {"member_id": member_id, **_OPEN}, [("_id", ASCENDING)], -1
+        )
         return [codec.lot_from_doc(d) for d in docs]
 
     async def get_points_entry(self, entry_id: str) -> PointsEntry | None:
         doc = await self._points.find_one({"_id": entry_id})
         return codec.points_entry_from_doc(doc) if doc else None
 
-    async def list_points_entries(self, member_id: str, before_id: str, limit: int
-                                  ) -> list[PointsEntry]:
+    async def list_points_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[PointsEntry]:
         query: dict = {"member_id": member_id}
         if before_id:
             query["_id"] = {"$lt": before_id}
@@ -337,8 +399,9 @@ class MongoMemberStore(MemberStore):
     def _expiring(self, start: datetime, end: datetime) -> dict:
         return {**_OPEN, "expires_at": {"$gt": codec.ts(start), "$lte": codec.ts(end)}}
 
-    async def expiring_lots(self, member_id: str, start: datetime, end: datetime,
-                            after_id: str, limit: int) -> list[Lot]:
+    async def expiring_lots(
+        self, member_id: str, start: datetime, end: datetime, after_id: str, limit: int
+    ) -> list[Lot]:
         query = {**self._expiring(start, end), "_id": {"$gt": after_id}}
         if member_id:
             query["member_id"] = member_id
@@ -346,8 +409,12 @@ class MongoMemberStore(MemberStore):
         return [codec.lot_from_doc(d) for d in docs]
 
     async def unannounced_lots(self, start: datetime, end: datetime, limit: int) -> list[Lot]:
-        docs = await self._find(self._lots, {**self._expiring(start, end), "announced": False},
-                                [("_id", ASCENDING)], limit)
+        docs = await self._find(
+            self._lots,
+            {**self._expiring(start, end), "announced": False},
+            [("_id", ASCENDING)],
+            limit,
+        )
         return [codec.lot_from_doc(d) for d in docs]
 
     async def get_stored_value_entry(self, entry_id: str) -> StoredValueEntry | None:
@@ -357,8 +424,9 @@ class MongoMemberStore(MemberStore):
     async def refunded_fen_for_payment(self, payment_entry_id: str) -> int:
         return await self._sum(self._sv, {"payment_entry_id": payment_entry_id}, "delta_fen")
 
-    async def list_stored_value_entries(self, member_id: str, before_id: str, limit: int
-                                        ) -> list[StoredValueEntry]:
+    async def list_stored_value_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[StoredValueEntry]:
         query: dict = {"member_id": member_id}
         if before_id:
             query["_id"] = {"$lt": before_id}
@@ -371,27 +439,36 @@ class MongoMemberStore(MemberStore):
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         query: dict = {"member_id": member_id}
-        anchor = (await self._orders.find_one({"_id": before_id, "member_id": member_id},
-                                              {"paid_at": 1}) if before_id else None)
+        anchor = (
+            await self._orders.find_one({"_id": before_id, "member_id": member_id}, {"paid_at": 1})
+            if before_id
+            else None
+        )
         if anchor is not None:
             paid_at = anchor["paid_at"]
-            query["$or"] = [{"paid_at": {"$lt": paid_at}},
-                            {"paid_at": paid_at, "_id": {"$lt": before_id}}]
-        docs = await self._find(self._orders, query,
-                                [("paid_at", DESCENDING), ("_id", DESCENDING)], limit)
+            query["$or"] = [
+                {"paid_at": {"$lt": paid_at}},
+                {"paid_at": paid_at, "_id": {"$lt": before_id}},
+            ]
+        docs = await self._find(
+            self._orders, query, [("paid_at", DESCENDING), ("_id", DESCENDING)], limit
+        )
         return [codec.order_from_doc(d) for d in docs]
 
     async def growth_since(self, member_id: str, since: datetime) -> int:
         return await self._sum(
-            self._orders, {"member_id": member_id, "paid_at": {"$gte": codec.ts(since)}},
-            "net_growth")
+            self._orders,
+            {"member_id": member_id, "paid_at": {"$gte": codec.ts(since)}},
+            "net_growth",
+        )
 
     async def get_tier_program(self) -> TierProgram | None:
         doc = await self._settings.find_one({"_id": "tier_program"})
         return codec.program_from_doc(doc) if doc else None
 
-    async def list_tier_changes(self, member_id: str, before_seq: int, limit: int
-                                ) -> list[tuple[int, TierChange]]:
+    async def list_tier_changes(
+        self, member_id: str, before_seq: int, limit: int
+    ) -> list[tuple[int, TierChange]]:
         query: dict = {"member_id": member_id}
         if before_seq:
             query["_id"] = {"$lt": before_seq}

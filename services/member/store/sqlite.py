@@ -18,7 +18,13 @@ from services.member.domain.points import Lot, PointsEntry
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.domain.tiers import TierChange, TierProgram
 from services.member.store import (
-    Change, DuplicateKey, IdentityTaken, MemberFilter, MemberStore, StoreConflict, codec,
+    Change,
+    DuplicateKey,
+    IdentityTaken,
+    MemberFilter,
+    MemberStore,
+    StoreConflict,
+    codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
 from services.runtime.storage import open_sqlite
@@ -100,79 +106,123 @@ class SqliteMemberStore(MemberStore):
         if m is not None:
             doc = codec.member_to_doc(m)
             doc["version"] = version = (change.expected_version or 0) + 1
-            row = (m.store_id, m.guide_id, m.tier_level, m.kind.value, m.channel,
-                   codec.ts(m.paid_until), version, _dump(doc))
+            row = (
+                m.store_id,
+                m.guide_id,
+                m.tier_level,
+                m.kind.value,
+                m.channel,
+                codec.ts(m.paid_until),
+                version,
+                _dump(doc),
+            )
             if change.expected_version is None:
                 try:
                     await w.execute(
                         "INSERT INTO members (store_id, guide_id, tier_level, kind, channel,"
-                        " paid_until, version, doc, id) VALUES (?,?,?,?,?,?,?,?,?)", (*row, m.id))
+                        " paid_until, version, doc, id) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (*row, m.id),
+                    )
                 except sqlite3.IntegrityError as exc:
                     raise StoreConflict(m.id) from exc
             else:
                 cur = await w.execute(
                     "UPDATE members SET store_id=?, guide_id=?, tier_level=?, kind=?, channel=?,"
                     " paid_until=?, version=?, doc=? WHERE id=? AND version=?",
-                    (*row, m.id, change.expected_version))
+                    (*row, m.id, change.expected_version),
+                )
                 if cur.rowcount != 1:
                     raise StoreConflict(m.id)
         for lookup, member_id in change.new_identities:
             try:
-                await w.execute("INSERT INTO identities (lookup, member_id) VALUES (?, ?)",
-                                (lookup, member_id))
+                await w.execute(
+                    "INSERT INTO identities (lookup, member_id) VALUES (?, ?)", (lookup, member_id)
+                )
             except sqlite3.IntegrityError as exc:
-                async with w.execute("SELECT member_id FROM identities WHERE lookup=?",
-                                     (lookup,)) as cur:
+                async with w.execute(
+                    "SELECT member_id FROM identities WHERE lookup=?", (lookup,)
+                ) as cur:
                     owner = await cur.fetchone()
                 raise IdentityTaken(lookup, owner[0] if owner else "") from exc
         if change.lots:
             await w.executemany(
                 "INSERT OR REPLACE INTO lots (id, member_id, expires_at, remaining, announced, doc)"
                 " VALUES (?,?,?,?,?,?)",
-                [(lot.id, lot.member_id, codec.ts(lot.expires_at), lot.remaining,
-                  int(lot.announced), _dump(codec.lot_to_doc(lot))) for lot in change.lots])
+                [
+                    (
+                        lot.id,
+                        lot.member_id,
+                        codec.ts(lot.expires_at),
+                        lot.remaining,
+                        int(lot.announced),
+                        _dump(codec.lot_to_doc(lot)),
+                    )
+                    for lot in change.lots
+                ],
+            )
         if change.points_entries:
             await w.executemany(
                 "INSERT INTO points_entries (id, member_id, doc) VALUES (?,?,?)",
-                [(e.id, e.member_id, _dump(codec.points_entry_to_doc(e)))
-                 for e in change.points_entries])
+                [
+                    (e.id, e.member_id, _dump(codec.points_entry_to_doc(e)))
+                    for e in change.points_entries
+                ],
+            )
         if change.stored_value_entries:
             await w.executemany(
                 "INSERT INTO sv_entries (id, member_id, payment_entry_id, delta_fen, doc)"
                 " VALUES (?,?,?,?,?)",
-                [(e.id, e.member_id, e.payment_entry_id, e.delta_fen,
-                  _dump(codec.sv_entry_to_doc(e))) for e in change.stored_value_entries])
+                [
+                    (
+                        e.id,
+                        e.member_id,
+                        e.payment_entry_id,
+                        e.delta_fen,
+                        _dump(codec.sv_entry_to_doc(e)),
+                    )
+                    for e in change.stored_value_entries
+                ],
+            )
         if change.order is not None:
             o = change.order
             doc = codec.order_to_doc(o)
             row = (o.member_id, codec.ts(o.paid_at), doc["net_growth"], _dump(doc), o.id)
             if change.new_order:
                 try:
-                    await w.execute("INSERT INTO orders (member_id, paid_at, net_growth, doc, id)"
-                                    " VALUES (?,?,?,?,?)", row)
+                    await w.execute(
+                        "INSERT INTO orders (member_id, paid_at, net_growth, doc, id)"
+                        " VALUES (?,?,?,?,?)",
+                        row,
+                    )
                 except sqlite3.IntegrityError as exc:
                     raise DuplicateKey(o.id) from exc
             else:
-                await w.execute("UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=?"
-                                " WHERE id=?", row)
+                await w.execute(
+                    "UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=? WHERE id=?", row
+                )
         if change.tier_changes:
             await w.executemany(
                 "INSERT INTO tier_changes (member_id, doc) VALUES (?, ?)",
-                [(c.member_id, _dump(codec.tier_change_to_doc(c))) for c in change.tier_changes])
+                [(c.member_id, _dump(codec.tier_change_to_doc(c))) for c in change.tier_changes],
+            )
         if change.tier_program is not None:
-            await w.execute("INSERT OR REPLACE INTO settings (key, doc) VALUES ('tier_program', ?)",
-                            (_dump(codec.program_to_doc(change.tier_program)),))
+            await w.execute(
+                "INSERT OR REPLACE INTO settings (key, doc) VALUES ('tier_program', ?)",
+                (_dump(codec.program_to_doc(change.tier_program)),),
+            )
         if change.idempotency is not None:
             rec = change.idempotency
             try:
                 await w.execute(
                     "INSERT INTO idempotency (scope, key, fingerprint, response) VALUES (?,?,?,?)",
-                    (rec.scope, rec.key, rec.fingerprint, rec.response))
+                    (rec.scope, rec.key, rec.fingerprint, rec.response),
+                )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKey(rec.key) from exc
         if change.events:
-            await w.executemany("INSERT INTO outbox (event) VALUES (?)",
-                                [(raw,) for raw in change.events])
+            await w.executemany(
+                "INSERT INTO outbox (event) VALUES (?)", [(raw,) for raw in change.events]
+            )
 
     # -- reads --
     async def _one(self, sql: str, args: tuple) -> aiosqlite.Row | None:
@@ -193,10 +243,13 @@ class SqliteMemberStore(MemberStore):
 
     async def list_members(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
         where, args = ["id > ?"], [after_id]
-        for column, value, unset in (("store_id", flt.store_id, ""),
-                                     ("guide_id", flt.guide_id, ""),
-                                     ("tier_level", flt.tier_level, -1),
-                                     ("kind", flt.kind, 0), ("channel", flt.channel, 0)):
+        for column, value, unset in (
+            ("store_id", flt.store_id, ""),
+            ("guide_id", flt.guide_id, ""),
+            ("tier_level", flt.tier_level, -1),
+            ("kind", flt.kind, 0),
+            ("channel", flt.channel, 0),
+        ):
             if value != unset:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -205,53 +258,66 @@ class SqliteMemberStore(MemberStore):
             args.append(flt.min_tier_level)
         rows = await self._all(
             f"SELECT doc FROM members WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-            (*args, limit))
+            (*args, limit),
+        )
         return [codec.member_from_doc(json.loads(r[0])) for r in rows]
 
     async def lapsed_paid_member_ids(self, now: datetime, limit: int) -> list[str]:
-        rows = await self._all("SELECT id FROM members WHERE kind=? AND paid_until <= ? LIMIT ?",
-                               (MemberKind.PAID.value, codec.ts(now), limit))
+        rows = await self._all(
+            "SELECT id FROM members WHERE kind=? AND paid_until <= ? LIMIT ?",
+            (MemberKind.PAID.value, codec.ts(now), limit),
+        )
         return [r[0] for r in rows]
 
     async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
         row = await self._one(
-            "SELECT fingerprint, response FROM idempotency WHERE scope=? AND key=?", (scope, key))
+            "SELECT fingerprint, response FROM idempotency WHERE scope=? AND key=?", (scope, key)
+        )
         return IdempotencyRecord(scope, key, row[0], bytes(row[1])) if row else None
 
     async def open_lots(self, member_id: str) -> list[Lot]:
-        rows = await self._all("SELECT doc FROM lots WHERE member_id=? AND remaining > 0",
-                               (member_id,))
+        rows = await self._all(
+            "SELECT doc FROM lots WHERE member_id=? AND remaining > 0", (member_id,)
+        )
         return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
 
     async def get_points_entry(self, entry_id: str) -> PointsEntry | None:
         row = await self._one("SELECT doc FROM points_entries WHERE id=?", (entry_id,))
         return codec.points_entry_from_doc(json.loads(row[0])) if row else None
 
-    async def list_points_entries(self, member_id: str, before_id: str, limit: int
-                                  ) -> list[PointsEntry]:
+    async def list_points_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[PointsEntry]:
         rows = await self._all(
             "SELECT doc FROM points_entries WHERE member_id=? AND (?='' OR id < ?)"
-            " ORDER BY id DESC LIMIT ?", (member_id, before_id, before_id, limit))
+            " ORDER BY id DESC LIMIT ?",
+            (member_id, before_id, before_id, limit),
+        )
         return [codec.points_entry_from_doc(json.loads(r[0])) for r in rows]
 
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
         rows = await self._all(
             "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 AND expires_at <= ? LIMIT ?",
-            (codec.ts(now), limit))
+            (codec.ts(now), limit),
+        )
         return [r[0] for r in rows]
 
-    async def expiring_lots(self, member_id: str, start: datetime, end: datetime,
-                            after_id: str, limit: int) -> list[Lot]:
+    async def expiring_lots(
+        self, member_id: str, start: datetime, end: datetime, after_id: str, limit: int
+    ) -> list[Lot]:
         rows = await self._all(
             "SELECT doc FROM lots WHERE remaining > 0 AND expires_at > ? AND expires_at <= ?"
             " AND (?='' OR member_id=?) AND id > ? ORDER BY id LIMIT ?",
-            (codec.ts(start), codec.ts(end), member_id, member_id, after_id, limit))
+            (codec.ts(start), codec.ts(end), member_id, member_id, after_id, limit),
+        )
         return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
 
     async def unannounced_lots(self, start: datetime, end: datetime, limit: int) -> list[Lot]:
         rows = await self._all(
             "SELECT doc FROM lots WHERE remaining > 0 AND expires_at > ? AND expires_at <= ?"
-            " AND announced = 0 ORDER BY id LIMIT ?", (codec.ts(start), codec.ts(end), limit))
+            " AND announced = 0 ORDER BY id LIMIT ?",
+            (codec.ts(start), codec.ts(end), limit),
+        )
         return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
 
     async def get_stored_value_entry(self, entry_id: str) -> StoredValueEntry | None:
@@ -261,14 +327,18 @@ class SqliteMemberStore(MemberStore):
     async def refunded_fen_for_payment(self, payment_entry_id: str) -> int:
         row = await self._one(
             "SELECT COALESCE(SUM(delta_fen), 0) FROM sv_entries WHERE payment_entry_id=?",
-            (payment_entry_id,))
+            (payment_entry_id,),
+        )
         return int(row[0])
 
-    async def list_stored_value_entries(self, member_id: str, before_id: str, limit: int
-                                        ) -> list[StoredValueEntry]:
+    async def list_stored_value_entries(
+        self, member_id: str, before_id: str, limit: int
+    ) -> list[StoredValueEntry]:
         rows = await self._all(
             "SELECT doc FROM sv_entries WHERE member_id=? AND (?='' OR id < ?)"
-            " ORDER BY id DESC LIMIT ?", (member_id, before_id, before_id, limit))
+            " ORDER BY id DESC LIMIT ?",
+            (member_id, before_id, before_id, limit),
+        )
         return [codec.sv_entry_from_doc(json.loads(r[0])) for r in rows]
 
     async def get_order(self, order_id: str) -> Order | None:
@@ -276,33 +346,45 @@ class SqliteMemberStore(MemberStore):
         return codec.order_from_doc(json.loads(row[0])) if row else None
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
-        anchor = await self._one("SELECT paid_at FROM orders WHERE id=? AND member_id=?",
-                                 (before_id, member_id)) if before_id else None
+        anchor = (
+            await self._one(
+                "SELECT paid_at FROM orders WHERE id=? AND member_id=?", (before_id, member_id)
+            )
+            if before_id
+            else None
+        )
         if anchor is None:
-            rows = await self._all("SELECT doc FROM orders WHERE member_id=?"
-                                   " ORDER BY paid_at DESC, id DESC LIMIT ?", (member_id, limit))
+            rows = await self._all(
+                "SELECT doc FROM orders WHERE member_id=? ORDER BY paid_at DESC, id DESC LIMIT ?",
+                (member_id, limit),
+            )
         else:
             rows = await self._all(
                 "SELECT doc FROM orders WHERE member_id=? AND (paid_at < ? OR"
                 " (paid_at = ? AND id < ?)) ORDER BY paid_at DESC, id DESC LIMIT ?",
-                (member_id, anchor[0], anchor[0], before_id, limit))
+                (member_id, anchor[0], anchor[0], before_id, limit),
+            )
         return [codec.order_from_doc(json.loads(r[0])) for r in rows]
 
     async def growth_since(self, member_id: str, since: datetime) -> int:
         row = await self._one(
             "SELECT COALESCE(SUM(net_growth), 0) FROM orders WHERE member_id=? AND paid_at >= ?",
-            (member_id, codec.ts(since)))
+            (member_id, codec.ts(since)),
+        )
         return int(row[0])
 
     async def get_tier_program(self) -> TierProgram | None:
         row = await self._one("SELECT doc FROM settings WHERE key='tier_program'", ())
         return codec.program_from_doc(json.loads(row[0])) if row else None
 
-    async def list_tier_changes(self, member_id: str, before_seq: int, limit: int
-                                ) -> list[tuple[int, TierChange]]:
+    async def list_tier_changes(
+        self, member_id: str, before_seq: int, limit: int
+    ) -> list[tuple[int, TierChange]]:
         rows = await self._all(
             "SELECT seq, doc FROM tier_changes WHERE member_id=? AND (?=0 OR seq < ?)"
-            " ORDER BY seq DESC LIMIT ?", (member_id, before_seq, before_seq, limit))
+            " ORDER BY seq DESC LIMIT ?",
+            (member_id, before_seq, before_seq, limit),
+        )
         return [(r[0], codec.tier_change_from_doc(json.loads(r[1]))) for r in rows]
 
     async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]:
