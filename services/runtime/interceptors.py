@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -79,16 +79,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 response = await behavior(request, context)
                 context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
                 return response
-            except PondError as err:
-                code = err.code
-                await context.abort_with_status(rpc_status.to_status(err.to_status()))
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                _log.exception("unhandled error", method=method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                code = _status_code(exc, context)
+                await _abort(method, context, exc)
             finally:
                 _finish(method, code, start)
 
@@ -102,20 +95,31 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 self._begin(method, context)
                 async for item in behavior(request, context):
                     yield item
-            except PondError as err:
-                code = err.code
-                await context.abort_with_status(rpc_status.to_status(err.to_status()))
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                _log.exception("unhandled error", method=method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                code = _status_code(exc, context)
+                await _abort(method, context, exc)
             finally:
                 _finish(method, code, start)
 
         return wrapper
+
+
+def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    if isinstance(exc, PondError):
+        return exc.code
+    if isinstance(exc, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Ends the call with the status `exc` stands for (always raises)."""
+    if isinstance(exc, PondError):
+        await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    _log.exception("unhandled error", method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 def _finish(method: str, code: grpc.StatusCode, start: float) -> None:
