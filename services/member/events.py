@@ -103,19 +103,18 @@ class EventWriter:
         self.add(o.member_id, payload)
 
     def order_refunded(self, o: Order, refund: Refund, points_reversed: int) -> None:
-        self.add(
-            o.member_id,
-            ev.OrderRefunded(
-                member_id=o.member_id,
-                order_id=o.id,
-                refund_id=refund.refund_id,
-                refund_fen=refund.fen,
-                refunded_total_fen=o.refunded_fen,
-                fully_refunded=o.refunded_fen >= o.amount_fen,
-                points_reversed=points_reversed,
-                growth_reversed=refund.growth,
-            ),
+        payload = ev.OrderRefunded(
+            member_id=o.member_id,
+            order_id=o.id,
+            refund_id=refund.refund_id,
+            refund_fen=refund.fen,
+            refunded_total_fen=o.refunded_fen,
+            fully_refunded=o.refunded_fen >= o.amount_fen,
+            points_reversed=points_reversed,
+            growth_reversed=refund.growth,
         )
+        payload.paid_at.FromDatetime(o.paid_at)
+        self.add(o.member_id, payload)
 
     def expiring(self, lot: Lot) -> None:
         payload = ev.PointsExpiring(member_id=lot.member_id, points=lot.remaining)

@@ -95,6 +95,7 @@ class EventConsumer:
         self.max_deliveries, self.claim_idle_ms = max_deliveries, claim_idle_ms
         self.block_ms, self.batch = block_ms, batch
         self.stats = ConsumerStats()
+        self._last_error: dict[bytes, str] = {}  # last handler error per pending message
 
     def _done_key(self, event_id: str) -> str:
         return f"pond:consumed:{self.group}:{event_id}"
@@ -127,7 +128,11 @@ class EventConsumer:
         while not stop.is_set():
             try:
                 await self.poll()
-            except (aioredis.ConnectionError, OSError):
+            except aioredis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()  # Redis lost the group (restart without AOF)
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
                 log.warning("event bus unreachable; retrying", stream=self.stream)
                 await asyncio.sleep(1)
 
@@ -152,7 +157,8 @@ class EventConsumer:
                 await self.redis.xack(self.stream, self.group, msg_id)
                 continue
             if deliveries.get(msg_id, 0) > self.max_deliveries:
-                await self._dead_letter(msg_id, fields, "too many deliveries")
+                last = self._last_error.pop(msg_id, "")
+                await self._dead_letter(msg_id, fields, f"too many deliveries; last error: {last}")
                 continue
             done += await self._deliver(msg_id, fields)
         return done
@@ -175,6 +181,7 @@ class EventConsumer:
             await self.handler(event)
         except Exception as exc:
             # Left pending: reclaimed after claim_idle_ms, dead-lettered after N tries.
+            self._last_error[msg_id] = repr(exc)[:500]
             self.stats.failed += 1
             log.warning(
                 "event handler failed", event_type=event.type, event_id=event.id, error=repr(exc)
@@ -184,6 +191,7 @@ class EventConsumer:
         pipe.set(self._done_key(event.id), b"1", ex=_DONE_TTL_SECONDS)
         pipe.xack(self.stream, self.group, msg_id)
         await pipe.execute()
+        self._last_error.pop(msg_id, None)
         self.stats.handled += 1
         return 1
 

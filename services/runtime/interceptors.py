@@ -8,6 +8,7 @@ this keeps the per-RPC cost to one wrapper (see the GetMember-vs-echo benchmark)
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,8 +94,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 self._begin(method, context)
-                async for item in behavior(request, context):
-                    yield item
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:  # a handler that writes with context.write() (e.g. health Watch)
+                    await result
             except Exception as exc:
                 code = _status_code(exc, context)
                 await _abort(method, context, exc)

@@ -52,10 +52,15 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before reading, so a commit that lands during the read wakes the
+            # next round instead of waiting out the poll.
+            self._wake.clear()
             try:
                 await self.publish_pending()
-            except (aioredis.ConnectionError, OSError) as exc:
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 log.warning("outbox relay cannot reach Redis; will retry", error=repr(exc))
-            self._wake.clear()
+            except Exception:
+                # A store error must not end the relay silently: log and retry.
+                log.exception("outbox relay failed; will retry")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)

@@ -1,6 +1,6 @@
 """The member service as a real process (`python -m services.member`): a service
 killed between a state change and its publish still publishes (the outbox), and a
-SIGTERM'd service reports NOT_SERVING, drains and exits 0."""
+SIGTERM'd service drains and exits 0 (and should tell health watchers NOT_SERVING)."""
 
 from __future__ import annotations
 
@@ -235,10 +235,28 @@ async def test_killed_between_state_change_and_publish_still_publishes(
     assert {e.subject_id for e in events} == {member_id}
 
 
-async def test_sigterm_reports_not_serving_and_exits_cleanly(
+async def test_sigterm_drains_and_exits_zero(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis,
 ) -> None:
     async with running(tmp_path / "member", redis_url, relay=True, name="term") as member:
+        member.process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(member.process.wait(), WAIT_SECONDS)
+        log = member.log()
+        assert returncode == 0, log
+        assert '"shutting down"' in log and '"stopped"' in log
+        assert '"level": "error"' not in log  # the relay and server stopped cleanly
+
+        async with grpc.aio.insecure_channel(member.target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_sigterm_is_announced_as_not_serving_to_watchers(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis,
+) -> None:
+    async with running(tmp_path / "member", redis_url, relay=True, name="watch") as member:
         async with grpc.aio.insecure_channel(member.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
@@ -252,4 +270,3 @@ async def test_sigterm_reports_not_serving_and_exits_cleanly(
 
         returncode = await asyncio.wait_for(member.process.wait(), WAIT_SECONDS)
         assert returncode == 0, member.log()
-        assert '"stopped"' in member.log()

@@ -21,6 +21,7 @@ from services.runtime.eventbus import (
     publish,
     stream_for,
 )
+from services.runtime.outbox import OutboxRelay
 
 STREAM = stream_for("test")
 DEAD = STREAM + DEAD_SUFFIX
@@ -276,3 +277,48 @@ async def test_each_group_gets_every_event(redis: aioredis.Redis) -> None:
     assert await pending_count(redis, "billing") == 0
     assert await pending_count(redis, "crm") == 0
     assert crm.stats.skipped == 0
+
+
+class CommitDuringRead:
+    """An outbox whose first read races a commit: the commit lands (and notifies the
+    relay) just after the relay read an empty outbox."""
+
+    def __init__(self) -> None:
+        self.relay: OutboxRelay | None = None
+        self.rows: list[tuple[int, bytes]] = []
+        self.published: set[int] = set()
+        self.reads = 0
+
+    async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]:
+        self.reads += 1
+        pending = [r for r in self.rows if r[0] not in self.published][:limit]
+        if self.reads == 1:
+            self.rows.append((1, envelope("m1")))
+            assert self.relay is not None
+            self.relay.notify()
+        return pending
+
+    async def outbox_mark_published(self, seqs: list[int]) -> None:
+        self.published.update(seqs)
+
+
+async def test_relay_does_not_lose_a_wakeup_that_arrives_while_it_reads(
+    redis: aioredis.Redis,
+) -> None:
+    store = CommitDuringRead()
+    # A long idle poll: only the notify can bring the event out within the wait.
+    relay = store.relay = OutboxRelay(store, redis, STREAM, poll_seconds=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        deadline = time.monotonic() + 5
+        while await redis.xlen(STREAM) == 0:
+            assert time.monotonic() < deadline, "notify during a read was lost"
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        relay.notify()
+        await asyncio.wait_for(task, WAIT_SECONDS)
+    [(_id, fields)] = await redis.xrange(STREAM)
+    assert fields[b"e"] == store.rows[0][1]
+    assert store.published == {1}
