@@ -18,6 +18,8 @@ from services.runtime.auth import Role, mint_token
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.redis_conn import EmbeddedValkey
 from services.runtime.server import wait_for_termination_signal
+from services.tagging.server import start_tagging_service
+from services.tagging.settings import TaggingSettings
 from stack.jobs import run_schedule
 from stack.secrets import dev_secret
 
@@ -38,11 +40,13 @@ async def main() -> int:
     settings = MemberSettings()
     configure_logging(settings.log_level, settings.log_format)
     member = await start_member_service(settings)
+    tagging_settings = TaggingSettings()
+    tagging = await start_tagging_service(tagging_settings)
     token = mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=7 * 86400)
     (data_dir / "dev-operator.token").write_text(token)
     stop = asyncio.Event()
-    jobs = asyncio.create_task(run_schedule(member.app, stop))
-    _banner(settings, member.port, token)
+    jobs = asyncio.create_task(run_schedule(member.app, tagging.runner, stop))
+    _banner(settings, tagging_settings, member.port, tagging.port, token)
     try:
         await wait_for_termination_signal()
     finally:
@@ -50,17 +54,25 @@ async def main() -> int:
         jobs.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await jobs
+        await tagging.stop(settings.shutdown_grace)
         await member.stop(settings.shutdown_grace)
         if valkey:
             valkey.stop()
     return 0
 
 
-def _banner(settings: MemberSettings, member_port: int, token: str) -> None:
+def _banner(
+    settings: MemberSettings,
+    tagging_settings: TaggingSettings,
+    member_port: int,
+    tagging_port: int,
+    token: str,
+) -> None:
     print(
         f"""
 Pond is running (data in {settings.data_dir.resolve()}, Redis at {os.environ["REDIS_URL"]})
   member    gRPC 127.0.0.1:{member_port}   metrics :{settings.member_metrics_port}
+  tagging   gRPC 127.0.0.1:{tagging_port}   metrics :{tagging_settings.tagging_metrics_port}
 
 Dev operator token (7 days), also in {settings.data_dir / "dev-operator.token"}:
   {token}
@@ -70,6 +82,8 @@ Try it (in another terminal):
       '{{"identities": [{{"kind": "IDENTITY_KIND_PHONE", "value": "13812345678"}}], \\
         "acquisition_channel": "CHANNEL_STORE_POS"}}'
   .venv/bin/python -m stack.call ListMembers '{{"page_size": 5}}'
+  .venv/bin/python -m stack.call TaggingService.CreateSegment \
+      '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
 Ctrl-C stops the stack.
 """,
         flush=True,

@@ -3,7 +3,8 @@
 SQLite (aiosqlite) is the embedded default: one file per service under the data
 directory, WAL, foreign keys on. MongoDB (motor) is production: chosen when
 MONGODB_URI is set, majority writes. Every motor import stays in the services'
-store/mongo.py and here, so moving to PyMongo's async client is a small change.
+store/mongo.py, here and in services.runtime.mongo (what those stores are built on), so
+moving to PyMongo's async client is a small change.
 """
 
 from __future__ import annotations

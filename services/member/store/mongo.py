@@ -1,5 +1,6 @@
 """The member store on MongoDB (motor): the production backend. Every motor and pymongo
-call of the member service stays in this file.
+call of the member service stays in this file; what every Mongo store shares (opening,
+server detection, counters, the transaction wrapper, find_docs) is services.runtime.mongo.
 
 Collections (created by open(), with every index a query needs, idempotently):
   members          codec.member_to_doc, `_id` = member id; the fields filters use
@@ -36,7 +37,8 @@ transaction, so both modes refuse a change with the same error as SQLite does.
 Sequence numbers (tier changes, outbox) come from `counters` before the transaction,
 so concurrent commits do not all conflict on one counter document. A refused commit
 leaves a gap. Commits to one member still get increasing numbers: each reads the member
-after the one before it committed.
+after the one before it committed. open() does not repair the counters: a database
+restored without `counters` must bring it along.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from __future__ import annotations
 import contextlib
 from datetime import datetime
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, WriteConcern
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.member.domain.members import Member, MemberKind
 from services.member.domain.orders import Order
@@ -62,7 +64,7 @@ from services.member.store import (
     codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
-from services.runtime.storage import open_mongo
+from services.runtime.mongo import Counter, MongoSchema, MongoStore, find_docs
 
 _COLLECTIONS = (
     "members",
@@ -99,125 +101,64 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict]]] = {
     "tier_changes": [([("member_id", ASCENDING), ("_id", ASCENDING)], {})],
 }
 
-
-async def _has_transactions(db) -> bool:
-    """Whether the server runs multi-document transactions: a replica set member or a
-    mongos. mongomock does not implement the command at all."""
-    try:
-        hello = await db.command("hello")
-    except NotImplementedError:
-        return False
-    return "setName" in hello or hello.get("msg") == "isdbgrid"
+_COUNTERS = {"tier_changes": Counter("tier_changes"), "outbox": Counter("outbox")}
 
 
 def _idempotency_id(scope: str, key: str) -> str:
     return f"{scope}\x1f{key}"
 
 
-class MongoMemberStore(MemberStore):
-    def __init__(self, db, *, transactions: bool, owns_client: bool) -> None:
-        self._db = db
-        self._transactions = transactions
-        self._owns_client = owns_client
-        self._members = db["members"]
-        self._identities = db["identities"]
-        self._lots = db["lots"]
-        self._points = db["points_entries"]
-        self._sv = db["sv_entries"]
-        self._orders = db["orders"]
-        self._tier_changes = db["tier_changes"]
-        self._settings = db["settings"]
-        self._idempotency = db["idempotency"]
-        self._outbox = db["outbox"]
-        self._counters = db["counters"]
+class MongoMemberStore(MongoStore, MemberStore):
+    """open(), close() and the collections (`self._c.<name>`) come from MongoStore."""
 
-    @classmethod
-    async def open(cls, *, uri: str, db_name: str, database=None) -> MongoMemberStore:
-        """`database` (a motor database, or mongomock-motor's) is used as given and left
-        open by close(); otherwise a client is opened on `uri` and closed by close()."""
-        owns_client = database is None
-        db = open_mongo(uri, db_name) if owns_client else database
-        try:
-            store = cls(db, transactions=await _has_transactions(db), owns_client=owns_client)
-            # Created up front: not every server creates collections inside a transaction.
-            existing = set(await db.list_collection_names())
-            for name in _COLLECTIONS:
-                if name not in existing:
-                    with contextlib.suppress(CollectionInvalid):  # a concurrent open made it
-                        await db.create_collection(name)
-            for name, indexes in _INDEXES.items():
-                for keys, options in indexes:
-                    await db[name].create_index(keys, **options)
-        except BaseException:
-            if owns_client:
-                db.client.close()
-            raise
-        return store
-
-    async def close(self) -> None:
-        if self._owns_client:
-            self._db.client.close()
+    SCHEMA = MongoSchema(_COLLECTIONS, _INDEXES, _COUNTERS, repair_counters=False)
 
     # -- writes --
     async def commit(self, change: Change) -> None:
-        tier_seqs = await self._next_seqs("tier_changes", len(change.tier_changes))
-        outbox_seqs = await self._next_seqs("outbox", len(change.events))
-        if self._transactions:
-            try:
-                async with (
-                    await self._db.client.start_session() as s,
-                    s.start_transaction(write_concern=WriteConcern(w="majority")),
-                ):
-                    await self._apply(change, tier_seqs, outbox_seqs, s)
-            except PyMongoError as exc:
-                if exc.has_error_label("TransientTransactionError"):
-                    # A concurrent transaction wrote the same documents: reload and retry.
-                    raise StoreConflict(change.member.id if change.member else "") from exc
-                raise
-        else:
-            await self._apply(change, tier_seqs, outbox_seqs, None)
+        tier_seqs = await self._next_ids("tier_changes", len(change.tier_changes))
+        outbox_seqs = await self._next_ids("outbox", len(change.events))
+
+        async def apply(s) -> None:
+            await self._apply(change, tier_seqs, outbox_seqs, s)
+
+        # One attempt: a transient transaction error (a concurrent transaction wrote the
+        # same documents) is StoreConflict, so the service layer reloads and retries.
+        member_id = change.member.id if change.member else ""
+        await self._atomically(apply, on_transient_error=lambda: StoreConflict(member_id))
         if change.member is not None:
             change.member.version = (change.expected_version or 0) + 1
-
-    async def _next_seqs(self, name: str, count: int) -> list[int]:
-        if count == 0:
-            return []
-        doc = await self._counters.find_one_and_update(
-            {"_id": name}, {"$inc": {"n": count}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        return list(range(doc["n"] - count + 1, doc["n"] + 1))
 
     async def _apply(self, change: Change, tier_seqs: list[int], outbox_seqs: list[int], s) -> None:
         """The module docstring explains the order. `s` is the transaction's session, or
         None without transactions."""
         m = change.member
         if m is not None:
-            found = await self._members.find_one({"_id": m.id}, {"version": 1}, session=s)
+            found = await self._c.members.find_one({"_id": m.id}, {"version": 1}, session=s)
             if (None if found is None else found["version"]) != change.expected_version:
                 raise StoreConflict(m.id)
         inserted: list[tuple[object, str]] = []  # (collection, _id), undone on refusal
         try:
             for lookup, member_id in change.new_identities:
                 try:
-                    await self._identities.insert_one(
+                    await self._c.identities.insert_one(
                         {"_id": lookup, "member_id": member_id}, session=s
                     )
                 except DuplicateKeyError as exc:
                     # Outside the session: a refused write has aborted the transaction.
-                    owner = await self._identities.find_one({"_id": lookup})
+                    owner = await self._c.identities.find_one({"_id": lookup})
                     raise IdentityTaken(lookup, owner["member_id"] if owner else "") from exc
-                inserted.append((self._identities, lookup))
+                inserted.append((self._c.identities, lookup))
             if change.order is not None and change.new_order:
                 try:
-                    await self._orders.insert_one(codec.order_to_doc(change.order), session=s)
+                    await self._c.orders.insert_one(codec.order_to_doc(change.order), session=s)
                 except DuplicateKeyError as exc:
                     raise DuplicateKey(change.order.id) from exc
-                inserted.append((self._orders, change.order.id))
+                inserted.append((self._c.orders, change.order.id))
             if change.idempotency is not None:
                 rec = change.idempotency
                 doc_id = _idempotency_id(rec.scope, rec.key)
                 try:
-                    await self._idempotency.insert_one(
+                    await self._c.idempotency.insert_one(
                         {
                             "_id": doc_id,
                             "scope": rec.scope,
@@ -229,7 +170,7 @@ class MongoMemberStore(MemberStore):
                     )
                 except DuplicateKeyError as exc:
                     raise DuplicateKey(rec.key) from exc
-                inserted.append((self._idempotency, doc_id))
+                inserted.append((self._c.idempotency, doc_id))
             if m is not None:
                 await self._write_member(m, change.expected_version, s)
         except Exception:
@@ -239,23 +180,23 @@ class MongoMemberStore(MemberStore):
                         await collection.delete_one({"_id": doc_id})
             raise
         for lot in change.lots:
-            await self._lots.replace_one(
+            await self._c.lots.replace_one(
                 {"_id": lot.id}, codec.lot_to_doc(lot), upsert=True, session=s
             )
         if change.points_entries:
-            await self._points.insert_many(
+            await self._c.points_entries.insert_many(
                 [codec.points_entry_to_doc(e) for e in change.points_entries], session=s
             )
         if change.stored_value_entries:
-            await self._sv.insert_many(
+            await self._c.sv_entries.insert_many(
                 [codec.sv_entry_to_doc(e) for e in change.stored_value_entries], session=s
             )
         if change.order is not None and not change.new_order:
-            await self._orders.replace_one(
+            await self._c.orders.replace_one(
                 {"_id": change.order.id}, codec.order_to_doc(change.order), session=s
             )
         if change.tier_changes:
-            await self._tier_changes.insert_many(
+            await self._c.tier_changes.insert_many(
                 [
                     {"_id": seq, **codec.tier_change_to_doc(c)}
                     for seq, c in zip(tier_seqs, change.tier_changes, strict=True)
@@ -263,14 +204,14 @@ class MongoMemberStore(MemberStore):
                 session=s,
             )
         if change.tier_program is not None:
-            await self._settings.replace_one(
+            await self._c.settings.replace_one(
                 {"_id": "tier_program"},
                 codec.program_to_doc(change.tier_program),
                 upsert=True,
                 session=s,
             )
         if change.events:
-            await self._outbox.insert_many(
+            await self._c.outbox.insert_many(
                 [
                     {"_id": seq, "event": raw}
                     for seq, raw in zip(outbox_seqs, change.events, strict=True)
@@ -283,35 +224,17 @@ class MongoMemberStore(MemberStore):
         doc["version"] = (expected_version or 0) + 1
         if expected_version is None:
             try:
-                await self._members.insert_one(doc, session=s)
+                await self._c.members.insert_one(doc, session=s)
             except DuplicateKeyError as exc:
                 raise StoreConflict(m.id) from exc
         else:
-            result = await self._members.replace_one(
+            result = await self._c.members.replace_one(
                 {"_id": m.id, "version": expected_version}, doc, session=s
             )
             if result.matched_count != 1:
                 raise StoreConflict(m.id)
 
     # -- reads --
-    @staticmethod
-    async def _find(
-        collection,
-        query: dict,
-        sort: list[tuple[str, int]] | None,
-        limit: int,
-        projection: dict | None = None,
-    ) -> list[dict]:
-        """Like SQL's LIMIT: 0 returns nothing, a negative limit everything."""
-        if limit == 0:
-            return []
-        cursor = collection.find(query, projection)
-        if sort:
-            cursor = cursor.sort(sort)
-        if limit > 0:
-            cursor = cursor.limit(limit)
-        return await cursor.to_list(None)
-
     @staticmethod
     async def _sum(collection, match: dict, field: str) -> int:
         rows = await collection.aggregate(
@@ -323,11 +246,11 @@ class MongoMemberStore(MemberStore):
         return int(rows[0]["total"]) if rows else 0
 
     async def get_member(self, member_id: str) -> Member | None:
-        doc = await self._members.find_one({"_id": member_id})
+        doc = await self._c.members.find_one({"_id": member_id})
         return codec.member_from_doc(doc) if doc else None
 
     async def member_id_for(self, lookup: str) -> str | None:
-        doc = await self._identities.find_one({"_id": lookup})
+        doc = await self._c.identities.find_one({"_id": lookup})
         return doc["member_id"] if doc else None
 
     async def list_members(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
@@ -343,12 +266,12 @@ class MongoMemberStore(MemberStore):
                 query[name] = {"$eq": value}
         if flt.min_tier_level:
             query.setdefault("tier_level", {})["$gte"] = flt.min_tier_level
-        docs = await self._find(self._members, query, [("_id", ASCENDING)], limit)
+        docs = await find_docs(self._c.members, query, [("_id", ASCENDING)], limit)
         return [codec.member_from_doc(d) for d in docs]
 
     async def lapsed_paid_member_ids(self, now: datetime, limit: int) -> list[str]:
-        docs = await self._find(
-            self._members,
+        docs = await find_docs(
+            self._c.members,
             {"kind": MemberKind.PAID.value, "paid_until": {"$lte": codec.ts(now)}},
             [("paid_until", ASCENDING)],
             limit,
@@ -357,7 +280,7 @@ class MongoMemberStore(MemberStore):
         return [d["_id"] for d in docs]
 
     async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
-        doc = await self._idempotency.find_one({"_id": _idempotency_id(scope, key)})
+        doc = await self._c.idempotency.find_one({"_id": _idempotency_id(scope, key)})
         return (
             IdempotencyRecord(scope, key, doc["fingerprint"], bytes(doc["response"]))
             if doc
@@ -365,13 +288,13 @@ class MongoMemberStore(MemberStore):
         )
 
     async def open_lots(self, member_id: str) -> list[Lot]:
-        docs = await self._find(
-            self._lots, {"member_id": member_id, **_OPEN}, [("_id", ASCENDING)], -1
+        docs = await find_docs(
+            self._c.lots, {"member_id": member_id, **_OPEN}, [("_id", ASCENDING)], -1
         )
         return [codec.lot_from_doc(d) for d in docs]
 
     async def get_points_entry(self, entry_id: str) -> PointsEntry | None:
-        doc = await self._points.find_one({"_id": entry_id})
+        doc = await self._c.points_entries.find_one({"_id": entry_id})
         return codec.points_entry_from_doc(doc) if doc else None
 
     async def list_points_entries(
@@ -380,7 +303,7 @@ class MongoMemberStore(MemberStore):
         query: dict = {"member_id": member_id}
         if before_id:
             query["_id"] = {"$lt": before_id}
-        docs = await self._find(self._points, query, [("_id", DESCENDING)], limit)
+        docs = await find_docs(self._c.points_entries, query, [("_id", DESCENDING)], limit)
         return [codec.points_entry_from_doc(d) for d in docs]
 
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
@@ -393,7 +316,7 @@ class MongoMemberStore(MemberStore):
         ]
         if limit > 0:
             pipeline.append({"$limit": limit})
-        rows = await self._lots.aggregate(pipeline).to_list(None)
+        rows = await self._c.lots.aggregate(pipeline).to_list(None)
         return [r["_id"] for r in rows]
 
     def _expiring(self, start: datetime, end: datetime) -> dict:
@@ -405,12 +328,12 @@ class MongoMemberStore(MemberStore):
         query = {**self._expiring(start, end), "_id": {"$gt": after_id}}
         if member_id:
             query["member_id"] = member_id
-        docs = await self._find(self._lots, query, [("_id", ASCENDING)], limit)
+        docs = await find_docs(self._c.lots, query, [("_id", ASCENDING)], limit)
         return [codec.lot_from_doc(d) for d in docs]
 
     async def unannounced_lots(self, start: datetime, end: datetime, limit: int) -> list[Lot]:
-        docs = await self._find(
-            self._lots,
+        docs = await find_docs(
+            self._c.lots,
             {**self._expiring(start, end), "announced": False},
             [("_id", ASCENDING)],
             limit,
@@ -418,11 +341,13 @@ class MongoMemberStore(MemberStore):
         return [codec.lot_from_doc(d) for d in docs]
 
     async def get_stored_value_entry(self, entry_id: str) -> StoredValueEntry | None:
-        doc = await self._sv.find_one({"_id": entry_id})
+        doc = await self._c.sv_entries.find_one({"_id": entry_id})
         return codec.sv_entry_from_doc(doc) if doc else None
 
     async def refunded_fen_for_payment(self, payment_entry_id: str) -> int:
-        return await self._sum(self._sv, {"payment_entry_id": payment_entry_id}, "delta_fen")
+        return await self._sum(
+            self._c.sv_entries, {"payment_entry_id": payment_entry_id}, "delta_fen"
+        )
 
     async def list_stored_value_entries(
         self, member_id: str, before_id: str, limit: int
@@ -430,17 +355,19 @@ class MongoMemberStore(MemberStore):
         query: dict = {"member_id": member_id}
         if before_id:
             query["_id"] = {"$lt": before_id}
-        docs = await self._find(self._sv, query, [("_id", DESCENDING)], limit)
+        docs = await find_docs(self._c.sv_entries, query, [("_id", DESCENDING)], limit)
         return [codec.sv_entry_from_doc(d) for d in docs]
 
     async def get_order(self, order_id: str) -> Order | None:
-        doc = await self._orders.find_one({"_id": order_id})
+        doc = await self._c.orders.find_one({"_id": order_id})
         return codec.order_from_doc(doc) if doc else None
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         query: dict = {"member_id": member_id}
         anchor = (
-            await self._orders.find_one({"_id": before_id, "member_id": member_id}, {"paid_at": 1})
+            await self._c.orders.find_one(
+                {"_id": before_id, "member_id": member_id}, {"paid_at": 1}
+            )
             if before_id
             else None
         )
@@ -450,20 +377,20 @@ class MongoMemberStore(MemberStore):
                 {"paid_at": {"$lt": paid_at}},
                 {"paid_at": paid_at, "_id": {"$lt": before_id}},
             ]
-        docs = await self._find(
-            self._orders, query, [("paid_at", DESCENDING), ("_id", DESCENDING)], limit
+        docs = await find_docs(
+            self._c.orders, query, [("paid_at", DESCENDING), ("_id", DESCENDING)], limit
         )
         return [codec.order_from_doc(d) for d in docs]
 
     async def growth_since(self, member_id: str, since: datetime) -> int:
         return await self._sum(
-            self._orders,
+            self._c.orders,
             {"member_id": member_id, "paid_at": {"$gte": codec.ts(since)}},
             "net_growth",
         )
 
     async def get_tier_program(self) -> TierProgram | None:
-        doc = await self._settings.find_one({"_id": "tier_program"})
+        doc = await self._c.settings.find_one({"_id": "tier_program"})
         return codec.program_from_doc(doc) if doc else None
 
     async def list_tier_changes(
@@ -472,13 +399,13 @@ class MongoMemberStore(MemberStore):
         query: dict = {"member_id": member_id}
         if before_seq:
             query["_id"] = {"$lt": before_seq}
-        docs = await self._find(self._tier_changes, query, [("_id", DESCENDING)], limit)
+        docs = await find_docs(self._c.tier_changes, query, [("_id", DESCENDING)], limit)
         return [(d["_id"], codec.tier_change_from_doc(d)) for d in docs]
 
     async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]:
-        docs = await self._find(self._outbox, {}, [("_id", ASCENDING)], limit)
+        docs = await find_docs(self._c.outbox, {}, [("_id", ASCENDING)], limit)
         return [(d["_id"], bytes(d["event"])) for d in docs]
 
     async def outbox_mark_published(self, seqs: list[int]) -> None:
         if seqs:
-            await self._outbox.delete_many({"_id": {"$in": list(seqs)}})
+            await self._c.outbox.delete_many({"_id": {"$in": list(seqs)}})

@@ -1,0 +1,400 @@
+"""The TaggingService servicer: checks input, calls the use cases, builds protos."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pond.tagging.v1 import tagging_pb2 as pb
+from pond.tagging.v1 import tagging_pb2_grpc
+
+from services.runtime.auth import Role, current_caller, ensure_acts_for
+from services.runtime.errors import Violations, invalid_argument, not_found
+from services.runtime.paging import decode_token, encode_token, page_size
+from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
+from services.tagging.engine import Definition
+from services.tagging.runs import ScoringRunner
+from services.tagging.service import TaggingApp
+
+OPS = frozenset({Role.OPERATOR, Role.SERVICE})
+STAFF = OPS | {Role.GUIDE}
+AUTH_RULES: dict[str, frozenset[Role]] = {
+    "CreateTag": OPS,
+    "GetTag": STAFF,
+    "ListTags": STAFF,
+    "UpdateTag": OPS,
+    "ListTagVersions": STAFF,
+    "AssignTags": STAFF,
+    "RemoveTags": STAFF,
+    "GetMemberProfile": STAFF,
+    "StartScoringRun": OPS,
+    "WatchScoringRun": OPS,
+    "GetScoringRun": OPS,
+    "ListScoringRuns": OPS,
+    "SetCategoryCycle": OPS,
+    "ListCategoryCycles": STAFF,
+    "PreviewSegment": OPS,
+    "CreateSegment": OPS,
+    "GetSegment": STAFF,
+    "ListSegments": STAFF,
+    "UpdateSegment": OPS,
+    "CheckMembership": STAFF | {Role.GATEWAY},
+    "StreamSegmentMembers": OPS,
+    "ListSegmentVersions": STAFF,
+}
+RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ts(micros: int) -> Timestamp | None:
+    if not micros:
+        return None
+    out = Timestamp()
+    out.FromMicroseconds(int(micros))
+    return out
+
+
+def day_ts(day: int) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(EPOCH + timedelta(days=day))
+    return out
+
+
+def tag_pb(d: Definition, count: int) -> pb.Tag:
+    doc = d.doc
+    return pb.Tag(
+        name=doc["name"],
+        kind=KIND_NUMBERS[doc["kind"]],
+        group=doc["group"],
+        display_name=doc["display_name"],
+        description=doc["description"],
+        expression=doc["expression"],
+        version=doc["version"],
+        member_count=count,
+        create_time=ts(doc["create_time"]),
+        update_time=ts(doc["update_time"]),
+    )
+
+
+def segment_pb(d: Definition, count: int) -> pb.Segment:
+    """`count` is the live membership (real-time changes included)."""
+    doc = d.doc
+    return pb.Segment(
+        id=doc["id"],
+        display_name=doc["display_name"],
+        description=doc["description"],
+        expression=doc["expression"],
+        version=doc["version"],
+        count=count,
+        create_time=ts(doc["create_time"]),
+        update_time=ts(doc["update_time"]),
+    )
+
+
+def run_pb(doc: dict) -> pb.ScoringRun:
+    return pb.ScoringRun(
+        id=doc["id"],
+        state=RUN_STATES[doc["state"]],
+        segment_id=doc["segment_id"],
+        partition=doc["partition"],
+        partitions=doc["partitions"],
+        stage=doc["stage"],
+        members_total=doc["members_total"],
+        members_scored=doc["members_scored"],
+        tags_gained=doc["tags_gained"],
+        tags_lost=doc["tags_lost"],
+        events_published=doc["events_published"],
+        duration_seconds=doc["duration_seconds"],
+        errors=doc["errors"],
+        start_time=ts(doc["start_time"]),
+        end_time=ts(doc["end_time"]),
+    )
+
+
+def _paths(mask, allowed: set[str], v: Violations) -> set[str]:
+    paths = set(mask.paths)
+    if not paths:
+        v.add("update_mask", "name the fields to update")
+    for p in paths - allowed:
+        v.add("update_mask", f"{p!r} cannot be updated")
+    return paths
+
+
+class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
+    def __init__(self, app: TaggingApp, runner: ScoringRunner) -> None:
+        self.app = app
+        self.runner = runner
+        self.run_tasks: set[asyncio.Task] = set()  # scoring runs executing here
+
+    # -- catalogue --
+    async def CreateTag(self, request: pb.CreateTagRequest, context) -> pb.Tag:
+        t = request.tag
+        if t.kind not in KINDS:
+            raise invalid_argument([("tag.kind", "is required: MANUAL or RULE")], domain=DOMAIN)
+        d = await self.app.create_tag(
+            t.name,
+            KINDS[t.kind],
+            t.group[:64],
+            t.display_name[:64],
+            t.description[:500],
+            t.expression,
+        )
+        return tag_pb(d, self.app.tag_count(t.name))
+
+    async def GetTag(self, request: pb.GetTagRequest, context) -> pb.Tag:
+        return tag_pb(self.app.tag(request.name), self.app.tag_count(request.name))
+
+    async def ListTags(self, request: pb.ListTagsRequest, context) -> pb.ListTagsResponse:
+        v = Violations(DOMAIN)
+        limit = page_size(request.page_size, v)
+        after = str((decode_token(request.page_token, v) or {}).get("a", ""))
+        if request.kind and request.kind not in KINDS:
+            v.add("kind", f"unknown value {request.kind}")
+        v.raise_if_any()
+        chosen = [
+            d
+            for k, d in sorted(self.app.engine.tags.items())
+            if k > after
+            and (not request.kind or d.doc["kind"] == KINDS[request.kind])
+            and (not request.group or d.doc["group"] == request.group)
+        ][: limit + 1]
+        token = encode_token({"a": chosen[limit - 1].key}) if len(chosen) > limit else ""
+        return pb.ListTagsResponse(
+            tags=[tag_pb(d, self.app.tag_count(d.key)) for d in chosen[:limit]],
+            next_page_token=token,
+        )
+
+    async def UpdateTag(self, request: pb.UpdateTagRequest, context) -> pb.Tag:
+        v = Violations(DOMAIN)
+        paths = _paths(
+            request.update_mask, {"display_name", "group", "description", "expression"}, v
+        )
+        v.raise_if_any()
+        values = {p: getattr(request.tag, p) for p in paths}
+        d = await self.app.update_tag(request.tag.name, values)
+        return tag_pb(d, self.app.tag_count(d.key))
+
+    async def ListTagVersions(self, request, context) -> pb.ListTagVersionsResponse:
+        return pb.ListTagVersionsResponse(
+            versions=[
+                pb.TagVersion(
+                    version=d["version"],
+                    expression=d["expression"],
+                    create_time=ts(d["create_time"]),
+                )
+                for d in await self.app.tag_versions(request.name)
+            ]
+        )
+
+    async def AssignTags(self, request: pb.AssignTagsRequest, context) -> pb.ChangeTagsResponse:
+        return await self._change(request, assign=True)
+
+    async def RemoveTags(self, request: pb.RemoveTagsRequest, context) -> pb.ChangeTagsResponse:
+        return await self._change(request, assign=False)
+
+    async def _change(self, request, *, assign: bool) -> pb.ChangeTagsResponse:
+        caller = current_caller.get()
+        by = f"{caller.role}:{caller.subject}" if caller else "unknown"
+        changed = await self.app.change_manual(
+            list(request.member_ids), list(request.tag_names), by, assign
+        )
+        return pb.ChangeTagsResponse(changed=changed)
+
+    async def GetMemberProfile(self, request, context) -> pb.MemberProfile:
+        p = await self.app.profile(request.member_id)
+        return pb.MemberProfile(
+            member_id=p["member_id"],
+            features=p["features"],
+            scores=p["scores"],
+            tags=[
+                pb.MemberTag(
+                    name=t["name"],
+                    display_name=t["display_name"],
+                    kind=KIND_NUMBERS[t["kind"]],
+                    source=t["source"],
+                    since=ts(t["since"]),
+                )
+                for t in p["tags"]
+            ],
+            repurchase=[
+                pb.RepurchaseDue(
+                    category=r["category"], due_time=day_ts(r["due_day"]), due=r["due"]
+                )
+                for r in p["repurchase"]
+            ],
+        )
+
+    # -- runs --
+    async def StartScoringRun(self, request: pb.StartScoringRunRequest, context) -> pb.ScoringRun:
+        v = Violations(DOMAIN)
+        partitions = request.partitions or 1
+        if not 1 <= partitions <= 64:
+            v.add("partitions", "1..64")
+        if request.partition != 0:
+            v.add(
+                "partition",
+                "the service runs partition 0; workers run the others"
+                " (python -m services.tagging.worker)",
+            )
+        v.raise_if_any()
+        doc = await self.runner.begin(
+            segment_id=request.segment_id,
+            partitions=partitions,
+            resume_run_id=request.resume_run_id,
+        )
+        task = asyncio.create_task(self.runner.execute(doc["id"], 0))
+        self.run_tasks.add(task)
+        task.add_done_callback(self._run_ended)
+        return run_pb(doc)
+
+    def _run_ended(self, task: asyncio.Task) -> None:
+        self.run_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged and recorded in the run doc by the runner
+
+    async def _run(self, run_id: str) -> dict:
+        doc = self.runner.progress.get(run_id) or await self.app.store.get_run(run_id)
+        if doc is None:
+            raise not_found("run", run_id, domain=DOMAIN)
+        return doc
+
+    async def WatchScoringRun(self, request: pb.WatchScoringRunRequest, context):
+        last = None
+        while True:
+            doc = dict(await self._run(request.run_id))
+            if doc != last:
+                yield run_pb(doc)
+                last = doc
+            if doc["state"] != "running":
+                return
+            await asyncio.sleep(0.1)
+
+    async def GetScoringRun(self, request, context) -> pb.ScoringRun:
+        return run_pb(await self._run(request.run_id))
+
+    async def ListScoringRuns(self, request, context) -> pb.ListScoringRunsResponse:
+        v = Violations(DOMAIN)
+        limit = page_size(request.page_size, v)
+        before = str((decode_token(request.page_token, v) or {}).get("b", ""))
+        v.raise_if_any()
+        docs = await self.app.store.list_runs(before, limit + 1)
+        token = encode_token({"b": docs[limit - 1]["id"]}) if len(docs) > limit else ""
+        return pb.ListScoringRunsResponse(
+            runs=[run_pb(d) for d in docs[:limit]], next_page_token=token
+        )
+
+    async def SetCategoryCycle(self, request, context) -> pb.CategoryCycle:
+        await self.app.set_cycle(request.category, request.days)
+        return self._cycle(request.category)
+
+    def _cycle(self, category: str) -> pb.CategoryCycle:
+        engine = self.app.engine
+        cat_id = engine.categories.get(category, -1)
+        return pb.CategoryCycle(
+            category=category,
+            configured_days=engine.configured_cycles.get(category, 0.0),
+            learned_days=engine.learned_cycles.get(cat_id, 0.0),
+        )
+
+    async def ListCategoryCycles(self, request, context) -> pb.ListCategoryCyclesResponse:
+        return pb.ListCategoryCyclesResponse(
+            cycles=[self._cycle(c) for c in sorted(self.app.engine.categories)]
+        )
+
+    # -- segments --
+    async def PreviewSegment(self, request, context) -> pb.PreviewSegmentResponse:
+        if not 0 <= request.sample_size <= 100:
+            raise invalid_argument([("sample_size", "0..100")], domain=DOMAIN)
+        count, sample = await self.app.preview(request.expression, request.sample_size or 10)
+        return pb.PreviewSegmentResponse(count=count, sample_member_ids=sample)
+
+    async def CreateSegment(self, request, context) -> pb.Segment:
+        s = request.segment
+        d = await self.app.save_segment(
+            s.id,
+            {
+                "display_name": s.display_name[:64],
+                "description": s.description[:500],
+                "expression": s.expression,
+            },
+            create=True,
+        )
+        return segment_pb(d, self._count(d.key))
+
+    async def GetSegment(self, request, context) -> pb.Segment:
+        return segment_pb(self.app.segment(request.id), self._count(request.id))
+
+    async def ListSegments(self, request, context) -> pb.ListSegmentsResponse:
+        v = Violations(DOMAIN)
+        limit = page_size(request.page_size, v)
+        after = str((decode_token(request.page_token, v) or {}).get("a", ""))
+        v.raise_if_any()
+        chosen = [d for k, d in sorted(self.app.engine.segments.items()) if k > after]
+        page = chosen[: limit + 1]
+        token = encode_token({"a": page[limit - 1].key}) if len(page) > limit else ""
+        return pb.ListSegmentsResponse(
+            segments=[segment_pb(d, self._count(d.key)) for d in page[:limit]],
+            next_page_token=token,
+        )
+
+    async def UpdateSegment(self, request, context) -> pb.Segment:
+        v = Violations(DOMAIN)
+        paths = _paths(request.update_mask, {"display_name", "description", "expression"}, v)
+        v.raise_if_any()
+        d = await self.app.save_segment(
+            request.segment.id, {p: getattr(request.segment, p) for p in paths}, create=False
+        )
+        return segment_pb(d, self._count(d.key))
+
+    def _count(self, seg_id: str) -> int:
+        return len(self.app.engine.segment_bitmaps.get(seg_id, ()))
+
+    async def CheckMembership(
+        self, request: pb.CheckMembershipRequest, context
+    ) -> pb.CheckMembershipResponse:
+        if not request.member_id or not 1 <= len(request.segment_ids) <= 100:
+            raise invalid_argument(
+                [("segment_ids", "1..100 segment ids and a member_id")], domain=DOMAIN
+            )
+        ensure_acts_for(request.member_id)
+        return pb.CheckMembershipResponse(
+            memberships=self.app.check(request.member_id, list(request.segment_ids))
+        )
+
+    async def StreamSegmentMembers(self, request, context):
+        chunk = request.chunk_size or 1000
+        if not 1 <= chunk <= 10_000:
+            raise invalid_argument([("chunk_size", "1..10000")], domain=DOMAIN)
+        async for ids, cursor, version in self.app.stream_members(
+            request.id, request.cursor, chunk
+        ):
+            yield pb.SegmentMembersChunk(member_ids=ids, cursor=cursor, version=version)
+
+    async def ListSegmentVersions(self, request, context) -> pb.ListSegmentVersionsResponse:
+        v = Violations(DOMAIN)
+        limit = page_size(request.page_size, v)
+        before = int((decode_token(request.page_token, v) or {}).get("v", 0))
+        v.raise_if_any()
+        docs = [
+            d
+            for d in await self.app.segment_versions(request.id)
+            if not before or d["version"] < before
+        ][: limit + 1]
+        token = encode_token({"v": docs[limit - 1]["version"]}) if len(docs) > limit else ""
+        return pb.ListSegmentVersionsResponse(
+            versions=[
+                pb.SegmentVersion(
+                    version=d["version"],
+                    count=d["count"],
+                    added=d["added"],
+                    removed=d["removed"],
+                    sample_added=d["sample_added"],
+                    sample_removed=d["sample_removed"],
+                    reason=d["reason"],
+                    create_time=ts(d["create_time"]),
+                )
+                for d in docs[:limit]
+            ],
+            next_page_token=token,
+        )

@@ -1,0 +1,293 @@
+"""The tagging engine: the in-memory working set (dense member index, tag and
+segment bitmaps, definitions, categories) rebuilt from the store at start-up, and
+the real-time path: a member event updates the member's history and re-evaluates
+that member's rule tags, per-member scores and segments at once.
+
+Bitmaps changed in real time are persisted by `flush()` (called every second by
+the server); scoring runs write theirs directly."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import structlog
+from pyroaring import BitMap
+
+from services.runtime.clock import Clock
+from services.tagging.domain import expressions as ex
+from services.tagging.domain import scores
+from services.tagging.domain import scoring as sc
+from services.tagging.domain.features import FeatureFrame, compute_features
+from services.tagging.domain.history import MemberHistory, assemble
+from services.tagging.store import TaggingStore
+
+log = structlog.get_logger("pond.tagging")
+EPOCH_DAY_SECONDS = 86_400
+
+
+@dataclass
+class Definition:
+    """A tag or segment definition (the stored doc) with its parsed expression."""
+
+    doc: dict
+    expr: ex.Expr | None = None
+
+    @property
+    def key(self) -> str:
+        return self.doc["name"] if "name" in self.doc else self.doc["id"]
+
+
+@dataclass
+class TagChangeSet:
+    """Changes of one unit of work: tag -> (gained, lost) member indexes."""
+
+    tags: dict[str, tuple[BitMap, BitMap]] = field(default_factory=dict)
+    segments: dict[str, tuple[BitMap, BitMap]] = field(default_factory=dict)
+
+    def count(self) -> tuple[int, int]:
+        return (
+            sum(len(g) for g, _ in self.tags.values()),
+            sum(len(lo) for _, lo in self.tags.values()),
+        )
+
+
+def in_dependency_order(defs: dict[str, ex.Expr], refs) -> list[tuple[str, ex.Expr]]:
+    """Definitions ordered so each comes after those it references; a cycle raises
+    ValueError naming it."""
+    done: list[tuple[str, ex.Expr]] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ValueError(" -> ".join([*path, name]))
+        state[name] = 1
+        for dep in sorted(refs(defs[name])):
+            if dep in defs:
+                visit(dep, [*path, name])
+        state[name] = 2
+        done.append((name, defs[name]))
+
+    for name in sorted(defs):
+        visit(name, [])
+    return done
+
+
+class TagEngine:
+    def __init__(
+        self,
+        store: TaggingStore,
+        clock: Clock,
+        *,
+        timezone: str = "Asia/Shanghai",
+        thresholds: scores.LifecycleThresholds | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.tz = ZoneInfo(timezone)
+        self.thresholds = thresholds or scores.LifecycleThresholds()
+        self.lock = asyncio.Lock()  # one mutation of the working set at a time
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.universe = BitMap()
+        self.tags: dict[str, Definition] = {}
+        self.segments: dict[str, Definition] = {}
+        self.tag_bitmaps: dict[str, BitMap] = {}
+        self.segment_bitmaps: dict[str, BitMap] = {}
+        self.manual_meta: dict[tuple[int, str], tuple[str, int]] = {}
+        self.categories: dict[str, int] = {}
+        self.configured_cycles: dict[str, float] = {}
+        self.learned_cycles: dict[int, float] = {}
+        self._dirty_tags: set[str] = set()
+        self._dirty_segments: set[str] = set()
+        # Members re-evaluated in real time while a scoring run is under way (None:
+        # no run): the run scored their older history and must leave them alone.
+        self._touched: BitMap | None = None
+
+    # -- time --
+    def day_of(self, when: datetime) -> int:
+        local = when.astimezone(self.tz)
+        return (local.replace(tzinfo=None) - datetime(1970, 1, 1)).days
+
+    def today(self) -> int:
+        return self.day_of(self.clock.now())
+
+    # -- loading --
+    async def load(self) -> None:
+        from services.tagging.catalogue import ensure_score_tags, parse_definition
+
+        async with self.lock:
+            pairs = await self.store.load_index()
+            self.ids = [""] * (pairs[-1][0] + 1 if pairs else 0)
+            for idx, member_id in pairs:
+                self.ids[idx] = member_id
+            self.index = {m: i for i, m in pairs}
+            self.universe = sc.bitmap_of(np.array([i for i, _ in pairs], dtype=np.uint32))
+            self.categories = await self.store.load_categories()
+            self.configured_cycles = await self.store.load_cycles()
+            await ensure_score_tags(self.store, self.categories, self.clock.now())
+            self.tags = {
+                d["name"]: parse_definition(d) for d in await self.store.list_definitions("tag")
+            }
+            self.segments = {
+                d["id"]: parse_definition(d) for d in await self.store.list_definitions("segment")
+            }
+            self.tag_bitmaps = {
+                k: BitMap.deserialize(v) for k, v in (await self.store.load_bitmaps("tag")).items()
+            }
+            self.segment_bitmaps = {
+                k: BitMap.deserialize(v)
+                for k, v in (await self.store.load_bitmaps("segment")).items()
+            }
+            self.manual_meta = {}
+            manual: dict[str, list[int]] = {}
+            for t in await self.store.load_manual_tags():
+                self.manual_meta[(t.idx, t.tag)] = (t.by, t.at)
+                manual.setdefault(t.tag, []).append(t.idx)
+            for tag, members in manual.items():
+                self.tag_bitmaps[tag] = BitMap(members)
+            learned = await self.store.get_definition("state", "learned_cycles")
+            self.learned_cycles = {int(k): v for k, v in (learned or {}).get("cycles", {}).items()}
+
+    # -- helpers used by the use cases --
+    def member_ids_of(self, bitmap: BitMap) -> list[str]:
+        return [self.ids[i] for i in bitmap]
+
+    def cycles_by_id(self) -> dict[int, float]:
+        cycles = dict(self.learned_cycles)
+        for name, days in self.configured_cycles.items():
+            if name in self.categories:
+                cycles[self.categories[name]] = days
+        return cycles
+
+    def rule_defs(self) -> dict[str, ex.Expr]:
+        return {
+            k: d.expr
+            for k, d in self.tags.items()
+            if d.doc["kind"] == "rule" and d.expr is not None
+        }
+
+    def segment_defs(self) -> dict[str, ex.Expr]:
+        return {k: d.expr for k, d in self.segments.items() if d.expr is not None}
+
+    def masks_from_bitmaps(self, idx: np.ndarray, names) -> dict[str, np.ndarray]:
+        """Current membership of `names` for the frame rows `idx`."""
+        out = {}
+        for name in names:
+            bm = self.tag_bitmaps.get(name)
+            out[name] = (
+                np.zeros(len(idx), dtype=bool)
+                if bm is None or not len(bm)
+                else np.isin(idx, np.asarray(bm.to_array(), dtype=np.uint32))
+            )
+        return out
+
+    def manual_names(self) -> list[str]:
+        return [k for k, d in self.tags.items() if d.doc["kind"] == "manual"]
+
+    def population_names(self) -> list[str]:
+        return [k for k in self.tags if k.startswith(sc.POPULATION_PREFIXES)]
+
+    def frame_for(self, rows: list[tuple]) -> FeatureFrame:
+        return compute_features(assemble(rows), self.today())
+
+    # -- real time --
+    async def member_masks(self, frame: FeatureFrame) -> tuple[dict, dict]:
+        """Tag and segment masks for a small frame (one member, usually): per-member
+        scores recomputed, population scores and manual tags as they stand."""
+        given = self.masks_from_bitmaps(frame.idx, [*self.manual_names(), *self.population_names()])
+        given.update(
+            sc.per_member_scores(frame, self.cycles_by_id(), self.categories, self.thresholds)
+        )
+        rules = in_dependency_order(self.rule_defs(), ex.referenced_tags)
+        tag_masks = sc.compute_tags(frame, sc.Rules(rules), given, self.categories)
+        segs = in_dependency_order(self.segment_defs(), ex.referenced_segments)
+        seg_masks = sc.compute_segments(frame, segs, tag_masks, self.categories)
+        return tag_masks, seg_masks
+
+    def diff_rows(
+        self, idx: np.ndarray, tag_masks: dict, seg_masks: dict, skip: set[str]
+    ) -> TagChangeSet:
+        """What changes if rows `idx` get these masks (tags in `skip` untouched)."""
+        changes = TagChangeSet()
+        rows = sc.bitmap_of(idx)
+        for target, masks, current in (
+            (changes.tags, tag_masks, self.tag_bitmaps),
+            (changes.segments, seg_masks, self.segment_bitmaps),
+        ):
+            for name, mask in masks.items():
+                if name in skip:
+                    continue
+                now_in = sc.bitmap_of(idx, mask)
+                before = current.get(name, BitMap()) & rows
+                gained, lost = now_in - before, before - now_in
+                if gained or lost:
+                    target[name] = (gained, lost)
+        return changes
+
+    def apply_changes(self, changes: TagChangeSet) -> None:
+        """In memory; marks the bitmaps dirty for flush()."""
+        for name, (gained, lost) in changes.tags.items():
+            bm = self.tag_bitmaps.setdefault(name, BitMap())
+            bm |= gained
+            bm -= lost
+            self._dirty_tags.add(name)
+        for name, (gained, lost) in changes.segments.items():
+            bm = self.segment_bitmaps.setdefault(name, BitMap())
+            bm |= gained
+            bm -= lost
+            self._dirty_segments.add(name)
+
+    async def flush(self) -> None:
+        """Persists bitmaps changed in real time."""
+        async with self.lock:
+            tags, segs = self._dirty_tags, self._dirty_segments
+            self._dirty_tags, self._dirty_segments = set(), set()
+            if tags:
+                await self.store.put_bitmaps(
+                    "tag",
+                    {
+                        t: self.tag_bitmaps[t].serialize()
+                        for t in tags
+                        if self.tags.get(t) is None or self.tags[t].doc["kind"] != "manual"
+                    },
+                )
+            if segs:
+                await self.store.put_bitmaps(
+                    "segment", {s: self.segment_bitmaps[s].serialize() for s in segs}
+                )
+
+    def track_real_time(self) -> None:
+        """From now on remember the members re-evaluated in real time (a run starts)."""
+        self._touched = BitMap()
+
+    def stop_tracking(self) -> BitMap:
+        """The members re-evaluated since track_real_time(); tracking ends."""
+        touched, self._touched = self._touched, None
+        return touched if touched is not None else BitMap()
+
+    async def rescore_member(self, history: MemberHistory) -> TagChangeSet:
+        """Re-evaluates one member from its history (no writes)."""
+        if self._touched is not None:
+            self._touched.add(history.idx)
+        frame = self.frame_for([history.to_row()])
+        tag_masks, seg_masks = await self.member_masks(frame)
+        skip = set(self.manual_names()) | set(self.population_names())
+        return self.diff_rows(frame.idx, tag_masks, seg_masks, skip)
+
+    async def ensure_members(self, member_ids: list[str]) -> dict[str, int]:
+        missing = [m for m in member_ids if m not in self.index]
+        if missing:
+            assigned = await self.store.index_members(missing)
+            for member_id, idx in assigned.items():
+                if idx >= len(self.ids):
+                    self.ids.extend([""] * (idx + 1 - len(self.ids)))
+                self.ids[idx] = member_id
+                self.index[member_id] = idx
+                self.universe.add(idx)
+        return {m: self.index[m] for m in member_ids}

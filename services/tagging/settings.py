@@ -1,0 +1,19 @@
+"""The tagging service's settings (environment variables, see the README table)."""
+
+from __future__ import annotations
+
+from services.runtime.config import RuntimeSettings
+
+
+class TaggingSettings(RuntimeSettings):
+    tagging_port: int = 50052
+    tagging_metrics_port: int = 9102
+    # Lifecycle thresholds in days.
+    lifecycle_new_days: int = 30
+    lifecycle_active_days: int = 90
+    lifecycle_sleeping_days: int = 180
+    # How often bitmaps changed in real time are persisted.
+    tagging_flush_seconds: float = 1.0
+    # Consumer: redeliver a message idle this long; dead-letter after N deliveries.
+    tagging_claim_idle_ms: int = 30_000
+    tagging_max_deliveries: int = 5

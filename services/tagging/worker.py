@@ -1,0 +1,35 @@
+"""`python -m services.tagging.worker RUN_ID PARTITION`: one partition of a scoring
+run started with StartScoringRun(partitions=N) — a pod of a Kubernetes Indexed Job
+(PARTITION from JOB_COMPLETION_INDEX when omitted). Reads and writes the same store
+as the service; partition 0 runs inside the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from services.runtime.logs import configure_logging, get_logger
+from services.tagging.runs import ScoringRunner
+from services.tagging.server import open_engine
+from services.tagging.settings import TaggingSettings
+
+
+async def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    settings = TaggingSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    partition = int(argv[1] if len(argv) > 1 else os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    engine = await open_engine(settings)
+    try:
+        await ScoringRunner(engine).execute(argv[0], partition)
+    finally:
+        await engine.store.close()
+    get_logger("pond.tagging.worker").info("partition done", run_id=argv[0], partition=partition)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,435 @@
+"""The shared runtime: auth tokens and the authorizer, redaction and logging, field
+encryption, page tokens, idempotency fingerprints and error statuses. No sockets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import grpc
+import pytest
+import structlog
+from cryptography.exceptions import InvalidTag
+from google.rpc import code_pb2, error_details_pb2
+from pond.member.v1 import member_pb2 as pb
+
+from services.runtime import auth, paging
+from services.runtime.auth import (
+    BACK_OFFICE,
+    STAFF,
+    Authorizer,
+    Caller,
+    Role,
+    TokenVerifier,
+    current_caller,
+    ensure_acts_for,
+    method_rules,
+    mint_token,
+)
+from services.runtime.crypto import FieldCipher
+from services.runtime.errors import (
+    PondError,
+    Violations,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
+from services.runtime.idempotency import IdempotencyRecord, fingerprint, replay
+from services.runtime.logs import configure_logging
+from services.runtime.redaction import mask_phone, redact_value, scrub_text
+
+SECRET = "unit-secret-" + "y" * 20
+SERVICE = "pond.member.v1.MemberService"
+
+
+def _code(exc: pytest.ExceptionInfo[PondError]) -> grpc.StatusCode:
+    return exc.value.code
+
+
+# -- tokens --
+
+def test_token_round_trip() -> None:
+    caller = TokenVerifier(SECRET).verify(mint_token(SECRET, "ops-1", Role.OPERATOR))
+    assert caller == Caller("ops-1", Role.OPERATOR)
+    assert caller.sees_phone
+    guide = TokenVerifier(SECRET).verify(mint_token(SECRET, "g-1", "guide"))
+    assert guide.role is Role.GUIDE and not guide.sees_phone
+
+
+def test_minting_needs_a_secret_and_a_known_role() -> None:
+    with pytest.raises(ValueError):
+        mint_token("", "x", Role.SERVICE)
+    with pytest.raises(ValueError):
+        mint_token(SECRET, "x", "root")
+
+
+def test_expired_token() -> None:
+    token = mint_token(SECRET, "ops-1", Role.OPERATOR, ttl_seconds=-5)
+    with pytest.raises(PondError) as exc:
+        TokenVerifier(SECRET).verify(token)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in exc.value.message
+
+
+def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(SECRET)
+    token = mint_token(SECRET, "svc", Role.SERVICE, ttl_seconds=60)
+    assert verifier.verify(token).subject == "svc"
+    later = time.time() + 120
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    with pytest.raises(PondError) as exc:
+        verifier.verify(token)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_tampered_claims_are_rejected() -> None:
+    header, payload, signature = mint_token(SECRET, "g-1", Role.GUIDE).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["role"] = "operator"
+    forged = f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+    with pytest.raises(PondError) as exc:
+        TokenVerifier(SECRET).verify(forged)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_tampered_signature_is_rejected() -> None:
+    header, payload, signature = mint_token(SECRET, "g-1", Role.GUIDE).split(".")
+    flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+    with pytest.raises(PondError) as exc:
+        TokenVerifier(SECRET).verify(f"{header}.{payload}.{flipped}")
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_wrong_secret_is_rejected() -> None:
+    token = mint_token("another-secret-" + "z" * 20, "ops-1", Role.OPERATOR)
+    with pytest.raises(PondError) as exc:
+        TokenVerifier(SECRET).verify(token)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c.d", "a.b.c", "...", "x.y.!!!"])
+def test_malformed_tokens_are_unauthenticated(token: str) -> None:
+    with pytest.raises(PondError) as exc:
+        TokenVerifier(SECRET).verify(token)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- the authorizer --
+
+RULES = method_rules(SERVICE, {"GetMember": STAFF, "AdjustPoints": BACK_OFFICE,
+                               "RedeemPoints": frozenset({Role.GATEWAY, Role.SERVICE})})
+
+
+def authorizer() -> Authorizer:
+    return Authorizer(TokenVerifier(SECRET), RULES)
+
+
+def bearer(role: Role, subject: str = "tester") -> dict[str, str]:
+    return {"authorization": f"Bearer {mint_token(SECRET, subject, role)}"}
+
+
+def test_method_rules_use_full_method_names() -> None:
+    assert set(RULES) == {f"/{SERVICE}/GetMember", f"/{SERVICE}/AdjustPoints",
+                          f"/{SERVICE}/RedeemPoints"}
+
+
+def test_allowed_role_passes() -> None:
+    caller = authorizer().authorize(f"/{SERVICE}/GetMember", bearer(Role.GUIDE, "g-7"))
+    assert caller == Caller("g-7", Role.GUIDE)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"authorization": "Basic dXNlcjpwdw=="},
+                                      {"authorization": "bearer-less"}])
+def test_missing_token_is_unauthenticated(metadata: dict[str, str]) -> None:
+    with pytest.raises(PondError) as exc:
+        authorizer().authorize(f"/{SERVICE}/GetMember", metadata)
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_wrong_role_is_denied() -> None:
+    with pytest.raises(PondError) as exc:
+        authorizer().authorize(f"/{SERVICE}/AdjustPoints", bearer(Role.GUIDE))
+    assert _code(exc) is grpc.StatusCode.PERMISSION_DENIED
+    assert "AdjustPoints" in exc.value.message
+
+
+def test_unknown_method_is_denied_even_to_operators() -> None:
+    with pytest.raises(PondError) as exc:
+        authorizer().authorize(f"/{SERVICE}/DropEverything", bearer(Role.OPERATOR))
+    assert _code(exc) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_health_is_public() -> None:
+    assert authorizer().authorize("/grpc.health.v1.Health/Check", {}) is None
+    assert authorizer().authorize("/grpc.reflection.v1.ServerReflection/Info", {}) is None
+
+
+def test_public_prefix_is_exact() -> None:
+    with pytest.raises(PondError) as exc:
+        authorizer().authorize("/grpc.health.v1.HealthX/Check", {})
+    assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_gateway_carries_the_member_it_verified() -> None:
+    md = {**bearer(Role.GATEWAY, "gw"), auth.MEMBER_ID_METADATA: "m-42"}
+    caller = authorizer().authorize(f"/{SERVICE}/RedeemPoints", md)
+    assert caller == Caller("gw", Role.GATEWAY, "m-42")
+    # Only the gateway's member id travels: other roles ignore the header.
+    md = {**bearer(Role.SERVICE, "svc"), auth.MEMBER_ID_METADATA: "m-42"}
+    assert authorizer().authorize(f"/{SERVICE}/RedeemPoints", md).member_id == ""
+
+
+def test_gateway_acts_only_for_its_member() -> None:
+    reset = current_caller.set(Caller("gw", Role.GATEWAY, "m-1"))
+    try:
+        ensure_acts_for("m-1")
+        with pytest.raises(PondError) as exc:
+            ensure_acts_for("m-2")
+        assert _code(exc) is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        current_caller.reset(reset)
+    reset = current_caller.set(Caller("ops", Role.OPERATOR))
+    try:
+        ensure_acts_for("m-2")
+    finally:
+        current_caller.reset(reset)
+
+
+# -- redaction and logs --
+
+def test_mask_phone() -> None:
+    assert mask_phone("13812345678") == "138****5678"
+    assert mask_phone("+8613812345678") == "138****5678"
+    assert mask_phone("123") == "****"
+
+
+def test_scrub_text() -> None:
+    assert scrub_text("call 13812345678 now") == "call 138****5678 now"
+    assert scrub_text("tel:+8613912345678.") == "tel:139****5678."
+    assert scrub_text("a 13812345678 and 15912345678") == "a 138****5678 and 159****5678"
+    # Longer digit runs are ids, not phones.
+    assert scrub_text("order 2026013812345678") == "order 2026013812345678"
+    assert scrub_text("no numbers") == "no numbers"
+
+
+@pytest.mark.parametrize("key", ["token", "auth_token", "client_secret", "Authorization",
+                                 "password", "phone_key", "REFRESH_TOKEN"])
+def test_redact_value_hides_secrets(key: str) -> None:
+    assert redact_value(key, "abc") == "[redacted]"
+    assert redact_value(key, 12345) == "[redacted]"
+
+
+def test_redact_value_masks_phones_and_keeps_the_rest() -> None:
+    assert redact_value("phone", "13812345678") == "138****5678"
+    assert redact_value("member_phone", "13812345678") == "138****5678"
+    assert redact_value("note", "call 13812345678") == "call 138****5678"
+    assert redact_value("count", 5) == 5
+    assert redact_value("member_id", "m-1") == "m-1"
+
+
+@pytest.fixture
+def restore_logging():
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
+
+def test_log_lines_never_show_phones_or_secrets(capsys, restore_logging) -> None:
+    configure_logging("info", "json")
+    structlog.get_logger("pond.test").info("call 13812345678", phone="13812345678",
+                                           token="abc", member_id="m-1")
+    out = capsys.readouterr().out
+    assert out.strip(), "nothing was logged"
+    assert "13812345678" not in out
+    assert "abc" not in out
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["event"] == "call 138****5678"
+    assert line["phone"] == "138****5678"
+    assert line["token"] == "[redacted]"
+    assert line["member_id"] == "m-1"
+    assert line["level"] == "info"
+
+
+def test_log_level_filters(capsys, restore_logging) -> None:
+    configure_logging("warning", "json")
+    log = structlog.get_logger("pond.test")
+    log.info("quiet")
+    log.warning("loud")
+    out = capsys.readouterr().out
+    assert "loud" in out and "quiet" not in out
+
+
+# -- field encryption --
+
+KEY = b"k" * 32
+
+
+def test_cipher_round_trip() -> None:
+    cipher = FieldCipher(KEY)
+    for text in ("13812345678", "张三", ""):
+        assert cipher.decrypt(cipher.encrypt(text)) == text
+    assert FieldCipher.from_b64(base64.b64encode(KEY).decode()).decrypt(
+        cipher.encrypt("13812345678")) == "13812345678"
+
+
+def test_nonce_makes_ciphertexts_differ() -> None:
+    cipher = FieldCipher(KEY)
+    a, b = cipher.encrypt("13812345678"), cipher.encrypt("13812345678")
+    assert a != b
+    assert "13812345678" not in a
+    assert cipher.decrypt(a) == cipher.decrypt(b)
+
+
+def test_ciphertext_needs_the_key() -> None:
+    token = FieldCipher(KEY).encrypt("13812345678")
+    with pytest.raises(InvalidTag):
+        FieldCipher(b"j" * 32).decrypt(token)
+    raw = bytearray(base64.b64decode(token))
+    raw[-1] ^= 1
+    with pytest.raises(InvalidTag):
+        FieldCipher(KEY).decrypt(base64.b64encode(bytes(raw)).decode())
+
+
+def test_lookup_hash_is_stable_and_keyed() -> None:
+    h = FieldCipher(KEY).lookup_hash("13812345678")
+    assert h == FieldCipher(KEY).lookup_hash("13812345678")
+    assert h != FieldCipher(b"j" * 32).lookup_hash("13812345678")
+    assert h != FieldCipher(KEY).lookup_hash("13812345679")
+    assert len(h) == 64 and "13812345678" not in h
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33])
+def test_key_must_be_32_bytes(size: int) -> None:
+    with pytest.raises(ValueError):
+        FieldCipher(b"k" * size)
+
+
+# -- paging --
+
+def test_page_token_round_trip() -> None:
+    cursor = {"b": "p0193abc", "s": 42}
+    v = Violations()
+    assert paging.decode_token(paging.encode_token(cursor), v) == cursor
+    assert paging.decode_token("", v) is None
+    assert v.items == []
+
+
+@pytest.mark.parametrize("token", [
+    "!!!not-base64!!!", "abc",
+    base64.urlsafe_b64encode(b"not json").decode(),
+    base64.urlsafe_b64encode(b"[1, 2]").decode(),
+    base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+])
+def test_garbage_page_token_is_a_violation(token: str) -> None:
+    v = Violations()
+    assert paging.decode_token(token, v) is None
+    assert [f for f, _ in v.items] == ["page_token"]
+
+
+@pytest.mark.parametrize(("requested", "size", "bad"), [
+    (0, paging.DEFAULT_PAGE_SIZE, False), (10, 10, False),
+    (paging.MAX_PAGE_SIZE, paging.MAX_PAGE_SIZE, False),
+    (paging.MAX_PAGE_SIZE + 1, paging.DEFAULT_PAGE_SIZE, True),
+    (-1, paging.DEFAULT_PAGE_SIZE, True),
+])
+def test_page_size(requested: int, size: int, bad: bool) -> None:
+    v = Violations()
+    assert paging.page_size(requested, v) == size
+    assert bool(v.items) is bad
+
+
+# -- idempotency --
+
+def test_fingerprint_is_stable() -> None:
+    a = pb.RedeemPointsRequest(member_id="m1", points=50, reason="gift", idempotency_key="k1")
+    b = pb.RedeemPointsRequest()
+    b.idempotency_key, b.reason, b.points, b.member_id = "k1", "gift", 50, "m1"
+    assert fingerprint(a) == fingerprint(b) == fingerprint(a)
+    assert len(fingerprint(a)) == 64
+
+
+@pytest.mark.parametrize("change", [
+    {"member_id": "m2"}, {"points": 51}, {"reason": "gift!"}, {"idempotency_key": "k2"},
+])
+def test_fingerprint_sees_every_field(change: dict) -> None:
+    base = dict(member_id="m1", points=50, reason="gift", idempotency_key="k1")
+    assert fingerprint(pb.RedeemPointsRequest(**base)) != fingerprint(
+        pb.RedeemPointsRequest(**{**base, **change}))
+
+
+def test_replay_returns_the_first_response_or_rejects_the_key() -> None:
+    request = pb.RedeemPointsRequest(member_id="m1", points=50, idempotency_key="k1")
+    response = pb.PointsEntry(id="p1", delta=-50)
+    record = IdempotencyRecord("RedeemPoints", "k1", fingerprint(request),
+                               response.SerializeToString())
+    assert replay(record, fingerprint(request), pb.PointsEntry) == response
+    other = pb.RedeemPointsRequest(member_id="m1", points=60, idempotency_key="k1")
+    with pytest.raises(PondError) as exc:
+        replay(record, fingerprint(other), pb.PointsEntry, domain="pond.member")
+    assert _code(exc) is grpc.StatusCode.FAILED_PRECONDITION
+    assert exc.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert exc.value.domain == "pond.member"
+    assert exc.value.metadata == {"key": "k1"}
+
+
+# -- errors --
+
+def _details(err: PondError) -> tuple[int, error_details_pb2.ErrorInfo,
+                                       error_details_pb2.BadRequest | None]:
+    status = err.to_status()
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    bad = None
+    if len(status.details) > 1:
+        bad = error_details_pb2.BadRequest()
+        assert status.details[1].Unpack(bad)
+    assert len(status.details) <= 2
+    assert status.message == err.message
+    return status.code, info, bad
+
+
+def test_invalid_argument_status_carries_error_info_and_bad_request() -> None:
+    err = invalid_argument([("member_id", "is required"), ("points", "must be positive")],
+                           domain="pond.member")
+    code, info, bad = _details(err)
+    assert code == code_pb2.INVALID_ARGUMENT
+    assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "pond.member")
+    assert bad is not None
+    assert [(f.field, f.description) for f in bad.field_violations] == [
+        ("member_id", "is required"), ("points", "must be positive")]
+    assert "member_id: is required" in err.message
+
+
+def test_failed_precondition_status_carries_metadata() -> None:
+    err = failed_precondition("INSUFFICIENT_POINTS", "not enough", domain="pond.member",
+                              available="5", needed="10")
+    code, info, bad = _details(err)
+    assert code == code_pb2.FAILED_PRECONDITION
+    assert info.reason == "INSUFFICIENT_POINTS"
+    assert dict(info.metadata) == {"available": "5", "needed": "10"}
+    assert bad is None
+
+
+def test_not_found_status() -> None:
+    code, info, _ = _details(not_found("member", "m-9", domain="pond.member"))
+    assert code == code_pb2.NOT_FOUND
+    assert info.reason == "MEMBER_NOT_FOUND"
+    assert dict(info.metadata) == {"id": "m-9"}
+
+
+def test_violations_raise_only_when_there_are_any() -> None:
+    v = Violations("pond.member")
+    v.raise_if_any()
+    assert v.check(True, "a", "fine")
+    assert not v.check(False, "b", "bad")
+    with pytest.raises(PondError) as exc:
+        v.raise_if_any()
+    assert _code(exc) is grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.violations == [("b", "bad")]
+    assert exc.value.domain == "pond.member"
