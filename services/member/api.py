@@ -3,32 +3,22 @@ results back into protos. No rules live here (domain/), no I/O (service layer)."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 
-import structlog
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
 from services.member import convert
+from services.member import validation as val
 from services.member.app import MemberApp
 from services.member.domain import members as dm
-from services.member.domain.members import Gender, IdentityKind
 from services.member.domain.orders import OrderItem
-from services.member.service import DOMAIN, Idem, NewIdentity
+from services.member.service import DOMAIN, Idem
 from services.member.store import MemberFilter
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
 from services.runtime.idempotency import fingerprint
-from services.runtime.paging import decode_token, encode_token, page_size
-
-MAX_ID = 128
-MAX_TEXT = 256
-MAX_POINTS = 1_000_000_000
-MAX_FEN = 10_000_000_000  # 100 million yuan
-MAX_ITEMS = 200
-MAX_IDENTITIES = 8
-# POS clocks drift: a paid time a few minutes ahead is accepted.
-FUTURE_SLACK = timedelta(minutes=10)
+from services.runtime.paging import decode_token, encode_token
 
 OPS = frozenset({Role.OPERATOR, Role.SERVICE})
 STAFF = OPS | {Role.GUIDE}
@@ -67,90 +57,6 @@ GATEWAY_UPDATABLE = frozenset(
 )
 
 
-def _request_id() -> str:
-    return structlog.contextvars.get_contextvars().get("request_id", "")
-
-
-def _text(
-    v: Violations, path: str, value: str, *, required: bool = False, limit: int = MAX_ID
-) -> None:
-    if required and not value:
-        v.add(path, "is required")
-    elif len(value) > limit:
-        v.add(path, f"must be at most {limit} characters")
-
-
-def _idem(v: Violations, request) -> Idem:
-    key = request.idempotency_key
-    if not key:
-        v.add("idempotency_key", "is required for calls that move value")
-    elif len(key) > MAX_ID:
-        v.add("idempotency_key", f"must be at most {MAX_ID} characters")
-    return Idem(key, fingerprint(request))
-
-
-def _enum(v: Violations, path: str, value: int, valid, *, required: bool = False) -> None:
-    if value == 0 and required:
-        v.add(path, "is required")
-    elif value != 0 and value not in valid:
-        v.add(path, f"unknown value {value}")
-
-
-def _positive(v: Violations, path: str, value: int, limit: int) -> None:
-    if not 0 < value <= limit:
-        v.add(path, f"must be between 1 and {limit}")
-
-
-def _identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | None:
-    problem = dm.identity_problem(ident.kind, ident.value, ident.app_id)
-    if problem:
-        v.add(path, problem)
-        return None
-    kind = IdentityKind(ident.kind)
-    if kind is IdentityKind.PHONE:
-        return NewIdentity(kind, dm.normalize_phone(ident.value) or "")
-    return NewIdentity(
-        kind, ident.value, ident.app_id if kind is IdentityKind.WECHAT_OPENID else ""
-    )
-
-
-def _profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:
-    """The profile attributes named by `paths` (all of them when empty), checked;
-    violations are reported under `prefix` (the request's field path)."""
-
-    def wanted(name: str) -> bool:
-        return not paths or bool({"profile", f"profile.{name}"} & paths)
-
-    out: dict = {}
-    if wanted("name"):
-        _text(v, f"{prefix}.name", p.name, limit=64)
-        out["name"] = p.name.strip()
-    if wanted("gender"):
-        _enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
-        out["gender"] = Gender(p.gender) if p.gender in iter(Gender) else Gender.UNSPECIFIED
-    if wanted("birthday"):
-        problem = dm.birthday_problem(p.birthday)
-        if problem:
-            v.add(f"{prefix}.birthday", problem)
-        out["birthday"] = p.birthday
-    if wanted("city"):
-        _text(v, f"{prefix}.city", p.city, limit=64)
-        out["city"] = p.city.strip()
-    return out
-
-
-def _consents(v: Violations, consents, now: datetime) -> dict[int, tuple[bool, datetime]]:
-    out = {}
-    for i, c in enumerate(consents):
-        _enum(v, f"consents[{i}].channel", c.channel, dm.VALID_CONTACT_CHANNELS, required=True)
-        out[c.channel] = (c.granted, now)
-    return out
-
-
-def _limit(v: Violations, size: int) -> int:
-    return page_size(size, v)
-
-
 class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     def __init__(self, app: MemberApp) -> None:
         self.app = app
@@ -160,6 +66,19 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         program = await self.app.tier_program()
         return convert.member_pb(m, program, self.app.reveal, caller is None or caller.sees_phone)
 
+    async def _member_page(self, request, key: str, fetch, cursor_of) -> tuple[list, str]:
+        """One page of a member's history list: checks member_id, page size and token,
+        fetches one extra item to know whether another page follows."""
+        v = Violations(DOMAIN)
+        val.text(v, "member_id", request.member_id, required=True)
+        limit = val.limit(v, request.page_size)
+        cursor = decode_token(request.page_token, v) or {}
+        v.raise_if_any()
+        ensure_acts_for(request.member_id)
+        page = await fetch(request.member_id, cursor.get(key), limit + 1)
+        token = encode_token({key: cursor_of(page[limit - 1])}) if len(page) > limit else ""
+        return page[:limit], token
+
     # -- members --
     async def RegisterMember(
         self, request: pb.RegisterMemberRequest, context
@@ -167,16 +86,16 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v = Violations(DOMAIN)
         if not request.identities:
             v.add("identities", "at least one identity is required")
-        elif len(request.identities) > MAX_IDENTITIES:
-            v.add("identities", f"at most {MAX_IDENTITIES}")
+        elif len(request.identities) > val.MAX_IDENTITIES:
+            v.add("identities", f"at most {val.MAX_IDENTITIES}")
         identities = [
-            _identity(v, f"identities[{i}]", ident) for i, ident in enumerate(request.identities)
+            val.identity(v, f"identities[{i}]", ident) for i, ident in enumerate(request.identities)
         ]
-        profile = _profile_fields(v, request.profile, "profile", set())
+        profile = val.profile_fields(v, request.profile, "profile", set())
         for path in ("store_id", "guide_id", "referrer_id"):
-            _text(v, path, getattr(request, path))
-        _enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
-        consents = _consents(v, request.consents, self.app.now())
+            val.text(v, path, getattr(request, path))
+        val.enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
+        consents = val.consents(v, request.consents, self.app.now())
         v.raise_if_any()
         fields = dict(
             profile,
@@ -186,32 +105,32 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             referrer_id=request.referrer_id,
             consents=consents,
         )
-        m, created = await self.app.register([i for i in identities if i], fields, _request_id())
+        m, created = await self.app.register([i for i in identities if i], fields, val.request_id())
         return pb.RegisterMemberResponse(member=await self._member_pb(m), created=created)
 
     async def GetMember(self, request: pb.GetMemberRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
+        val.text(v, "member_id", request.member_id, required=True)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         return await self._member_pb(await self.app.get(request.member_id))
 
     async def FindMember(self, request: pb.FindMemberRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
-        ident = _identity(v, "identity", request.identity)
+        ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
         return await self._member_pb(await self.app.find(ident))
 
     async def ListMembers(self, request: pb.ListMembersRequest, context) -> pb.ListMembersResponse:
         v = Violations(DOMAIN)
-        limit = _limit(v, request.page_size)
+        limit = val.limit(v, request.page_size)
         cursor = decode_token(request.page_token, v) or {}
-        _enum(v, "kind", request.kind, [k.value for k in dm.MemberKind])
-        _enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
+        val.enum(v, "kind", request.kind, [k.value for k in dm.MemberKind])
+        val.enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
         if not 0 <= request.tier_level <= 3:
             v.add("tier_level", "must be 0..3 (or unset for any tier)")
-        _text(v, "store_id", request.store_id)
-        _text(v, "guide_id", request.guide_id)
+        val.text(v, "store_id", request.store_id)
+        val.text(v, "guide_id", request.guide_id)
         v.raise_if_any()
         flt = MemberFilter(
             store_id=request.store_id,
@@ -229,7 +148,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     async def UpdateMember(self, request: pb.UpdateMemberRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
         member_id = request.member.id
-        _text(v, "member.id", member_id, required=True)
+        val.text(v, "member.id", member_id, required=True)
         paths = set(request.update_mask.paths)
         if not paths:
             v.add("update_mask", "name the fields to update")
@@ -242,45 +161,45 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v.raise_if_any()
         src = request.member
         values = (
-            _profile_fields(v, src.profile, "member.profile", paths)
+            val.profile_fields(v, src.profile, "member.profile", paths)
             if paths
             & {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city"}
             else {}
         )
         for path in ("store_id", "guide_id", "referrer_id"):
             if path in paths:
-                _text(v, f"member.{path}", getattr(src, path))
+                val.text(v, f"member.{path}", getattr(src, path))
                 values[path] = getattr(src, path)
         if "co_branded" in paths:
             values["co_branded"] = src.co_branded
         if "consents" in paths:
-            values["consents"] = _consents(v, src.consents, self.app.now())
+            values["consents"] = val.consents(v, src.consents, self.app.now())
         v.raise_if_any()
         ensure_acts_for(member_id)
         if values.get("referrer_id"):
             await self.app.get(values["referrer_id"])
-        return await self._member_pb(await self.app.update(member_id, values, _request_id()))
+        return await self._member_pb(await self.app.update(member_id, values, val.request_id()))
 
     async def AddMemberIdentity(self, request: pb.AddMemberIdentityRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        ident = _identity(v, "identity", request.identity)
+        val.text(v, "member_id", request.member_id, required=True)
+        ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         return await self._member_pb(
-            await self.app.add_identity(request.member_id, ident, _request_id())
+            await self.app.add_identity(request.member_id, ident, val.request_id())
         )
 
     async def SetPaidMembership(self, request: pb.SetPaidMembershipRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
+        val.text(v, "member_id", request.member_id, required=True)
         if not request.HasField("paid_until"):
             v.add("paid_until", "is required")
-        idem = _idem(v, request)
+        idem = val.idem(v, request)
         v.raise_if_any()
         until = request.paid_until.ToDatetime(tzinfo=UTC)
         return await self._member_pb(
-            await self.app.set_paid_membership(request.member_id, until, idem, _request_id())
+            await self.app.set_paid_membership(request.member_id, until, idem, val.request_id())
         )
 
     # -- tiers --
@@ -301,74 +220,66 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     async def ListTierChanges(
         self, request: pb.ListTierChangesRequest, context
     ) -> pb.ListTierChangesResponse:
-        v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        limit = _limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
-        v.raise_if_any()
-        ensure_acts_for(request.member_id)
-        page = await self.app.list_tier_changes(
-            request.member_id, int(cursor.get("s", 0)), limit + 1
+        changes, token = await self._member_page(
+            request,
+            "s",
+            lambda mid, after, n: self.app.list_tier_changes(mid, int(after or 0), n),
+            lambda item: item[0],
         )
-        token = encode_token({"s": page[limit - 1][0]}) if len(page) > limit else ""
         return pb.ListTierChangesResponse(
-            changes=[convert.tier_change_pb(c) for _s, c in page[:limit]], next_page_token=token
+            changes=[convert.tier_change_pb(c) for _s, c in changes], next_page_token=token
         )
 
     # -- points --
     async def RedeemPoints(self, request: pb.RedeemPointsRequest, context) -> pb.PointsEntry:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        _positive(v, "points", request.points, MAX_POINTS)
-        _text(v, "reason", request.reason, limit=MAX_TEXT)
-        idem = _idem(v, request)
+        val.text(v, "member_id", request.member_id, required=True)
+        val.positive(v, "points", request.points, val.MAX_POINTS)
+        val.text(v, "reason", request.reason, limit=val.MAX_TEXT)
+        idem = val.idem(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         return convert.points_entry_pb(
             await self.app.redeem_points(
-                request.member_id, request.points, request.reason, idem, _request_id()
+                request.member_id, request.points, request.reason, idem, val.request_id()
             )
         )
 
     async def AdjustPoints(self, request: pb.AdjustPointsRequest, context) -> pb.PointsEntry:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        if request.delta == 0 or abs(request.delta) > MAX_POINTS:
-            v.add("delta", f"must be non-zero and at most {MAX_POINTS} either way")
-        _text(v, "reason", request.reason, required=True, limit=MAX_TEXT)
-        idem = _idem(v, request)
+        val.text(v, "member_id", request.member_id, required=True)
+        if request.delta == 0 or abs(request.delta) > val.MAX_POINTS:
+            v.add("delta", f"must be non-zero and at most {val.MAX_POINTS} either way")
+        val.text(v, "reason", request.reason, required=True, limit=val.MAX_TEXT)
+        idem = val.idem(v, request)
         v.raise_if_any()
         return convert.points_entry_pb(
             await self.app.adjust_points(
-                request.member_id, request.delta, request.reason, idem, _request_id()
+                request.member_id, request.delta, request.reason, idem, val.request_id()
             )
         )
 
     async def ListPointsEntries(
         self, request: pb.ListPointsEntriesRequest, context
     ) -> pb.ListPointsEntriesResponse:
-        v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        limit = _limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
-        v.raise_if_any()
-        ensure_acts_for(request.member_id)
-        page = await self.app.list_points_entries(
-            request.member_id, str(cursor.get("b", "")), limit + 1
+        entries, token = await self._member_page(
+            request,
+            "b",
+            lambda mid, after, n: self.app.list_points_entries(mid, after or "", n),
+            lambda e: e.id,
         )
-        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
         return pb.ListPointsEntriesResponse(
-            entries=[convert.points_entry_pb(e) for e in page[:limit]], next_page_token=token
+            entries=[convert.points_entry_pb(e) for e in entries], next_page_token=token
         )
 
     async def ListExpiringPoints(
         self, request: pb.ListExpiringPointsRequest, context
     ) -> pb.ListExpiringPointsResponse:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id)
+        val.text(v, "member_id", request.member_id)
         if not 1 <= request.within_days <= 366:
             v.add("within_days", "must be between 1 and 366")
-        limit = _limit(v, request.page_size)
+        limit = val.limit(v, request.page_size)
         cursor = decode_token(request.page_token, v) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
@@ -397,12 +308,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         self, request: pb.TopUpStoredValueRequest, context
     ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
-        if not 0 <= request.bonus_fen <= MAX_FEN:
-            v.add("bonus_fen", f"must be between 0 and {MAX_FEN}")
-        _text(v, "reference", request.reference, limit=MAX_TEXT)
-        idem = _idem(v, request)
+        val.text(v, "member_id", request.member_id, required=True)
+        val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
+        if not 0 <= request.bonus_fen <= val.MAX_FEN:
+            v.add("bonus_fen", f"must be between 0 and {val.MAX_FEN}")
+        val.text(v, "reference", request.reference, limit=val.MAX_TEXT)
+        idem = val.idem(v, request)
         v.raise_if_any()
         return convert.sv_entry_pb(
             await self.app.top_up(
@@ -411,7 +322,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
                 request.bonus_fen,
                 request.reference,
                 idem,
-                _request_id(),
+                val.request_id(),
             )
         )
 
@@ -419,15 +330,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         self, request: pb.PayWithStoredValueRequest, context
     ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
-        _text(v, "reference", request.reference, required=True, limit=MAX_TEXT)
-        idem = _idem(v, request)
+        val.text(v, "member_id", request.member_id, required=True)
+        val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
+        val.text(v, "reference", request.reference, required=True, limit=val.MAX_TEXT)
+        idem = val.idem(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         return convert.sv_entry_pb(
             await self.app.pay(
-                request.member_id, request.amount_fen, request.reference, idem, _request_id()
+                request.member_id, request.amount_fen, request.reference, idem, val.request_id()
             )
         )
 
@@ -435,55 +346,55 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         self, request: pb.RefundStoredValuePaymentRequest, context
     ) -> pb.StoredValueEntry:
         v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        _text(v, "payment_entry_id", request.payment_entry_id, required=True)
-        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
-        idem = _idem(v, request)
+        val.text(v, "member_id", request.member_id, required=True)
+        val.text(v, "payment_entry_id", request.payment_entry_id, required=True)
+        val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
+        idem = val.idem(v, request)
         v.raise_if_any()
         return convert.sv_entry_pb(
             await self.app.refund_payment(
-                request.member_id, request.payment_entry_id, request.amount_fen, idem, _request_id()
+                request.member_id,
+                request.payment_entry_id,
+                request.amount_fen,
+                idem,
+                val.request_id(),
             )
         )
 
     async def ListStoredValueEntries(
         self, request: pb.ListStoredValueEntriesRequest, context
     ) -> pb.ListStoredValueEntriesResponse:
-        v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        limit = _limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
-        v.raise_if_any()
-        ensure_acts_for(request.member_id)
-        page = await self.app.list_stored_value_entries(
-            request.member_id, str(cursor.get("b", "")), limit + 1
+        entries, token = await self._member_page(
+            request,
+            "b",
+            lambda mid, after, n: self.app.list_stored_value_entries(mid, after or "", n),
+            lambda e: e.id,
         )
-        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
         return pb.ListStoredValueEntriesResponse(
-            entries=[convert.sv_entry_pb(e) for e in page[:limit]], next_page_token=token
+            entries=[convert.sv_entry_pb(e) for e in entries], next_page_token=token
         )
 
     # -- orders --
     async def RecordOrder(self, request: pb.RecordOrderRequest, context) -> pb.RecordOrderResponse:
         v = Violations(DOMAIN)
-        _text(v, "order_id", request.order_id, required=True)
-        _text(v, "member_id", request.member_id, required=True)
-        _enum(v, "channel", request.channel, dm.VALID_CHANNELS, required=True)
-        _text(v, "store_id", request.store_id)
-        _text(v, "guide_id", request.guide_id)
-        _positive(v, "amount_fen", request.amount_fen, MAX_FEN)
-        if len(request.items) > MAX_ITEMS:
-            v.add("items", f"at most {MAX_ITEMS} items")
-        for i, item in enumerate(request.items[:MAX_ITEMS]):
-            _text(v, f"items[{i}].sku", item.sku, required=True)
-            _text(v, f"items[{i}].category", item.category, limit=64)
-            _positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
-            if not 0 <= item.unit_price_fen <= MAX_FEN:
-                v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {MAX_FEN}")
+        val.text(v, "order_id", request.order_id, required=True)
+        val.text(v, "member_id", request.member_id, required=True)
+        val.enum(v, "channel", request.channel, dm.VALID_CHANNELS, required=True)
+        val.text(v, "store_id", request.store_id)
+        val.text(v, "guide_id", request.guide_id)
+        val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
+        if len(request.items) > val.MAX_ITEMS:
+            v.add("items", f"at most {val.MAX_ITEMS} items")
+        for i, item in enumerate(request.items[: val.MAX_ITEMS]):
+            val.text(v, f"items[{i}].sku", item.sku, required=True)
+            val.text(v, f"items[{i}].category", item.category, limit=64)
+            val.positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
+            if not 0 <= item.unit_price_fen <= val.MAX_FEN:
+                v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {val.MAX_FEN}")
         paid_at = (
             request.paid_time.ToDatetime(tzinfo=UTC) if request.HasField("paid_time") else None
         )
-        if paid_at is not None and paid_at > self.app.now() + FUTURE_SLACK:
+        if paid_at is not None and paid_at > self.app.now() + val.FUTURE_SLACK:
             v.add("paid_time", "is in the future")
         v.raise_if_any()
         items = tuple(
@@ -499,7 +410,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             amount_fen=request.amount_fen,
             paid_at=paid_at,
             fingerprint=fingerprint(request),
-            request_id=_request_id(),
+            request_id=val.request_id(),
         )
         return pb.RecordOrderResponse(
             order=convert.order_pb(order), member=await self._member_pb(member), replayed=replayed
@@ -507,14 +418,14 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
 
     async def RefundOrder(self, request: pb.RefundOrderRequest, context) -> pb.RefundOrderResponse:
         v = Violations(DOMAIN)
-        _text(v, "order_id", request.order_id, required=True)
-        _text(v, "refund_id", request.refund_id, required=True)
-        if not 0 <= request.refund_fen <= MAX_FEN:
-            v.add("refund_fen", f"must be 0 (everything left) up to {MAX_FEN}")
+        val.text(v, "order_id", request.order_id, required=True)
+        val.text(v, "refund_id", request.refund_id, required=True)
+        if not 0 <= request.refund_fen <= val.MAX_FEN:
+            v.add("refund_fen", f"must be 0 (everything left) up to {val.MAX_FEN}")
         v.raise_if_any()
         idem = Idem(request.refund_id, fingerprint(request))
         order, member, points, growth = await self.app.refund_order(
-            request.order_id, request.refund_id, request.refund_fen, idem, _request_id()
+            request.order_id, request.refund_id, request.refund_fen, idem, val.request_id()
         )
         return pb.RefundOrderResponse(
             order=convert.order_pb(order),
@@ -525,21 +436,19 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.Order:
         v = Violations(DOMAIN)
-        _text(v, "order_id", request.order_id, required=True)
+        val.text(v, "order_id", request.order_id, required=True)
         v.raise_if_any()
         order = await self.app.order(request.order_id)
         ensure_acts_for(order.member_id)
         return convert.order_pb(order)
 
     async def ListOrders(self, request: pb.ListOrdersRequest, context) -> pb.ListOrdersResponse:
-        v = Violations(DOMAIN)
-        _text(v, "member_id", request.member_id, required=True)
-        limit = _limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
-        v.raise_if_any()
-        ensure_acts_for(request.member_id)
-        page = await self.app.list_orders(request.member_id, str(cursor.get("b", "")), limit + 1)
-        token = encode_token({"b": page[limit - 1].id}) if len(page) > limit else ""
+        orders, token = await self._member_page(
+            request,
+            "b",
+            lambda mid, after, n: self.app.list_orders(mid, after or "", n),
+            lambda o: o.id,
+        )
         return pb.ListOrdersResponse(
-            orders=[convert.order_pb(o) for o in page[:limit]], next_page_token=token
+            orders=[convert.order_pb(o) for o in orders], next_page_token=token
         )

@@ -8,7 +8,8 @@ from datetime import datetime
 from services.runtime.errors import invalid_argument
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
-from services.tagging.engine import Definition, in_dependency_order
+from services.tagging.domain.scoring import in_dependency_order
+from services.tagging.engine import Definition
 from services.tagging.store import TaggingStore
 
 DOMAIN = "pond.tagging"

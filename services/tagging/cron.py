@@ -33,11 +33,18 @@ async def main() -> int:
             return 0
         raise
     last = run
-    async for progress in stub.WatchScoringRun(pb.WatchScoringRunRequest(run_id=run.id),
-                                               metadata=md, timeout=3600):
+    async for progress in stub.WatchScoringRun(
+        pb.WatchScoringRunRequest(run_id=run.id), metadata=md, timeout=3600
+    ):
         last = progress
-    log.info("scoring run ended", run_id=run.id, state=pb.RunState.Name(last.state),
-             gained=last.tags_gained, lost=last.tags_lost, seconds=last.duration_seconds)
+    log.info(
+        "scoring run ended",
+        run_id=run.id,
+        state=pb.RunState.Name(last.state),
+        gained=last.tags_gained,
+        lost=last.tags_lost,
+        seconds=last.duration_seconds,
+    )
     return 0 if last.state == pb.RUN_STATE_SUCCEEDED else 1
 
 

@@ -23,6 +23,7 @@ from services.tagging.domain import scores
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame, compute_features
 from services.tagging.domain.history import MemberHistory, assemble
+from services.tagging.domain.scoring import in_dependency_order
 from services.tagging.store import TaggingStore
 
 log = structlog.get_logger("pond.tagging")
@@ -53,29 +54,6 @@ class TagChangeSet:
             sum(len(g) for g, _ in self.tags.values()),
             sum(len(lo) for _, lo in self.tags.values()),
         )
-
-
-def in_dependency_order(defs: dict[str, ex.Expr], refs) -> list[tuple[str, ex.Expr]]:
-    """Definitions ordered so each comes after those it references; a cycle raises
-    ValueError naming it."""
-    done: list[tuple[str, ex.Expr]] = []
-    state: dict[str, int] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            raise ValueError(" -> ".join([*path, name]))
-        state[name] = 1
-        for dep in sorted(refs(defs[name])):
-            if dep in defs:
-                visit(dep, [*path, name])
-        state[name] = 2
-        done.append((name, defs[name]))
-
-    for name in sorted(defs):
-        visit(name, [])
-    return done
 
 
 class TagEngine:

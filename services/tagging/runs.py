@@ -29,7 +29,8 @@ from services.tagging.catalogue import DOMAIN, micros
 from services.tagging.domain import population as pop
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame
-from services.tagging.engine import TagChangeSet, TagEngine, in_dependency_order
+from services.tagging.domain.scoring import in_dependency_order
+from services.tagging.engine import TagChangeSet, TagEngine
 from services.tagging.events import PRODUCER, tags_changed_payloads
 
 log = structlog.get_logger("pond.tagging.runs")

@@ -6,7 +6,7 @@ Pure functions over numpy masks and Roaring bitmaps; the engine decides what fra
 from __future__ import annotations
 
 import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,10 +51,13 @@ class Rules:
     ordered: list[tuple[str, ex.Expr]]
 
 
-def order_rules(rules: dict[str, ex.Expr]) -> Rules:
-    """Topological order; a cycle raises ValueError naming the tags in it."""
+def in_dependency_order(
+    defs: dict[str, ex.Expr], refs: Callable[[ex.Expr], set[str]]
+) -> list[tuple[str, ex.Expr]]:
+    """Definitions ordered so each comes after those it references (`refs` names
+    them); a cycle raises ValueError naming it, e.g. "a -> b -> a"."""
     done: list[tuple[str, ex.Expr]] = []
-    state: dict[str, int] = {}
+    state: dict[str, int] = {}  # 1: visiting, 2: done
 
     def visit(name: str, path: list[str]) -> None:
         if state.get(name) == 2:
@@ -62,15 +65,15 @@ def order_rules(rules: dict[str, ex.Expr]) -> Rules:
         if state.get(name) == 1:
             raise ValueError(" -> ".join([*path, name]))
         state[name] = 1
-        for dep in sorted(ex.referenced_tags(rules[name])):
-            if dep in rules:
+        for dep in sorted(refs(defs[name])):
+            if dep in defs:
                 visit(dep, [*path, name])
         state[name] = 2
-        done.append((name, rules[name]))
+        done.append((name, defs[name]))
 
-    for name in sorted(rules):
+    for name in sorted(defs):
         visit(name, [])
-    return Rules(done)
+    return done
 
 
 def per_member_scores(
