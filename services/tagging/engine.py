@@ -156,13 +156,15 @@ class TagEngine:
     def masks_from_bitmaps(self, idx: np.ndarray, names) -> dict[str, np.ndarray]:
         """Current membership of `names` for the frame rows `idx`."""
         out = {}
+        small = len(idx) <= 256  # the real-time path: probe the bitmap, copy nothing
         for name in names:
             bm = self.tag_bitmaps.get(name)
-            out[name] = (
-                np.zeros(len(idx), dtype=bool)
-                if bm is None or not len(bm)
-                else np.isin(idx, np.asarray(bm.to_array(), dtype=np.uint32))
-            )
+            if bm is None or not len(bm):
+                out[name] = np.zeros(len(idx), dtype=bool)
+            elif small:
+                out[name] = np.array([int(i) in bm for i in idx], dtype=bool)
+            else:
+                out[name] = np.isin(idx, np.asarray(bm.to_array(), dtype=np.uint32))
         return out
 
     def manual_names(self) -> list[str]:
