@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import structlog
+
 from services.member.domain import points as dp
 from services.member.domain import stored_value as dsv
 from services.member.domain.errors import RuleViolation
@@ -16,6 +18,8 @@ from services.member.service import DOMAIN, Idem, MemberCore, rule_error
 from services.member.store import Change
 from services.runtime.errors import not_found
 from services.runtime.ids import new_id
+
+log = structlog.get_logger("pond.member")
 
 
 class LedgerUseCases(MemberCore):
@@ -121,9 +125,15 @@ class LedgerUseCases(MemberCore):
             due = await self.store.members_with_due_lots(self.now(), batch)
             if not due:
                 break
+            expired_now = 0
             for member_id in due:
-                points += await self.retrying(lambda mid=member_id: self._expire_member(mid))
+                expired_now += await self.retrying(lambda mid=member_id: self._expire_member(mid))
                 members += 1
+            points += expired_now
+            if expired_now == 0:
+                # The store says lots are due but none could be expired: never spin.
+                log.error("points expiry made no progress", members=len(due))
+                break
         announced = 0
         while True:
             now = self.now()

@@ -14,8 +14,9 @@ from services.runtime.logs import configure_logging, get_logger
 from services.runtime.server import wait_for_termination_signal
 
 
-async def serve(settings: RuntimeSettings, start: Callable[[Any], Awaitable[Any]],
-                required: dict[str, str]) -> int:
+async def serve(
+    settings: RuntimeSettings, start: Callable[[Any], Awaitable[Any]], required: dict[str, str]
+) -> int:
     """`required`: env var name -> its configured value; empty values stop start-up.
     MONGODB_URI is required in production mode only (embedded mode uses SQLite)."""
     configure_logging(settings.log_level, settings.log_format)
@@ -34,7 +35,10 @@ async def serve(settings: RuntimeSettings, start: Callable[[Any], Awaitable[Any]
     return 0
 
 
-def main(settings_factory: Callable[[], RuntimeSettings], start: Callable[[Any], Awaitable[Any]],
-         required: Callable[[Any], dict[str, str]] = lambda _s: {}) -> None:
+def main(
+    settings_factory: Callable[[], RuntimeSettings],
+    start: Callable[[Any], Awaitable[Any]],
+    required: Callable[[Any], dict[str, str]] = lambda _s: {},
+) -> None:
     settings = settings_factory()
     sys.exit(asyncio.run(serve(settings, start, required(settings))))

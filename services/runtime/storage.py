@@ -9,9 +9,14 @@ moving to PyMongo's async client is a small change.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
 
 
 async def open_sqlite(path: Path | str) -> aiosqlite.Connection:
@@ -34,3 +39,27 @@ def open_mongo(uri: str, db_name: str):  # -> motor AsyncIOMotorDatabase
 
     client = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
     return client.get_database(db_name, write_concern=WriteConcern(w="majority"))
+
+
+async def sqlite_transaction(
+    conn: aiosqlite.Connection, lock: asyncio.Lock, work: Callable[[], Awaitable[T]]
+) -> T:
+    """Runs `work` in one IMMEDIATE transaction on `conn` (the store's single writer,
+    serialised by `lock`): COMMIT when it returns, ROLLBACK when it raises.
+
+    Shielded from cancellation: a client that gives up mid-write must not leave the
+    transaction open (every later write would fail); the write finishes or rolls
+    back, then the caller sees its cancellation."""
+
+    async def run() -> T:
+        async with lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await work()
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+            return result
+
+    return await asyncio.shield(asyncio.ensure_future(run()))

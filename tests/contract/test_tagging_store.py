@@ -4,6 +4,7 @@ MongoDB backend on mongomock-motor always; a real MongoDB when MONGODB_URI is se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 
@@ -455,3 +456,22 @@ async def test_mongo_sequences_survive_lost_counters(mongo_only, opener):
         assert (await s.outbox_pending(10))[-1][0] == last_seq + 1
     finally:
         await s.close()
+
+
+async def test_sqlite_write_cancelled_mid_transaction_leaves_the_writer_usable(tmp_path):
+    """A client giving up mid-write must not leave the SQLite transaction open."""
+    import asyncio as _asyncio
+
+    from services.tagging.store import open_store as _open
+
+    store = await _open(sqlite_path=str(tmp_path / "t.db"))
+    try:
+        task = _asyncio.ensure_future(store.put_run("r1", {"id": "r1"}))
+        await _asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(_asyncio.CancelledError):
+            await task
+        await store.put_run("r2", {"id": "r2"})
+        assert await store.get_run("r2") == {"id": "r2"}
+    finally:
+        await store.close()

@@ -107,7 +107,8 @@ def reevaluate(
     Members are only moved down once the retention window since reaching the tier
     has passed; a member who qualifies higher is moved up."""
     target = program.qualifying_level(qualifying_growth)
-    current_level = min(current_level, len(program.tiers) - 1)
+    if current_level > len(program.tiers) - 1:
+        return target  # the programme lost that tier: place the member where they qualify
     if target > current_level:
         return target
     if target < current_level:

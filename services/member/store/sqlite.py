@@ -27,7 +27,7 @@ from services.member.store import (
     codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
-from services.runtime.storage import open_sqlite
+from services.runtime.storage import open_sqlite, sqlite_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -89,14 +89,7 @@ class SqliteMemberStore(MemberStore):
 
     # -- writes --
     async def commit(self, change: Change) -> None:
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                await self._apply(change)
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
+        await sqlite_transaction(self._w, self._lock, lambda: self._apply(change))
         if change.member is not None:
             change.member.version = (change.expected_version or 0) + 1
 
@@ -392,7 +385,8 @@ class SqliteMemberStore(MemberStore):
         return [(r[0], bytes(r[1])) for r in rows]
 
     async def outbox_mark_published(self, seqs: list[int]) -> None:
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            await self._w.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs])
-            await self._w.execute("COMMIT")
+        await sqlite_transaction(
+            self._w,
+            self._lock,
+            lambda: self._w.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs]),
+        )

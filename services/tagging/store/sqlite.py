@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiosqlite
 
-from services.runtime.storage import open_sqlite
+from services.runtime.storage import open_sqlite, sqlite_transaction
 from services.tagging.domain.history import ROW_COLUMNS
 from services.tagging.store import AlreadyExists, ManualTag, TaggingStore
 
@@ -64,18 +64,15 @@ class SqliteTaggingStore(TaggingStore):
 
     async def _write(self, statements: list[tuple[str, object]]) -> None:
         """Run (sql, params-or-list-of-params) pairs in one IMMEDIATE transaction."""
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    if isinstance(params, list):
-                        await self._w.executemany(sql, params)
-                    else:
-                        await self._w.execute(sql, params)
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
+
+        async def work() -> None:
+            for sql, params in statements:
+                if isinstance(params, list):
+                    await self._w.executemany(sql, params)
+                else:
+                    await self._w.execute(sql, params)
+
+        await sqlite_transaction(self._w, self._lock, work)
 
     async def _all(self, sql: str, args: tuple = ()) -> list:
         async with self._r.execute(sql, args) as cur:
@@ -84,28 +81,25 @@ class SqliteTaggingStore(TaggingStore):
     # -- index --
     async def index_members(self, member_ids: list[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(member_ids))
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                await self._w.executemany(
-                    "INSERT OR IGNORE INTO member_index (idx, member_id) VALUES"
-                    " ((SELECT COALESCE(MAX(idx), -1) + 1 FROM member_index), ?)",
-                    [(m,) for m in wanted],
-                )
-                found: dict[str, int] = {}
-                for start in range(0, len(wanted), 500):
-                    chunk = wanted[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    async with self._w.execute(
-                        f"SELECT member_id, idx FROM member_index WHERE member_id IN ({marks})",
-                        chunk,
-                    ) as cur:
-                        found.update({r[0]: r[1] for r in await cur.fetchall()})
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
-        return found
+
+        async def work() -> dict[str, int]:
+            await self._w.executemany(
+                "INSERT OR IGNORE INTO member_index (idx, member_id) VALUES"
+                " ((SELECT COALESCE(MAX(idx), -1) + 1 FROM member_index), ?)",
+                [(m,) for m in wanted],
+            )
+            found: dict[str, int] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                async with self._w.execute(
+                    f"SELECT member_id, idx FROM member_index WHERE member_id IN ({marks})",
+                    chunk,
+                ) as cur:
+                    found.update({r[0]: r[1] for r in await cur.fetchall()})
+            return found
+
+        return await sqlite_transaction(self._w, self._lock, work)
 
     async def load_index(self) -> list[tuple[int, str]]:
         return [
@@ -154,26 +148,22 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- manual tags --
     async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
-        changed = 0
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for t in add:
-                    cur = await self._w.execute(
-                        "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
-                        (t.idx, t.tag, t.by, t.at),
-                    )
-                    changed += cur.rowcount
-                for idx, tag in remove:
-                    cur = await self._w.execute(
-                        "DELETE FROM manual_tags WHERE idx=? AND tag=?", (idx, tag)
-                    )
-                    changed += cur.rowcount
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
-        return changed
+        async def work() -> int:
+            changed = 0
+            for t in add:
+                cur = await self._w.execute(
+                    "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
+                    (t.idx, t.tag, t.by, t.at),
+                )
+                changed += cur.rowcount
+            for idx, tag in remove:
+                cur = await self._w.execute(
+                    "DELETE FROM manual_tags WHERE idx=? AND tag=?", (idx, tag)
+                )
+                changed += cur.rowcount
+            return changed
+
+        return await sqlite_transaction(self._w, self._lock, work)
 
     async def load_manual_tags(self) -> list[ManualTag]:
         return [
@@ -252,24 +242,18 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- runs --
     async def acquire_run_lock(self, run_id: str, now: int, stale_after: int) -> str:
-        async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                async with self._w.execute("SELECT run_id, heartbeat FROM run_lock") as cur:
-                    held = await cur.fetchone()
-                if held is None or held[0] == run_id or held[1] < now - stale_after:
-                    await self._w.execute(
-                        "INSERT OR REPLACE INTO run_lock (id, run_id, heartbeat) VALUES (1,?,?)",
-                        (run_id, now),
-                    )
-                    holder = run_id
-                else:
-                    holder = held[0]
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
-            await self._w.execute("COMMIT")
-        return holder
+        async def work() -> str:
+            async with self._w.execute("SELECT run_id, heartbeat FROM run_lock") as cur:
+                held = await cur.fetchone()
+            if held is None or held[0] == run_id or held[1] < now - stale_after:
+                await self._w.execute(
+                    "INSERT OR REPLACE INTO run_lock (id, run_id, heartbeat) VALUES (1,?,?)",
+                    (run_id, now),
+                )
+                return run_id
+            return held[0]
+
+        return await sqlite_transaction(self._w, self._lock, work)
 
     async def refresh_run_lock(self, run_id: str, now: int) -> None:
         await self._write([("UPDATE run_lock SET heartbeat=? WHERE run_id=?", (now, run_id))])
