@@ -6,5 +6,4 @@ from services.member.settings import MemberSettings
 from services.runtime.entrypoint import main
 
 if __name__ == "__main__":
-    main(MemberSettings, start_member_service,
-         lambda s: {"POND_PHONE_KEY": s.phone_key_b64()})
+    main(MemberSettings, start_member_service, lambda s: {"POND_PHONE_KEY": s.phone_key_b64()})

@@ -14,15 +14,12 @@ from services.member.domain.orders import Order
 from services.member.domain.points import Lot, PointsEntry
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.domain.tiers import Tier, TierChange, TierProgram
+from services.runtime.clock import timestamp_pb
 from services.runtime.redaction import mask_phone
 
 
 def timestamp(when: datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
+    return None if when is None else timestamp_pb(when)
 
 
 def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: bool) -> pb.Member:

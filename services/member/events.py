@@ -16,6 +16,7 @@ from pond.member.v1 import member_pb2
 from services.member.domain.members import Member
 from services.member.domain.orders import Order, Refund
 from services.member.domain.points import Lot, PointsEntry
+from services.runtime.clock import timestamp_pb
 from services.runtime.eventbus import make_event, stream_for
 
 PRODUCER = "member"
@@ -99,7 +100,7 @@ class EventWriter:
                 for i in o.items
             ],
         )
-        payload.paid_at.FromDatetime(o.paid_at)
+        payload.paid_at.CopyFrom(timestamp_pb(o.paid_at))
         self.add(o.member_id, payload)
 
     def order_refunded(self, o: Order, refund: Refund, points_reversed: int) -> None:
@@ -113,10 +114,10 @@ class EventWriter:
             points_reversed=points_reversed,
             growth_reversed=refund.growth,
         )
-        payload.paid_at.FromDatetime(o.paid_at)
+        payload.paid_at.CopyFrom(timestamp_pb(o.paid_at))
         self.add(o.member_id, payload)
 
     def expiring(self, lot: Lot) -> None:
         payload = ev.PointsExpiring(member_id=lot.member_id, points=lot.remaining)
-        payload.expires_at.FromDatetime(lot.expires_at)
+        payload.expires_at.CopyFrom(timestamp_pb(lot.expires_at))
         self.add(lot.member_id, payload)

@@ -42,8 +42,14 @@ class PurchaseUseCases(MemberCore):
         fingerprint: str,
         request_id: str = "",
     ) -> tuple[Order, Member, bool]:
+        first_try = True
+
         async def once() -> tuple[Order, Member, bool]:
-            existing = await self.store.get_order(order_id)
+            nonlocal first_try
+            # The first try skips the replay check: a recorded order id fails the
+            # insert (DuplicateKey), and the retry below finds and replays it.
+            existing = None if first_try else await self.store.get_order(order_id)
+            first_try = False
             if existing is not None:
                 if existing.fingerprint != fingerprint:
                     raise key_reused(order_id, domain=DOMAIN)

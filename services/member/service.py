@@ -195,6 +195,11 @@ class MemberCore:
         self, m: Member, now: datetime, events: EventWriter, change: Change, extra_growth: int = 0
     ) -> None:
         program = await self.tier_program()
+        if m.tier_level + 1 >= len(program.tiers) or (
+            m.growth_value < program.tiers[m.tier_level + 1].growth_threshold
+        ):
+            # Growth in the window never exceeds lifetime growth: no upgrade possible.
+            return
         qualifying = await self.store.growth_since(m.id, program.window_start(now)) + extra_growth
         target = upgrade_to(program, m.tier_level, qualifying)
         if target is not None:

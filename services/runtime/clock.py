@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -30,3 +34,9 @@ class ManualClock:
 
     def set(self, when: datetime) -> None:
         self._now = when
+
+
+def timestamp_pb(when: datetime) -> Timestamp:
+    """A protobuf Timestamp, built directly (Timestamp.FromDatetime is ~5x slower)."""
+    delta = when - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)

@@ -19,8 +19,9 @@ from datetime import datetime
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf import any_pb2, message
-from google.protobuf.timestamp_pb2 import Timestamp
 from pond.events.v1 import event_pb2
+
+from services.runtime.clock import timestamp_pb
 
 STREAM_PREFIX = "pond.events."
 DEAD_SUFFIX = ".dead"
@@ -44,8 +45,7 @@ def make_event(
 ) -> event_pb2.Event:
     packed = any_pb2.Any()
     packed.Pack(payload)
-    ts = Timestamp()
-    ts.FromDatetime(occurred_at)
+    ts = timestamp_pb(occurred_at)
     return event_pb2.Event(
         id=uuid.uuid4().hex,
         type=payload.DESCRIPTOR.full_name,

@@ -34,6 +34,7 @@ class OutboxRelay:
     ) -> None:
         self.store, self.redis, self.stream = store, redis, stream
         self.poll_seconds, self.batch = poll_seconds, batch
+        self.coalesce_seconds = 0.002
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -64,3 +65,5 @@ class OutboxRelay:
                 log.exception("outbox relay failed; will retry")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            # Under load, let a few more commits land so one XADD pipeline carries them.
+            await asyncio.sleep(self.coalesce_seconds)

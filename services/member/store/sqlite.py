@@ -89,12 +89,12 @@ class SqliteMemberStore(MemberStore):
 
     # -- writes --
     async def commit(self, change: Change) -> None:
-        await sqlite_transaction(self._w, self._lock, lambda: self._apply(change))
+        await sqlite_transaction(self._w, self._lock, lambda raw: self._apply(raw, change))
         if change.member is not None:
             change.member.version = (change.expected_version or 0) + 1
 
-    async def _apply(self, change: Change) -> None:
-        w = self._w
+    def _apply(self, w: sqlite3.Connection, change: Change) -> None:
+        """The whole change, synchronously on the writer's thread."""
         m = change.member
         if m is not None:
             doc = codec.member_to_doc(m)
@@ -111,7 +111,7 @@ class SqliteMemberStore(MemberStore):
             )
             if change.expected_version is None:
                 try:
-                    await w.execute(
+                    w.execute(
                         "INSERT INTO members (store_id, guide_id, tier_level, kind, channel,"
                         " paid_until, version, doc, id) VALUES (?,?,?,?,?,?,?,?,?)",
                         (*row, m.id),
@@ -119,7 +119,7 @@ class SqliteMemberStore(MemberStore):
                 except sqlite3.IntegrityError as exc:
                     raise StoreConflict(m.id) from exc
             else:
-                cur = await w.execute(
+                cur = w.execute(
                     "UPDATE members SET store_id=?, guide_id=?, tier_level=?, kind=?, channel=?,"
                     " paid_until=?, version=?, doc=? WHERE id=? AND version=?",
                     (*row, m.id, change.expected_version),
@@ -128,17 +128,16 @@ class SqliteMemberStore(MemberStore):
                     raise StoreConflict(m.id)
         for lookup, member_id in change.new_identities:
             try:
-                await w.execute(
+                w.execute(
                     "INSERT INTO identities (lookup, member_id) VALUES (?, ?)", (lookup, member_id)
                 )
             except sqlite3.IntegrityError as exc:
-                async with w.execute(
+                owner = w.execute(
                     "SELECT member_id FROM identities WHERE lookup=?", (lookup,)
-                ) as cur:
-                    owner = await cur.fetchone()
+                ).fetchone()
                 raise IdentityTaken(lookup, owner[0] if owner else "") from exc
         if change.lots:
-            await w.executemany(
+            w.executemany(
                 "INSERT OR REPLACE INTO lots (id, member_id, expires_at, remaining, announced, doc)"
                 " VALUES (?,?,?,?,?,?)",
                 [
@@ -154,7 +153,7 @@ class SqliteMemberStore(MemberStore):
                 ],
             )
         if change.points_entries:
-            await w.executemany(
+            w.executemany(
                 "INSERT INTO points_entries (id, member_id, doc) VALUES (?,?,?)",
                 [
                     (e.id, e.member_id, _dump(codec.points_entry_to_doc(e)))
@@ -162,7 +161,7 @@ class SqliteMemberStore(MemberStore):
                 ],
             )
         if change.stored_value_entries:
-            await w.executemany(
+            w.executemany(
                 "INSERT INTO sv_entries (id, member_id, payment_entry_id, delta_fen, doc)"
                 " VALUES (?,?,?,?,?)",
                 [
@@ -182,7 +181,7 @@ class SqliteMemberStore(MemberStore):
             row = (o.member_id, codec.ts(o.paid_at), doc["net_growth"], _dump(doc), o.id)
             if change.new_order:
                 try:
-                    await w.execute(
+                    w.execute(
                         "INSERT INTO orders (member_id, paid_at, net_growth, doc, id)"
                         " VALUES (?,?,?,?,?)",
                         row,
@@ -190,41 +189,40 @@ class SqliteMemberStore(MemberStore):
                 except sqlite3.IntegrityError as exc:
                     raise DuplicateKey(o.id) from exc
             else:
-                await w.execute(
+                w.execute(
                     "UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=? WHERE id=?", row
                 )
         if change.tier_changes:
-            await w.executemany(
+            w.executemany(
                 "INSERT INTO tier_changes (member_id, doc) VALUES (?, ?)",
                 [(c.member_id, _dump(codec.tier_change_to_doc(c))) for c in change.tier_changes],
             )
         if change.tier_program is not None:
-            await w.execute(
+            w.execute(
                 "INSERT OR REPLACE INTO settings (key, doc) VALUES ('tier_program', ?)",
                 (_dump(codec.program_to_doc(change.tier_program)),),
             )
         if change.idempotency is not None:
             rec = change.idempotency
             try:
-                await w.execute(
+                w.execute(
                     "INSERT INTO idempotency (scope, key, fingerprint, response) VALUES (?,?,?,?)",
                     (rec.scope, rec.key, rec.fingerprint, rec.response),
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKey(rec.key) from exc
         if change.events:
-            await w.executemany(
+            w.executemany(
                 "INSERT INTO outbox (event) VALUES (?)", [(raw,) for raw in change.events]
             )
 
     # -- reads --
     async def _one(self, sql: str, args: tuple) -> aiosqlite.Row | None:
-        async with self._r.execute(sql, args) as cur:
-            return await cur.fetchone()
+        rows = await self._r.execute_fetchall(sql, args)  # one thread hop
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, args: tuple) -> list[aiosqlite.Row]:
-        async with self._r.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._r.execute_fetchall(sql, args))
 
     async def get_member(self, member_id: str) -> Member | None:
         row = await self._one("SELECT doc FROM members WHERE id=?", (member_id,))
@@ -388,5 +386,5 @@ class SqliteMemberStore(MemberStore):
         await sqlite_transaction(
             self._w,
             self._lock,
-            lambda: self._w.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs]),
+            lambda raw: raw.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs]),
         )

@@ -65,25 +65,24 @@ class SqliteTaggingStore(TaggingStore):
     async def _write(self, statements: list[tuple[str, object]]) -> None:
         """Run (sql, params-or-list-of-params) pairs in one IMMEDIATE transaction."""
 
-        async def work() -> None:
+        def work(raw: sqlite3.Connection) -> None:
             for sql, params in statements:
                 if isinstance(params, list):
-                    await self._w.executemany(sql, params)
+                    raw.executemany(sql, params)
                 else:
-                    await self._w.execute(sql, params)
+                    raw.execute(sql, params)
 
         await sqlite_transaction(self._w, self._lock, work)
 
     async def _all(self, sql: str, args: tuple = ()) -> list:
-        async with self._r.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._r.execute_fetchall(sql, args))  # one thread hop
 
     # -- index --
     async def index_members(self, member_ids: list[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(member_ids))
 
-        async def work() -> dict[str, int]:
-            await self._w.executemany(
+        def work(raw: sqlite3.Connection) -> dict[str, int]:
+            raw.executemany(
                 "INSERT OR IGNORE INTO member_index (idx, member_id) VALUES"
                 " ((SELECT COALESCE(MAX(idx), -1) + 1 FROM member_index), ?)",
                 [(m,) for m in wanted],
@@ -92,11 +91,12 @@ class SqliteTaggingStore(TaggingStore):
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                async with self._w.execute(
-                    f"SELECT member_id, idx FROM member_index WHERE member_id IN ({marks})",
-                    chunk,
-                ) as cur:
-                    found.update({r[0]: r[1] for r in await cur.fetchall()})
+                found.update(
+                    raw.execute(
+                        f"SELECT member_id, idx FROM member_index WHERE member_id IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                )
             return found
 
         return await sqlite_transaction(self._w, self._lock, work)
@@ -148,19 +148,17 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- manual tags --
     async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
-        async def work() -> int:
+        def work(raw: sqlite3.Connection) -> int:
             changed = 0
             for t in add:
-                cur = await self._w.execute(
+                changed += raw.execute(
                     "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
                     (t.idx, t.tag, t.by, t.at),
-                )
-                changed += cur.rowcount
+                ).rowcount
             for idx, tag in remove:
-                cur = await self._w.execute(
+                changed += raw.execute(
                     "DELETE FROM manual_tags WHERE idx=? AND tag=?", (idx, tag)
-                )
-                changed += cur.rowcount
+                ).rowcount
             return changed
 
         return await sqlite_transaction(self._w, self._lock, work)
@@ -242,11 +240,10 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- runs --
     async def acquire_run_lock(self, run_id: str, now: int, stale_after: int) -> str:
-        async def work() -> str:
-            async with self._w.execute("SELECT run_id, heartbeat FROM run_lock") as cur:
-                held = await cur.fetchone()
+        def work(raw: sqlite3.Connection) -> str:
+            held = raw.execute("SELECT run_id, heartbeat FROM run_lock").fetchone()
             if held is None or held[0] == run_id or held[1] < now - stale_after:
-                await self._w.execute(
+                raw.execute(
                     "INSERT OR REPLACE INTO run_lock (id, run_id, heartbeat) VALUES (1,?,?)",
                     (run_id, now),
                 )
