@@ -11,7 +11,7 @@ idempotent by event id, since a crash between effect and ack redelivers the even
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,7 +47,7 @@ def make_event(
     packed.Pack(payload)
     ts = timestamp_pb(occurred_at)
     return event_pb2.Event(
-        id=uuid.uuid4().hex,
+        id=os.urandom(16).hex(),
         type=payload.DESCRIPTOR.full_name,
         occurred_at=ts,
         producer=producer,

@@ -9,8 +9,8 @@ this keeps the per-RPC cost to one wrapper (see the GetMember-vs-echo benchmark)
 from __future__ import annotations
 
 import inspect
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -64,7 +64,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> str:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        request_id = metadata.get(REQUEST_ID_METADATA) or uuid.uuid4().hex
+        request_id = metadata.get(REQUEST_ID_METADATA) or os.urandom(8).hex()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         caller = self._authorizer.authorize(method, metadata)

@@ -34,6 +34,19 @@ async def open_sqlite(path: Path | str) -> aiosqlite.Connection:
     return conn
 
 
+def open_point_reader(path: Path | str) -> sqlite3.Connection:
+    """A plain read-only connection for primary-key lookups made on the event loop
+    (microseconds each; scans and writes stay on aiosqlite's threads)."""
+    conn = sqlite3.connect(
+        f"file:{Path(path).resolve()}?mode=ro",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
 def open_mongo(uri: str, db_name: str):  # -> motor AsyncIOMotorDatabase
     from motor.motor_asyncio import AsyncIOMotorClient
     from pymongo import WriteConcern

@@ -27,7 +27,7 @@ from services.member.store import (
     codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
-from services.runtime.storage import open_sqlite, sqlite_transaction
+from services.runtime.storage import open_point_reader, open_sqlite, sqlite_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -71,9 +71,15 @@ def _dump(doc: dict) -> str:
 
 
 class SqliteMemberStore(MemberStore):
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        point_reader: sqlite3.Connection,
+    ) -> None:
         self._w = writer
         self._r = reader
+        self._point = point_reader
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -81,9 +87,10 @@ class SqliteMemberStore(MemberStore):
         writer = await open_sqlite(path)
         await writer.executescript(SCHEMA)
         reader = await open_sqlite(path)
-        return cls(writer, reader)
+        return cls(writer, reader, open_point_reader(path))
 
     async def close(self) -> None:
+        self._point.close()
         await self._r.close()
         await self._w.close()
 
@@ -218,8 +225,9 @@ class SqliteMemberStore(MemberStore):
 
     # -- reads --
     async def _one(self, sql: str, args: tuple) -> aiosqlite.Row | None:
-        rows = await self._r.execute_fetchall(sql, args)  # one thread hop
-        return rows[0] if rows else None
+        # Point lookups by key run on the event loop: a primary-key read in WAL mode
+        # takes microseconds, far less than a hop to the reader thread and back.
+        return self._point.execute(sql, args).fetchone()
 
     async def _all(self, sql: str, args: tuple) -> list[aiosqlite.Row]:
         return list(await self._r.execute_fetchall(sql, args))
@@ -379,7 +387,9 @@ class SqliteMemberStore(MemberStore):
         return [(r[0], codec.tier_change_from_doc(json.loads(r[1]))) for r in rows]
 
     async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]:
-        rows = await self._all("SELECT seq, event FROM outbox ORDER BY seq LIMIT ?", (limit,))
+        # On the loop like the point reads: the relay polls this after every commit.
+        rows = self._point.execute("SELECT seq, event FROM outbox ORDER BY seq LIMIT ?",
+                                   (limit,)).fetchall()
         return [(r[0], bytes(r[1])) for r in rows]
 
     async def outbox_mark_published(self, seqs: list[int]) -> None:
