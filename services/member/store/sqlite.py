@@ -6,11 +6,11 @@ transaction; reads use a second connection, so they run beside a write (WAL)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from datetime import datetime
 
 import aiosqlite
+import orjson
 
 from services.member.domain.members import Member, MemberKind
 from services.member.domain.orders import Order
@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event 
 
 
 def _dump(doc: dict) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # orjson: documents are encoded and decoded on every write and read of the hot path.
+    return orjson.dumps(doc).decode()
 
 
 class SqliteMemberStore(MemberStore):
@@ -234,7 +235,7 @@ class SqliteMemberStore(MemberStore):
 
     async def get_member(self, member_id: str) -> Member | None:
         row = await self._one("SELECT doc FROM members WHERE id=?", (member_id,))
-        return codec.member_from_doc(json.loads(row[0])) if row else None
+        return codec.member_from_doc(orjson.loads(row[0])) if row else None
 
     async def member_id_for(self, lookup: str) -> str | None:
         row = await self._one("SELECT member_id FROM identities WHERE lookup=?", (lookup,))
@@ -259,7 +260,7 @@ class SqliteMemberStore(MemberStore):
             f"SELECT doc FROM members WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
             (*args, limit),
         )
-        return [codec.member_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.member_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def lapsed_paid_member_ids(self, now: datetime, limit: int) -> list[str]:
         rows = await self._all(
@@ -278,11 +279,11 @@ class SqliteMemberStore(MemberStore):
         rows = await self._all(
             "SELECT doc FROM lots WHERE member_id=? AND remaining > 0", (member_id,)
         )
-        return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.lot_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def get_points_entry(self, entry_id: str) -> PointsEntry | None:
         row = await self._one("SELECT doc FROM points_entries WHERE id=?", (entry_id,))
-        return codec.points_entry_from_doc(json.loads(row[0])) if row else None
+        return codec.points_entry_from_doc(orjson.loads(row[0])) if row else None
 
     async def list_points_entries(
         self, member_id: str, before_id: str, limit: int
@@ -292,7 +293,7 @@ class SqliteMemberStore(MemberStore):
             " ORDER BY id DESC LIMIT ?",
             (member_id, before_id, before_id, limit),
         )
-        return [codec.points_entry_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.points_entry_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
         rows = await self._all(
@@ -309,7 +310,7 @@ class SqliteMemberStore(MemberStore):
             " AND (?='' OR member_id=?) AND id > ? ORDER BY id LIMIT ?",
             (codec.ts(start), codec.ts(end), member_id, member_id, after_id, limit),
         )
-        return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.lot_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def unannounced_lots(self, start: datetime, end: datetime, limit: int) -> list[Lot]:
         rows = await self._all(
@@ -317,11 +318,11 @@ class SqliteMemberStore(MemberStore):
             " AND announced = 0 ORDER BY id LIMIT ?",
             (codec.ts(start), codec.ts(end), limit),
         )
-        return [codec.lot_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.lot_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def get_stored_value_entry(self, entry_id: str) -> StoredValueEntry | None:
         row = await self._one("SELECT doc FROM sv_entries WHERE id=?", (entry_id,))
-        return codec.sv_entry_from_doc(json.loads(row[0])) if row else None
+        return codec.sv_entry_from_doc(orjson.loads(row[0])) if row else None
 
     async def refunded_fen_for_payment(self, payment_entry_id: str) -> int:
         row = await self._one(
@@ -338,11 +339,11 @@ class SqliteMemberStore(MemberStore):
             " ORDER BY id DESC LIMIT ?",
             (member_id, before_id, before_id, limit),
         )
-        return [codec.sv_entry_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.sv_entry_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def get_order(self, order_id: str) -> Order | None:
         row = await self._one("SELECT doc FROM orders WHERE id=?", (order_id,))
-        return codec.order_from_doc(json.loads(row[0])) if row else None
+        return codec.order_from_doc(orjson.loads(row[0])) if row else None
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         anchor = (
@@ -363,7 +364,7 @@ class SqliteMemberStore(MemberStore):
                 " (paid_at = ? AND id < ?)) ORDER BY paid_at DESC, id DESC LIMIT ?",
                 (member_id, anchor[0], anchor[0], before_id, limit),
             )
-        return [codec.order_from_doc(json.loads(r[0])) for r in rows]
+        return [codec.order_from_doc(orjson.loads(r[0])) for r in rows]
 
     async def growth_since(self, member_id: str, since: datetime) -> int:
         row = await self._one(
@@ -374,7 +375,7 @@ class SqliteMemberStore(MemberStore):
 
     async def get_tier_program(self) -> TierProgram | None:
         row = await self._one("SELECT doc FROM settings WHERE key='tier_program'", ())
-        return codec.program_from_doc(json.loads(row[0])) if row else None
+        return codec.program_from_doc(orjson.loads(row[0])) if row else None
 
     async def list_tier_changes(
         self, member_id: str, before_seq: int, limit: int
@@ -384,7 +385,7 @@ class SqliteMemberStore(MemberStore):
             " ORDER BY seq DESC LIMIT ?",
             (member_id, before_seq, before_seq, limit),
         )
-        return [(r[0], codec.tier_change_from_doc(json.loads(r[1]))) for r in rows]
+        return [(r[0], codec.tier_change_from_doc(orjson.loads(r[1]))) for r in rows]
 
     async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]:
         # On the loop like the point reads: the relay polls this after every commit.
