@@ -7,6 +7,7 @@ once (its id is recorded with the change). Publishes TagsChanged batches on
 
 from __future__ import annotations
 
+import numpy as np
 from pond.events.v1 import tagging_events_pb2 as tev
 
 from services.runtime.eventbus import stream_for
@@ -15,20 +16,20 @@ PRODUCER = "tagging"
 STREAM = stream_for(PRODUCER)
 MEMBER_STREAM = stream_for("member")
 CONSUMER_GROUP = "tagging"
-CHANGES_PER_EVENT = 1000
+CHANGES_PER_EVENT = 1000  # members per message, gained and lost each
 
 
 def tags_changed_payloads(changes, ids: list[str], run_id: str = "") -> list[tev.TagsChanged]:
-    """TagsChanged messages of at most CHANGES_PER_EVENT changes each."""
+    """TagsChanged messages: per tag, at most CHANGES_PER_EVENT members each."""
+    if not changes.tags:
+        return []
+    names = np.asarray(ids, dtype=object)
     out: list[tev.TagsChanged] = []
-    batch: list[tev.TagChange] = []
-    for name, (gained, lost) in sorted(changes.tags.items()):
-        for flag, members in ((True, gained), (False, lost)):
-            for idx in members:
-                batch.append(tev.TagChange(member_id=ids[idx], tag=name, gained=flag))
-                if len(batch) == CHANGES_PER_EVENT:
-                    out.append(tev.TagsChanged(changes=batch, run_id=run_id))
-                    batch = []
-    if batch:
-        out.append(tev.TagsChanged(changes=batch, run_id=run_id))
+    for tag, (gained, lost) in sorted(changes.tags.items()):
+        g = names[np.asarray(gained.to_array(), dtype=np.int64)].tolist()
+        lo = names[np.asarray(lost.to_array(), dtype=np.int64)].tolist()
+        for start in range(0, max(len(g), len(lo)), CHANGES_PER_EVENT):
+            end = start + CHANGES_PER_EVENT
+            out.append(tev.TagsChanged(tag=tag, gained_member_ids=g[start:end],
+                                       lost_member_ids=lo[start:end], run_id=run_id))
     return out

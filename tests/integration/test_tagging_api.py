@@ -177,7 +177,9 @@ async def tag_changes(redis) -> list[tuple[str, str, bool, str]]:
         assert event.type == "pond.events.v1.TagsChanged" and event.producer == "tagging"
         payload = tev.TagsChanged()
         event.payload.Unpack(payload)
-        out += [(c.member_id, c.tag, c.gained, payload.run_id) for c in payload.changes]
+        assert len(payload.gained_member_ids) <= 1000 and len(payload.lost_member_ids) <= 1000
+        out += [(m, payload.tag, True, payload.run_id) for m in payload.gained_member_ids]
+        out += [(m, payload.tag, False, payload.run_id) for m in payload.lost_member_ids]
     return out
 
 
