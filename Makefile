@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: setup run test test-redis bench lint protos clean
+.PHONY: setup run test test-redis bench bench-quick lint protos clean
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -37,8 +37,15 @@ test: setup
 test-redis: setup
 	$(PY) -m pytest -q -m redis
 
+# Member RPCs against an echo baseline, then the tagging service on a synthetic
+# 1M-member brand (about 10 minutes; `make bench-quick` for 100k).
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.tagging
+
+bench-quick: setup
+	$(PY) -m bench --duration 3
+	$(PY) -m bench.tagging --quick
 
 lint: setup
 	$(VENV)/bin/ruff check .

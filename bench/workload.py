@@ -25,14 +25,19 @@ def register_request(i: int, rng: random.Random) -> pb.RegisterMemberRequest:
             pb.Identity(kind=pb.IDENTITY_KIND_PHONE, value=f"139{i:08d}"),
             pb.Identity(kind=pb.IDENTITY_KIND_WECHAT_UNIONID, value=f"oU-bench-{i:010d}"),
         ],
-        profile=pb.Profile(name=f"{rng.choice(SURNAMES)}{i % 97:02d}", gender=rng.choice((1, 2)),
-                           birthday=f"19{rng.randint(70, 99)}-{rng.randint(1, 12):02d}-"
-                                    f"{rng.randint(1, 28):02d}",
-                           city=rng.choice(CITIES)),
-        store_id=f"store-{rng.randint(1, 200):03d}", guide_id=f"guide-{rng.randint(1, 800):04d}",
+        profile=pb.Profile(
+            name=f"{rng.choice(SURNAMES)}{i % 97:02d}",
+            gender=rng.choice((1, 2)),
+            birthday=f"19{rng.randint(70, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            city=rng.choice(CITIES),
+        ),
+        store_id=f"store-{rng.randint(1, 200):03d}",
+        guide_id=f"guide-{rng.randint(1, 800):04d}",
         acquisition_channel=common_pb2.CHANNEL_STORE_POS,
-        consents=[pb.Consent(channel=common_pb2.CONTACT_CHANNEL_SMS, granted=True),
-                  pb.Consent(channel=common_pb2.CONTACT_CHANNEL_WECHAT, granted=rng.random() < .7)],
+        consents=[
+            pb.Consent(channel=common_pb2.CONTACT_CHANNEL_SMS, granted=True),
+            pb.Consent(channel=common_pb2.CONTACT_CHANNEL_WECHAT, granted=rng.random() < 0.7),
+        ],
     )
 
 
@@ -51,27 +56,37 @@ def echo_member(real: pb.Member) -> pb.Member:
     return m
 
 
-def get_member_requests(member_ids: list[str], rng: random.Random
-                        ) -> Callable[[], pb.GetMemberRequest]:
+def get_member_requests(
+    member_ids: list[str], rng: random.Random
+) -> Callable[[], pb.GetMemberRequest]:
     requests = [pb.GetMemberRequest(member_id=mid) for mid in member_ids]
     return lambda: rng.choice(requests)
 
 
-def record_order_requests(member_ids: list[str], rng: random.Random, tag: str
-                          ) -> Callable[[], pb.RecordOrderRequest]:
+def record_order_requests(
+    member_ids: list[str], rng: random.Random, tag: str
+) -> Callable[[], pb.RecordOrderRequest]:
     numbers = count(1)
-    skus = [(f"sku-{n:05d}", CATEGORIES[n % len(CATEGORIES)], 500 + 37 * n % 9_500)
-            for n in range(500)]
+    skus = [
+        (f"sku-{n:05d}", CATEGORIES[n % len(CATEGORIES)], 500 + 37 * n % 9_500) for n in range(500)
+    ]
 
     def make() -> pb.RecordOrderRequest:
         items = []
         for sku, category, price in rng.sample(skus, rng.randint(1, 3)):
-            items.append(pb.OrderItem(sku=sku, category=category, quantity=rng.randint(1, 3),
-                                      unit_price_fen=price))
+            items.append(
+                pb.OrderItem(
+                    sku=sku, category=category, quantity=rng.randint(1, 3), unit_price_fen=price
+                )
+            )
         return pb.RecordOrderRequest(
-            order_id=f"bench-{tag}-{next(numbers):08d}", member_id=rng.choice(member_ids),
-            channel=common_pb2.CHANNEL_STORE_POS, store_id=f"store-{rng.randint(1, 200):03d}",
-            guide_id=f"guide-{rng.randint(1, 800):04d}", items=items,
-            amount_fen=sum(i.quantity * i.unit_price_fen for i in items))
+            order_id=f"bench-{tag}-{next(numbers):08d}",
+            member_id=rng.choice(member_ids),
+            channel=common_pb2.CHANNEL_STORE_POS,
+            store_id=f"store-{rng.randint(1, 200):03d}",
+            guide_id=f"guide-{rng.randint(1, 800):04d}",
+            items=items,
+            amount_fen=sum(i.quantity * i.unit_price_fen for i in items),
+        )
 
     return make

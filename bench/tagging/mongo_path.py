@@ -1,0 +1,77 @@
+"""The MongoDB data path on mongomock-motor: the same brand, the same full run, on
+MongoTaggingStore, to prove the code path (its queries and writes) and that it gives
+exactly the SQLite run's tags and segments (compared by digest). mongomock is an
+in-process imitation that scans every document for every query, so its timings say
+nothing about MongoDB and are reported only for completeness.
+
+Seeding: the catalogue through the use cases, as on SQLite; the member index,
+history rows and manual tags with insert_many of the very documents the store
+builds (its _history_doc and _manual_tag_id), because mongomock's per-document
+upsert (what put_histories falls back to there) scans the collection on every call
+and would take hours at 100k. For the same reason (mongomock checks a unique index
+by scanning the collection for every document inserted) the member index's
+secondary index is dropped for the insert; reopening the store recreates it, and
+raises the id counters to what the collections hold, as after a restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.tagging import dataset, fullrun, synth
+from bench.tagging import stages as st
+from services.tagging.server import open_engine
+from services.tagging.store import open_store
+
+BATCH = 20_000
+
+
+async def seed(db, brand: synth.Brand) -> None:
+    from services.tagging.store import mongo as sm  # the store's own document shapes
+
+    cutter = synth.RowCutter(brand)
+    await db["member_index"].drop_indexes()  # recreated by MongoTaggingStore.open
+    for lo in range(0, brand.n, BATCH):
+        hi = min(lo + BATCH, brand.n)
+        await db["member_index"].insert_many(
+            [{"_id": i, "member_id": synth.member_id(i)} for i in range(lo, hi)]
+        )
+        await db["history"].insert_many([sm._history_doc(r) for r in cutter.rows(lo, hi)])
+    tags = dataset.manual_tags(brand, dataset.noon_of(brand.today))
+    for lo in range(0, len(tags), BATCH):
+        await db["manual_tags"].insert_many(
+            [
+                {"_id": sm._manual_tag_id(t.idx, t.tag), "idx": t.idx, "tag": t.tag,
+                 "by": t.by, "at": t.at}
+                for t in tags[lo : lo + BATCH]
+            ]
+        )
+
+
+async def mongo_run(n: int, today: int, seed_value: int, data_dir: Path) -> dict:
+    from mongomock_motor import AsyncMongoMockClient
+
+    brand = synth.generate(n, today, seed_value)
+    db = AsyncMongoMockClient()["pond_bench"]
+    with st.Window() as seeding:
+        store = await open_store(mongo_database=db)
+        await dataset.define_catalogue(store, dataset.noon_of(today), data_dir)
+        await seed(db, brand)
+        await store.close()
+    store = await open_store(mongo_database=db)
+    engine, opened = await fullrun.open_timed(
+        open_engine, dataset.settings_for(data_dir), dataset.noon_of(today), store=store
+    )
+    try:
+        first = await fullrun.scoring_run(engine)
+        result = fullrun.digest(engine)
+        outbox = await db["outbox"].count_documents({})
+    finally:
+        await store.close()
+    return {
+        "members": n,
+        "seed_seconds": round(seeding.wall, 1),
+        "open": opened,
+        "first": first,
+        "digest": result,
+        "outbox_events": outbox,
+    }
