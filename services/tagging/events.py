@@ -23,13 +23,29 @@ def tags_changed_payloads(changes, ids: list[str], run_id: str = "") -> list[tev
     """TagsChanged messages: per tag, at most CHANGES_PER_EVENT members each."""
     if not changes.tags:
         return []
-    names = np.asarray(ids, dtype=object)
+    total = sum(len(g) + len(lo) for g, lo in changes.tags.values())
+    if total > 10_000:
+        # A run's millions of changes: one vectorised lookup per tag.
+        names = np.asarray(ids, dtype=object)
+
+        def member_ids(members) -> list[str]:
+            return names[np.asarray(members.to_array(), dtype=np.int64)].tolist()
+    else:
+        # Real time (one member): plain lookups, no copy of the whole index.
+        def member_ids(members) -> list[str]:
+            return [ids[i] for i in members]
+
     out: list[tev.TagsChanged] = []
     for tag, (gained, lost) in sorted(changes.tags.items()):
-        g = names[np.asarray(gained.to_array(), dtype=np.int64)].tolist()
-        lo = names[np.asarray(lost.to_array(), dtype=np.int64)].tolist()
+        g, lo = member_ids(gained), member_ids(lost)
         for start in range(0, max(len(g), len(lo)), CHANGES_PER_EVENT):
             end = start + CHANGES_PER_EVENT
-            out.append(tev.TagsChanged(tag=tag, gained_member_ids=g[start:end],
-                                       lost_member_ids=lo[start:end], run_id=run_id))
+            out.append(
+                tev.TagsChanged(
+                    tag=tag,
+                    gained_member_ids=g[start:end],
+                    lost_member_ids=lo[start:end],
+                    run_id=run_id,
+                )
+            )
     return out

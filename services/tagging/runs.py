@@ -14,6 +14,7 @@ under way keep their fresher real-time result (the run read an older history).""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import time
 from datetime import datetime
@@ -186,11 +187,17 @@ class ScoringRunner:
         engine, run_id, partitions = self.engine, doc["id"], doc["partitions"]
         if partition == 0:
             engine.track_real_time()  # before reading: see _write
-        rows: list[tuple] = []
-        async for batch in self.store.scan_histories(partition, partitions):
-            rows.extend(batch)
-        frame = engine.frame_for(rows)
-        del rows
+        # A million row tuples would set off thousands of cyclic-GC passes that find
+        # nothing to free (none of this is cyclic): pause the collector while loading.
+        gc.disable()
+        try:
+            rows: list[tuple] = []
+            async for batch in self.store.scan_histories(partition, partitions):
+                rows.extend(batch)
+            frame = engine.frame_for(rows)
+            del rows
+        finally:
+            gc.enable()
         if doc["segment_id"]:
             members = engine.segment_bitmaps.get(doc["segment_id"], BitMap())
             frame = _subset(frame, np.isin(frame.idx, np.asarray(members.to_array())))
