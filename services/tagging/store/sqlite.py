@@ -149,17 +149,15 @@ class SqliteTaggingStore(TaggingStore):
     # -- manual tags --
     async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
         def work(raw: sqlite3.Connection) -> int:
-            changed = 0
-            for t in add:
-                changed += raw.execute(
-                    "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
-                    (t.idx, t.tag, t.by, t.at),
-                ).rowcount
-            for idx, tag in remove:
-                changed += raw.execute(
-                    "DELETE FROM manual_tags WHERE idx=? AND tag=?", (idx, tag)
-                ).rowcount
-            return changed
+            # executemany's rowcount is the rows actually inserted or deleted.
+            added = raw.executemany(
+                "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
+                [(t.idx, t.tag, t.by, t.at) for t in add],
+            ).rowcount
+            removed = raw.executemany(
+                "DELETE FROM manual_tags WHERE idx=? AND tag=?", list(remove)
+            ).rowcount
+            return max(added, 0) + max(removed, 0)
 
         return await sqlite_transaction(self._w, self._lock, work)
 
