@@ -82,7 +82,7 @@ Try it (in another terminal):
       '{{"identities": [{{"kind": "IDENTITY_KIND_PHONE", "value": "13812345678"}}], \\
         "acquisition_channel": "CHANNEL_STORE_POS"}}'
   .venv/bin/python -m stack.call ListMembers '{{"page_size": 5}}'
-  .venv/bin/python -m stack.call TaggingService.CreateSegment \
+  .venv/bin/python -m stack.call TaggingService.CreateSegment \\
       '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
 Ctrl-C stops the stack.
 """,
