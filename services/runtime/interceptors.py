@@ -127,8 +127,23 @@ async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+_children: dict[tuple[str, grpc.StatusCode], tuple] = {}
+
+
+def _metrics(method: str, code: grpc.StatusCode) -> tuple:
+    """The metric children of (method, code), resolved once (labels() takes a lock)."""
+    pair = _children.get((method, code))
+    if pair is None:
+        pair = _children[(method, code)] = (
+            RPC_TOTAL.labels(method, code.name),
+            RPC_SECONDS.labels(method),
+        )
+    return pair
+
+
 def _finish(method: str, code: grpc.StatusCode, start: float) -> None:
     elapsed = time.perf_counter() - start
-    RPC_TOTAL.labels(method, code.name).inc()
-    RPC_SECONDS.labels(method).observe(elapsed)
+    total, seconds = _metrics(method, code)
+    total.inc()
+    seconds.observe(elapsed)
     _log.info("rpc", method=method, code=code.name, ms=round(elapsed * 1000, 3))

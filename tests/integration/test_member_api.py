@@ -408,3 +408,13 @@ async def test_health_and_reflection_are_anonymous(member: MemberHarness):
     resp = await health.Check(health_pb2.HealthCheckRequest(
         service="pond.member.v1.MemberService"))
     assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_each_rpc_is_counted_in_prometheus_metrics(member: MemberHarness):
+    from prometheus_client import REGISTRY
+
+    labels = {"method": "/pond.member.v1.MemberService/GetMember", "code": "NOT_FOUND"}
+    before = REGISTRY.get_sample_value("pond_grpc_requests_total", labels) or 0
+    await fails(member.stub.GetMember(pb.GetMemberRequest(member_id="nobody"),
+                                      metadata=member.md()), grpc.StatusCode.NOT_FOUND)
+    assert REGISTRY.get_sample_value("pond_grpc_requests_total", labels) == before + 1
