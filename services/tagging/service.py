@@ -21,6 +21,7 @@ from services.runtime.errors import (
 from services.runtime.eventbus import make_event
 from services.tagging import catalogue as cat
 from services.tagging.catalogue import DOMAIN, micros
+from services.tagging.domain import evaluation
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import NEVER
@@ -344,7 +345,9 @@ class TaggingApp:
             s: np.isin(frame.idx, np.asarray(bm.to_array(), dtype=np.uint32))
             for s, bm in engine.segment_bitmaps.items()
         }
-        mask = ex.evaluate(expr, ex.FrameContext(frame, masks, seg_masks, engine.categories))
+        mask = evaluation.evaluate(
+            expr, evaluation.FrameContext(frame, masks, seg_masks, engine.categories)
+        )
         return sc.bitmap_of(frame.idx, mask)
 
     def segment(self, seg_id: str) -> Definition:

@@ -17,7 +17,7 @@ from services.tagging.settings import TaggingSettings
 
 async def main(argv: list[str]) -> int:
     if not argv:
-        print(__doc__)
+        sys.stderr.write(__doc__ or "")
         return 2
     settings = TaggingSettings()
     configure_logging(settings.log_level, settings.log_format)

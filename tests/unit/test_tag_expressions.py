@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pyroaring import BitMap
 
+from services.tagging.domain.evaluation import FrameContext, evaluate
 from services.tagging.domain.expressions import (
     MAX_DEPTH,
     MAX_LENGTH,
@@ -22,11 +23,9 @@ from services.tagging.domain.expressions import (
     Expr,
     ExpressionError,
     Feature,
-    FrameContext,
     Neg,
     Not,
     Num,
-    evaluate,
     parse,
     referenced_categories,
     referenced_features,
@@ -82,31 +81,49 @@ def sx(e: Expr) -> str:
 
 # -- parsing and precedence --
 
-@pytest.mark.parametrize(("source", "tree"), [
-    ('has_tag("a") or has_tag("b") and has_tag("c")',
-     "(has_tag('a') or (has_tag('b') and has_tag('c')))"),
-    ('not has_tag("a") and has_tag("b")', "((not has_tag('a')) and has_tag('b'))"),
-    ('not has_tag("a") or not not has_tag("b")',
-     "((not has_tag('a')) or (not (not has_tag('b'))))"),
-    ('(has_tag("a") or has_tag("b")) and has_tag("c")',
-     "((has_tag('a') or has_tag('b')) and has_tag('c'))"),
-    ('has_tag("a") and has_tag("b") and has_tag("c") or true',
-     "(((has_tag('a') and has_tag('b')) and has_tag('c')) or true)"),
-    ("not tier > 1", "(not (tier > 1))"),
-    ('not has_tag("a") == has_tag("b")', "(not (has_tag('a') == has_tag('b')))"),
-    ("orders_90d + 2 * tier - 1 > 4 / 2 / 1",
-     "(((orders_90d + (2 * tier)) - 1) > ((4 / 2) / 1))"),
-    ("- - tier * 3 <= -1", "(((- (- tier)) * 3) <= (- 1))"),
-    ("(1 + 2) * 3 >= 1.5", "(((1 + 2) * 3) >= 1.5)"),
-    ("1 - (2 - 3) != 0", "((1 - (2 - 3)) != 0)"),
-    ("tier>=2 and\n\torders_90d<1", "((tier >= 2) and (orders_90d < 1))"),
-    ("true", "true"),
-    ("((false))", "false"),
-    ('bought("母婴", 30) or category_orders(\'美妆\') > 0.5',
-     "(bought('母婴', 30) or (category_orders('美妆') > 0.5))"),
-    ('has_tag("say \\"hi\\"") and has_tag(\'it\\\'s\')',
-     "(has_tag('say \"hi\"') and has_tag(\"it's\"))"),
-])
+
+@pytest.mark.parametrize(
+    ("source", "tree"),
+    [
+        (
+            'has_tag("a") or has_tag("b") and has_tag("c")',
+            "(has_tag('a') or (has_tag('b') and has_tag('c')))",
+        ),
+        ('not has_tag("a") and has_tag("b")', "((not has_tag('a')) and has_tag('b'))"),
+        (
+            'not has_tag("a") or not not has_tag("b")',
+            "((not has_tag('a')) or (not (not has_tag('b'))))",
+        ),
+        (
+            '(has_tag("a") or has_tag("b")) and has_tag("c")',
+            "((has_tag('a') or has_tag('b')) and has_tag('c'))",
+        ),
+        (
+            'has_tag("a") and has_tag("b") and has_tag("c") or true',
+            "(((has_tag('a') and has_tag('b')) and has_tag('c')) or true)",
+        ),
+        ("not tier > 1", "(not (tier > 1))"),
+        ('not has_tag("a") == has_tag("b")', "(not (has_tag('a') == has_tag('b')))"),
+        (
+            "orders_90d + 2 * tier - 1 > 4 / 2 / 1",
+            "(((orders_90d + (2 * tier)) - 1) > ((4 / 2) / 1))",
+        ),
+        ("- - tier * 3 <= -1", "(((- (- tier)) * 3) <= (- 1))"),
+        ("(1 + 2) * 3 >= 1.5", "(((1 + 2) * 3) >= 1.5)"),
+        ("1 - (2 - 3) != 0", "((1 - (2 - 3)) != 0)"),
+        ("tier>=2 and\n\torders_90d<1", "((tier >= 2) and (orders_90d < 1))"),
+        ("true", "true"),
+        ("((false))", "false"),
+        (
+            "bought(\"母婴\", 30) or category_orders('美妆') > 0.5",
+            "(bought('母婴', 30) or (category_orders('美妆') > 0.5))",
+        ),
+        (
+            'has_tag("say \\"hi\\"") and has_tag(\'it\\\'s\')',
+            '(has_tag(\'say "hi"\') and has_tag("it\'s"))',
+        ),
+    ],
+)
 def test_parse_groups_by_precedence(source: str, tree: str) -> None:
     assert sx(parse(source)) == tree
 
@@ -114,8 +131,9 @@ def test_parse_groups_by_precedence(source: str, tree: str) -> None:
 def test_ast_is_immutable_and_positions_do_not_affect_equality() -> None:
     e = parse('orders_90d >= 2 and has_tag("has_kids")')
     assert e == parse('orders_90d>=2   and  has_tag( "has_kids" )')
-    assert e == BoolOp("and", (Compare(">=", Feature("orders_90d"), Num(2)),
-                               Call("has_tag", ("has_kids",))))
+    assert e == BoolOp(
+        "and", (Compare(">=", Feature("orders_90d"), Num(2)), Call("has_tag", ("has_kids",)))
+    )
     assert isinstance(e, BoolOp) and e.operands[1].pos == 20
     with pytest.raises(AttributeError):
         e.op = "or"  # type: ignore[misc]
@@ -132,19 +150,26 @@ def test_known_features_can_be_narrowed_or_extended() -> None:
     with pytest.raises(ExpressionError, match="unknown feature 'aov'"):
         parse("aov > 1", known_features={"tier"})
     assert referenced_features(parse("churn_score > 0.5", known_features={"churn_score"})) == {
-        "churn_score"}
+        "churn_score"
+    }
 
 
 # -- errors, with exact positions --
 
 ERRORS = [
     # unknown names
-    ("orders_90d >= 2 and ordrs_90d > 1", 20,
-     "unknown feature 'ordrs_90d' (did you mean 'orders_90d'?)"),
+    (
+        "orders_90d >= 2 and ordrs_90d > 1",
+        20,
+        "unknown feature 'ordrs_90d' (did you mean 'orders_90d'?)",
+    ),
     ('has_tag("宝妈") and ordrs_90d > 1', 18, "unknown feature 'ordrs_90d'"),
     ("xyzzy > 1", 0, "unknown feature 'xyzzy'"),
-    ('tier > 1 and has_tags("x")', 13,
-     "'has_tags' is an unknown function (did you mean 'has_tag'?)"),
+    (
+        'tier > 1 and has_tags("x")',
+        13,
+        "'has_tags' is an unknown function (did you mean 'has_tag'?)",
+    ),
     ("tier(1) > 1", 0, "'tier' is a feature, not a function"),
     ("has_tag and true", 0, "'has_tag' is a function: call it as has_tag(...)"),
     ("TRUE", 0, "unexpected 'TRUE' (keywords are lower-case: 'true')"),
@@ -249,12 +274,15 @@ def test_max_length() -> None:
     assert "too long (2001 characters; at most 2000)" in info.value.message
 
 
-@pytest.mark.parametrize(("opener", "closer", "atom", "step"), [
-    ("not ", "", "true", 4),
-    ("(", ")", "true", 1),
-    ("-", "", "1 > 0", 1),
-    ("(not ", ")", "true", 5),
-])
+@pytest.mark.parametrize(
+    ("opener", "closer", "atom", "step"),
+    [
+        ("not ", "", "true", 4),
+        ("(", ")", "true", 1),
+        ("-", "", "1 > 0", 1),
+        ("(not ", ")", "true", 5),
+    ],
+)
 def test_max_nesting_depth(opener: str, closer: str, atom: str, step: int) -> None:
     levels = MAX_DEPTH // (2 if opener == "(not " else 1)
     parse(opener * levels + atom + closer * levels)
@@ -313,11 +341,16 @@ def small_frame() -> FeatureFrame:
     2: nothing at all
     3: baby (first 920, last 930, twice) and an unnamed category 7; no orders"""
     orders = [[(995, 5000), (950, 3000), (800, 1000)], [(1000, 2000)], [], []]
-    cats = [[(FOOD, 900, 999, 3), (BABY, 900, 900, 1)], [(FOOD, 1000, 1000, 1)], [],
-            [(7, 910, 990, 4), (BABY, 920, 930, 2)]]
+    cats = [
+        [(FOOD, 900, 999, 3), (BABY, 900, 900, 1)],
+        [(FOOD, 1000, 1000, 1)],
+        [],
+        [(7, 910, 990, 4), (BABY, 920, 930, 2)],
+    ]
     ord_offsets, ord_day, ord_fen = _csr(orders, [np.int32, np.int64])
     cat_offsets, cat_id, cat_first, cat_last, cat_count = _csr(
-        cats, [np.int32, np.int32, np.int32, np.int32])
+        cats, [np.int32, np.int32, np.int32, np.int32]
+    )
     h = History(
         idx=np.arange(4, dtype=np.uint32),
         registered_day=np.array([700, 990, 999, 500], dtype=np.int32),
@@ -327,9 +360,14 @@ def small_frame() -> FeatureFrame:
         spend_total=np.array([9000, 2000, 0, 0], dtype=np.int64),
         first_order_day=np.array([800, 1000, NEVER, NEVER], dtype=np.int32),
         last_order_day=np.array([995, 1000, NEVER, NEVER], dtype=np.int32),
-        ord_offsets=ord_offsets, ord_day=ord_day, ord_fen=ord_fen,
-        cat_offsets=cat_offsets, cat_id=cat_id, cat_first_day=cat_first,
-        cat_last_day=cat_last, cat_count=cat_count,
+        ord_offsets=ord_offsets,
+        ord_day=ord_day,
+        ord_fen=ord_fen,
+        cat_offsets=cat_offsets,
+        cat_id=cat_id,
+        cat_first_day=cat_first,
+        cat_last_day=cat_last,
+        cat_count=cat_count,
     )
     return compute_features(h, TODAY)
 
@@ -337,47 +375,52 @@ def small_frame() -> FeatureFrame:
 def small_ctx() -> FrameContext:
     return FrameContext(
         small_frame(),
-        tag_masks={"has_kids": np.array([True, False, False, True]),
-                   "vip": np.array([False, False, False, True])},
+        tag_masks={
+            "has_kids": np.array([True, False, False, True]),
+            "vip": np.array([False, False, False, True]),
+        },
         segment_masks={"seg_1": np.array([False, True, True, False])},
         category_ids={"food": FOOD, "baby": BABY, "toys": TOYS},
     )
 
 
-@pytest.mark.parametrize(("source", "members"), [
-    ("true", [0, 1, 2, 3]),
-    ("false", []),
-    ('has_tag("has_kids")', [0, 3]),
-    ('has_tag("no_such_tag")', []),
-    ('not has_tag("no_such_tag")', [0, 1, 2, 3]),
-    ('in_segment("seg_1")', [1, 2]),
-    ('in_segment("seg_unknown")', []),
-    ('orders_90d >= 2 and has_tag("has_kids") and not has_tag("vip")', [0]),
-    ('has_tag("has_kids") == has_tag("vip")', [1, 2, 3]),
-    ('has_tag("has_kids") != in_segment("seg_1")', [0, 1, 2, 3]),
-    ('bought("food", 1)', [1]),  # today - last < days: bought today only
-    ('bought("food", 2)', [0, 1]),  # ... and yesterday
-    ('bought("baby", 70)', []),  # member 3 bought 70 days ago: not within 70
-    ('bought("baby", 71)', [3]),
-    ('bought("baby", 100.5)', [0, 3]),
-    ('bought("toys", 100000)', []),  # a named category nobody bought
-    ('bought("garden", 100000)', []),  # an unknown category: never bought
-    ('category_orders("food") >= 3', [0]),
-    ('category_orders("baby") == 2', [3]),
-    ('category_orders("garden") == 0', [0, 1, 2, 3]),
-    ('days_since_bought("food") == 1', [0]),
-    ('days_since_bought("food") == 0', [1]),
-    ('days_since_bought("food") == 100000', [2, 3]),
-    ('days_since_bought("garden") >= 100000', [0, 1, 2, 3]),
-    ('days_since_bought("baby") == 70', [3]),
-    ("orders_90d == 2", [0]),
-    ("orders_total / orders_90d > 1", [0]),  # 3/2; 1/1; x/0 is 0
-    ("orders_total / 0 == 0 and spend_total / orders_total == aov", [0, 1, 2, 3]),
-    ("spend_total / orders_total > 2500", [0]),
-    ("days_since_last_order >= 100000", [2, 3]),
-    ("tier * 2 - 1 > 0 or points_balance + -50 >= 0", [0, 3]),
-    ("7 / 2 == 3.5 and 1 / 3 * 3 <= 1", [0, 1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    ("source", "members"),
+    [
+        ("true", [0, 1, 2, 3]),
+        ("false", []),
+        ('has_tag("has_kids")', [0, 3]),
+        ('has_tag("no_such_tag")', []),
+        ('not has_tag("no_such_tag")', [0, 1, 2, 3]),
+        ('in_segment("seg_1")', [1, 2]),
+        ('in_segment("seg_unknown")', []),
+        ('orders_90d >= 2 and has_tag("has_kids") and not has_tag("vip")', [0]),
+        ('has_tag("has_kids") == has_tag("vip")', [1, 2, 3]),
+        ('has_tag("has_kids") != in_segment("seg_1")', [0, 1, 2, 3]),
+        ('bought("food", 1)', [1]),  # today - last < days: bought today only
+        ('bought("food", 2)', [0, 1]),  # ... and yesterday
+        ('bought("baby", 70)', []),  # member 3 bought 70 days ago: not within 70
+        ('bought("baby", 71)', [3]),
+        ('bought("baby", 100.5)', [0, 3]),
+        ('bought("toys", 100000)', []),  # a named category nobody bought
+        ('bought("garden", 100000)', []),  # an unknown category: never bought
+        ('category_orders("food") >= 3', [0]),
+        ('category_orders("baby") == 2', [3]),
+        ('category_orders("garden") == 0', [0, 1, 2, 3]),
+        ('days_since_bought("food") == 1', [0]),
+        ('days_since_bought("food") == 0', [1]),
+        ('days_since_bought("food") == 100000', [2, 3]),
+        ('days_since_bought("garden") >= 100000', [0, 1, 2, 3]),
+        ('days_since_bought("baby") == 70', [3]),
+        ("orders_90d == 2", [0]),
+        ("orders_total / orders_90d > 1", [0]),  # 3/2; 1/1; x/0 is 0
+        ("orders_total / 0 == 0 and spend_total / orders_total == aov", [0, 1, 2, 3]),
+        ("spend_total / orders_total > 2500", [0]),
+        ("days_since_last_order >= 100000", [2, 3]),
+        ("tier * 2 - 1 > 0 or points_balance + -50 >= 0", [0, 3]),
+        ("7 / 2 == 3.5 and 1 / 3 * 3 <= 1", [0, 1, 2, 3]),
+    ],
+)
 def test_semantics_on_a_hand_built_frame(source: str, members: list[int]) -> None:
     mask = evaluate(parse(source), small_ctx())
     assert mask.dtype == np.bool_ and mask.shape == (4,)
@@ -390,9 +433,13 @@ def test_division_by_zero_is_zero_without_warnings() -> None:
     ctx = FrameContext(frame)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for source in ["1 / orders_90d == 0 or orders_90d > 0", "0 / 0 == 0",
-                       "aov / (aov - aov) == 0", "tier / 0 * 5 + 1 == 1",
-                       "aov * 10 > 0 or aov <= 0"]:
+        for source in [
+            "1 / orders_90d == 0 or orders_90d > 0",
+            "0 / 0 == 0",
+            "aov / (aov - aov) == 0",
+            "tier / 0 * 5 + 1 == 1",
+            "aov * 10 > 0 or aov <= 0",
+        ]:
             assert evaluate(parse(source), ctx).all(), source
 
 
@@ -424,27 +471,37 @@ def test_evaluate_returns_a_fresh_mask_and_checks_shapes() -> None:
 
 # -- helpers --
 
+
 def test_referenced_helpers() -> None:
-    e = parse('(orders_90d >= 2 or spend_90d / orders_90d > aov) and has_tag("宝妈") '
-              'and not has_tag("vip") and in_segment("s-1") and bought("母婴", 30) '
-              'and category_orders("food") > -days_since_bought("beauty") + tier')
+    e = parse(
+        '(orders_90d >= 2 or spend_90d / orders_90d > aov) and has_tag("宝妈") '
+        'and not has_tag("vip") and in_segment("s-1") and bought("母婴", 30) '
+        'and category_orders("food") > -days_since_bought("beauty") + tier'
+    )
     assert referenced_tags(e) == {"宝妈", "vip"}
     assert referenced_segments(e) == {"s-1"}
     assert referenced_features(e) == {"orders_90d", "spend_90d", "aov", "tier"}
     assert referenced_categories(e) == {"母婴", "food", "beauty"}
     empty = parse("true")
-    assert (referenced_tags(empty), referenced_segments(empty), referenced_features(empty),
-            referenced_categories(empty)) == (set(), set(), set(), set())
+    assert (
+        referenced_tags(empty),
+        referenced_segments(empty),
+        referenced_features(empty),
+        referenced_categories(empty),
+    ) == (set(), set(), set(), set())
 
 
-@pytest.mark.parametrize(("source", "only"), [
-    ("true", True),
-    ('has_tag("a") and not (in_segment("s") or false)', True),
-    ('has_tag("a") != has_tag("b")', True),
-    ('has_tag("a") and tier > 1', False),
-    ('not bought("food", 30)', False),
-    ("1 > 0", False),
-])
+@pytest.mark.parametrize(
+    ("source", "only"),
+    [
+        ("true", True),
+        ('has_tag("a") and not (in_segment("s") or false)', True),
+        ('has_tag("a") != has_tag("b")', True),
+        ('has_tag("a") and tier > 1', False),
+        ('not bought("food", 30)', False),
+        ("1 > 0", False),
+    ],
+)
 def test_uses_only_bitmaps(source: str, only: bool) -> None:
     assert uses_only_bitmaps(parse(source)) is only
 
@@ -469,8 +526,12 @@ def gen_bool(r: random.Random, depth: int) -> tuple:
     if k == 3:
         return ("const", r.random() < 0.5)
     if k == 4:
-        return ("cmp", r.choice(["<", "<=", ">", ">=", "==", "!="]), gen_num(r, depth - 1),
-                gen_num(r, depth - 1))
+        return (
+            "cmp",
+            r.choice(["<", "<=", ">", ">=", "==", "!="]),
+            gen_num(r, depth - 1),
+            gen_num(r, depth - 1),
+        )
     if k in (5, 6):
         return (r.choice(["and", "or"]), gen_bool(r, depth - 1), gen_bool(r, depth - 1))
     if k == 7:
@@ -497,6 +558,7 @@ def gen_num(r: random.Random, depth: int) -> tuple:
 
 def render(t: tuple, minimal: bool) -> tuple[str, int]:
     """(source, precedence level); `minimal` leaves out every parenthesis it can."""
+
     def wrap(sub: tuple, ok: bool) -> str:
         text, _ = render(sub, minimal)
         return text if ok and minimal else f"({text})"
@@ -504,20 +566,31 @@ def render(t: tuple, minimal: bool) -> tuple[str, int]:
     kind = t[0]
     if kind in ("and", "or", "+", "-", "*", "/"):
         lv = LEVEL[kind]
-        return (f"{wrap(t[1], render(t[1], minimal)[1] >= lv)} {kind} "
-                f"{wrap(t[2], render(t[2], minimal)[1] > lv)}", lv)
+        return (
+            f"{wrap(t[1], render(t[1], minimal)[1] >= lv)} {kind} "
+            f"{wrap(t[2], render(t[2], minimal)[1] > lv)}",
+            lv,
+        )
     if kind == "cmp":
-        return (f"{wrap(t[2], render(t[2], minimal)[1] > 4)} {t[1]} "
-                f"{wrap(t[3], render(t[3], minimal)[1] > 4)}", 4)
+        return (
+            f"{wrap(t[2], render(t[2], minimal)[1] > 4)} {t[1]} "
+            f"{wrap(t[3], render(t[3], minimal)[1] > 4)}",
+            4,
+        )
     if kind == "not":
         return f"not {wrap(t[1], render(t[1], minimal)[1] >= 3)}", 3
     if kind == "neg":
         return f"-{wrap(t[1], render(t[1], minimal)[1] >= 7)}", 7
-    atom = {"tag": lambda: f'has_tag("{t[1]}")', "seg": lambda: f"in_segment('{t[1]}')",
-            "bought": lambda: f'bought("{t[1]}", {t[2]})',
-            "const": lambda: "true" if t[1] else "false", "num": lambda: str(t[1]),
-            "feat": lambda: t[1], "corders": lambda: f'category_orders("{t[1]}")',
-            "dsb": lambda: f'days_since_bought("{t[1]}")'}[kind]()
+    atom = {
+        "tag": lambda: f'has_tag("{t[1]}")',
+        "seg": lambda: f"in_segment('{t[1]}')",
+        "bought": lambda: f'bought("{t[1]}", {t[2]})',
+        "const": lambda: "true" if t[1] else "false",
+        "num": lambda: str(t[1]),
+        "feat": lambda: t[1],
+        "corders": lambda: f'category_orders("{t[1]}")',
+        "dsb": lambda: f'days_since_bought("{t[1]}")',
+    }[kind]()
     return atom, 8
 
 
@@ -536,12 +609,17 @@ class Data:
         # distinct category ids per member: 0 food, 1 baby, 2 toys, 3 not in the dictionary
         ids = np.concatenate([rng.permutation([0, 1, 3, 2])[:k] for k in ncat]).astype(np.int32)
         m = len(ids)
-        last = (self.today - rng.choice([0, 1, 6, 7, 29, 30, 90, 91, 399, 400, 5000], m))
+        last = self.today - rng.choice([0, 1, 6, 7, 29, 30, 90, 91, 399, 400, 5000], m)
         self.frame = FeatureFrame(
-            idx=(np.arange(n) * 3 + 5).astype(np.uint32), today=self.today, columns=cols,
-            cat_offsets=offsets, cat_id=ids, cat_first_day=(last - 10).astype(np.int32),
+            idx=(np.arange(n) * 3 + 5).astype(np.uint32),
+            today=self.today,
+            columns=cols,
+            cat_offsets=offsets,
+            cat_id=ids,
+            cat_first_day=(last - 10).astype(np.int32),
             cat_last_day=last.astype(np.int32),
-            cat_count=rng.integers(1, 5, m).astype(np.int32))
+            cat_count=rng.integers(1, 5, m).astype(np.int32),
+        )
         self.tags = {"a": rng.random(n) < 0.5, "b": rng.random(n) < 0.3}
         self.segs = {"s1": rng.random(n) < 0.5, "s2": rng.random(n) < 0.1}
         self.cat_ids = {"food": 0, "baby": 1, "toys": 2}
@@ -583,8 +661,9 @@ def ref(t: tuple, d: Data, i: int) -> bool | float:
         return -ref(t[1], d, i)
     if kind == "cmp":
         a, b = ref(t[2], d, i), ref(t[3], d, i)
-        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b,
-                "!=": a != b}[t[1]]
+        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[
+            t[1]
+        ]
     a, b = ref(t[1], d, i), ref(t[2], d, i)
     if kind == "and":
         return a and b
@@ -620,6 +699,7 @@ def test_minimal_and_full_parentheses_parse_the_same() -> None:
 
 
 # -- bitmap evaluation --
+
 
 class RecordingBitmapContext(FrameBitmapContext):
     def __post_init__(self) -> None:
@@ -657,8 +737,10 @@ def test_evaluate_bitmap_equals_the_true_rows_of_evaluate(seed: int) -> None:
 def test_evaluate_bitmap_groups_data_operands_into_one_call() -> None:
     d = Data(7, 50)
     ctx = bitmap_ctx(d)
-    expr = parse('orders_90d >= 2 and has_tag("a") and not in_segment("s1") and tier < 3 '
-                 'and bought("food", 30)')
+    expr = parse(
+        'orders_90d >= 2 and has_tag("a") and not in_segment("s1") and tier < 3 '
+        'and bought("food", 30)'
+    )
     got = evaluate_bitmap(expr, ctx)
     assert set(got) == set(d.frame.idx[evaluate(expr, d.ctx)].tolist())
     assert ctx.handed == [parse('orders_90d >= 2 and tier < 3 and bought("food", 30)')]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from pyroaring import BitMap
 
+from services.tagging.domain import evaluation, scores
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import population as pop
-from services.tagging.domain import scores
 from services.tagging.domain.features import FeatureFrame
 
 RFM_PREFIX = "rfm:"
@@ -110,9 +110,9 @@ def compute_tags(
     """Rule tags over the frame, given the masks already known (manual and score
     tags); returns every mask (given + rules)."""
     masks = dict(given)
-    ctx = ex.FrameContext(frame, masks, {}, categories)
+    ctx = evaluation.FrameContext(frame, masks, {}, categories)
     for name, expr in rules.ordered:
-        masks[name] = ex.evaluate(expr, ctx)
+        masks[name] = evaluation.evaluate(expr, ctx)
     return masks
 
 
@@ -124,7 +124,7 @@ def compute_segments(
 ) -> dict[str, np.ndarray]:
     """Segment masks over the frame, segments in dependency order."""
     seg_masks: dict[str, np.ndarray] = {}
-    ctx = ex.FrameContext(frame, tag_masks, seg_masks, categories)
+    ctx = evaluation.FrameContext(frame, tag_masks, seg_masks, categories)
     for seg_id, expr in segments:
-        seg_masks[seg_id] = ex.evaluate(expr, ctx)
+        seg_masks[seg_id] = evaluation.evaluate(expr, ctx)
     return seg_masks

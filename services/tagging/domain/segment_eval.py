@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from pyroaring import BitMap
 
+from services.tagging.domain.evaluation import FrameContext, evaluate
 from services.tagging.domain.expressions import (
     BOOL,
     Bool,
@@ -23,9 +24,7 @@ from services.tagging.domain.expressions import (
     Call,
     Compare,
     Expr,
-    FrameContext,
     Not,
-    evaluate,
     type_of,
     uses_only_bitmaps,
     walk,
