@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import structlog
 from pond.member.v1 import member_pb2 as pb
 
 from services.member.domain import members as dm
@@ -13,6 +12,7 @@ from services.member.domain.members import Gender, IdentityKind
 from services.member.service import Idem, NewIdentity
 from services.runtime.errors import Violations
 from services.runtime.idempotency import fingerprint
+from services.runtime.logs import current_request_id
 from services.runtime.paging import page_size
 
 MAX_ID = 128
@@ -26,7 +26,7 @@ FUTURE_SLACK = timedelta(minutes=10)
 
 
 def request_id() -> str:
-    return structlog.contextvars.get_contextvars().get("request_id", "")
+    return current_request_id()
 
 
 def text(

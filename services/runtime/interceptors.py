@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from services.runtime.auth import Authorizer, current_caller
 from services.runtime.errors import PondError
+from services.runtime.logs import request_id_var
 
 REQUEST_ID_METADATA = "x-request-id"
 
@@ -38,6 +39,7 @@ _log = structlog.get_logger("pond.rpc")
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -48,6 +50,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        # A registered method resolves to the same handler every call: wrap it once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
@@ -63,10 +74,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler  # client/bidi streaming: none in Pond's contracts yet
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> str:
-        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        metadata = dict(context.invocation_metadata())
         request_id = metadata.get(REQUEST_ID_METADATA) or os.urandom(8).hex()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id_var.set(request_id)
         caller = self._authorizer.authorize(method, metadata)
         current_caller.set(caller)
         return request_id

@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 import orjson
 import structlog
 
 from services.runtime.redaction import redact_value
+
+# The request id of the RPC being served: set once per call by the interceptor and
+# added to every log line (cheaper than structlog's generic contextvars merge).
+request_id_var: ContextVar[str] = ContextVar("pond_request_id", default="")
+
+
+def current_request_id() -> str:
+    return request_id_var.get()
+
+
+def _add_request_id(_logger: object, _name: str, event_dict: dict) -> dict:
+    request_id = request_id_var.get()
+    if request_id:
+        event_dict["request_id"] = request_id
+    return event_dict
 
 
 def _redact(_logger: object, _name: str, event_dict: dict) -> dict:
@@ -32,7 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
