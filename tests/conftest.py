@@ -3,11 +3,14 @@ a real member service on a free port with SQLite under tmp_path, and tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -92,6 +95,23 @@ async def member(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness
     finally:
         await channel.close()
         await service.stop(0)
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0,
+    interval: float = 0.02,
+) -> T:
+    """Polls `probe` until `ok(result)`; fails with the last result after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if ok(result):
+            return result
+        assert time.monotonic() < deadline, f"condition not met in {timeout}s: {result}"
+        await asyncio.sleep(interval)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

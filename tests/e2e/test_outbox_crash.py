@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pond.member.v1 import member_pb2, member_pb2_grpc
 from services.member.events import STREAM
 from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
-from tests.conftest import TEST_PHONE_KEY, TEST_SECRET, token
+from tests.conftest import TEST_PHONE_KEY, TEST_SECRET, eventually, token
 
 pytestmark = pytest.mark.slow
 
@@ -97,22 +96,20 @@ async def start_member_process(
 async def wait_serving(member: MemberProcess) -> None:
     """Until the member service's own health status is SERVING (the overall "" status
     reads SERVING from the moment the port accepts, before the service is wired)."""
-    deadline = time.monotonic() + START_SECONDS
     async with grpc.aio.insecure_channel(member.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        async def status() -> int:
             if member.process.returncode is not None:
                 raise AssertionError(f"member service exited early:\n{member.log()}")
             try:
                 reply = await health.Check(
                     health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1)
-                if reply.status == SERVING:
-                    return
+                return reply.status
             except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"member service not SERVING in time:\n{member.log()}")
-            await asyncio.sleep(0.05)
+                return -1
+
+        await eventually(status, lambda s: s == SERVING, START_SECONDS, interval=0.05)
 
 
 async def kill(member: MemberProcess) -> None:
@@ -163,14 +160,7 @@ def registered(events: list[event_pb2.Event], member_id: str) -> list[ev.MemberR
 
 
 async def wait_for_events(redis: aioredis.Redis, ready) -> list[event_pb2.Event]:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        events = await read_events(redis)
-        if ready(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"events not published in time: {[e.type for e in events]}")
-        await asyncio.sleep(0.05)
+    return await eventually(lambda: read_events(redis), ready, WAIT_SECONDS, interval=0.05)
 
 
 def order_request(order_id: str, member_id: str, fen: int) -> member_pb2.RecordOrderRequest:

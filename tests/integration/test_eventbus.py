@@ -22,6 +22,7 @@ from services.runtime.eventbus import (
     stream_for,
 )
 from services.runtime.outbox import OutboxRelay
+from tests.conftest import eventually
 
 STREAM = stream_for("test")
 DEAD = STREAM + DEAD_SUFFIX
@@ -311,10 +312,8 @@ async def test_relay_does_not_lose_a_wakeup_that_arrives_while_it_reads(
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
-        deadline = time.monotonic() + 5
-        while await redis.xlen(STREAM) == 0:
-            assert time.monotonic() < deadline, "notify during a read was lost"
-            await asyncio.sleep(0.01)
+        # The notify during the read must bring the event out long before the poll.
+        await eventually(lambda: redis.xlen(STREAM), lambda n: n > 0, timeout=5, interval=0.01)
     finally:
         stop.set()
         relay.notify()

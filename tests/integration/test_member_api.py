@@ -16,7 +16,7 @@ from pond.member.v1 import member_pb2 as pb
 from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
 from services.runtime.errors import error_details
-from tests.conftest import MemberHarness, token
+from tests.conftest import MemberHarness, eventually, token
 
 PHONE = "13812345678"
 
@@ -156,21 +156,11 @@ async def test_update_member_with_field_mask_and_events(member: MemberHarness, r
 
 
 async def wait_for_event_types(redis, wanted: set[str], timeout: float = 5.0) -> list[str]:
-    import asyncio
-    import time
+    async def types() -> list[str]:
+        return [event_pb2.Event.FromString(fields[b"e"]).type
+                for _id, fields in await redis.xrange("pond.events.member")]
 
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = await redis.xrange("pond.events.member")
-        types = []
-        for _id, fields in entries:
-            ev = event_pb2.Event()
-            ev.ParseFromString(fields[b"e"])
-            types.append(ev.type)
-        if wanted <= set(types) or time.monotonic() > deadline:
-            assert wanted <= set(types), types
-            return types
-        await asyncio.sleep(0.02)
+    return await eventually(types, lambda got: wanted <= set(got), timeout)
 
 
 async def test_paid_membership_lapses_back(member: MemberHarness):

@@ -5,11 +5,9 @@ segments, category cycles and auth."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
 
 import grpc
 import pytest
@@ -31,9 +29,8 @@ from services.tagging.events import STREAM
 from services.tagging.runs import STALE_LOCK_SECONDS
 from services.tagging.server import SERVICE, TaggingService, start_tagging_service
 from services.tagging.settings import TaggingSettings
-from tests.conftest import TEST_SECRET, MemberHarness, token
+from tests.conftest import TEST_SECRET, MemberHarness, eventually, token
 
-T = TypeVar("T")
 MANUAL, RULE, SCORE = pb.TAG_KIND_MANUAL, pb.TAG_KIND_RULE, pb.TAG_KIND_SCORE
 SUCCEEDED, FAILED, RUNNING = pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_RUNNING
 
@@ -105,17 +102,6 @@ async def fails(call, code: grpc.StatusCode, reason: str = "") -> list[tuple[str
     return violations
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 30.0
-) -> T:
-    """Polls `probe` until `ok(result)`; fails with the last result after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if ok(result):
-            return result
-        assert time.monotonic() < deadline, f"condition not met in {timeout}s: {result}"
-        await asyncio.sleep(0.02)
 
 
 async def register(s: Stack, i: int) -> str:
