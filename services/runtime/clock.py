@@ -8,6 +8,7 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Clock(Protocol):
@@ -40,3 +41,17 @@ def timestamp_pb(when: datetime) -> Timestamp:
     """A protobuf Timestamp, built directly (Timestamp.FromDatetime is ~5x slower)."""
     delta = when - _EPOCH
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+def timestamp_from_micros(micros: int) -> Timestamp:
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+
+
+# Integer arithmetic, not float timestamps: those lose a microsecond on ~2% of round trips.
+def epoch_micros(when: datetime) -> int:
+    """Microseconds since the epoch: how stores keep times (sortable in SQLite and Mongo)."""
+    return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
+
+
+def from_epoch_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)

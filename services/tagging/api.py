@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pond.tagging.v1 import tagging_pb2 as pb
 from pond.tagging.v1 import tagging_pb2_grpc
 
 from services.runtime.auth import Role, current_caller, ensure_acts_for
+from services.runtime.clock import timestamp_from_micros
 from services.runtime.errors import Violations, invalid_argument, not_found
 from services.runtime.paging import decode_token, encode_token, page_size
 from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
@@ -44,21 +44,14 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "ListSegmentVersions": STAFF,
 }
 RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3}
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ts(micros: int) -> Timestamp | None:
-    if not micros:
-        return None
-    out = Timestamp()
-    out.FromMicroseconds(int(micros))
-    return out
+    return timestamp_from_micros(int(micros)) if micros else None
 
 
 def day_ts(day: int) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(EPOCH + timedelta(days=day))
-    return out
+    return timestamp_from_micros(day * 86_400_000_000)
 
 
 def tag_pb(d: Definition, count: int) -> pb.Tag:

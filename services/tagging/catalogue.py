@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from services.runtime.clock import epoch_micros
 from services.runtime.errors import invalid_argument
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
@@ -16,10 +17,6 @@ DOMAIN = "pond.tagging"
 KEY_RE = re.compile(r"^[a-z][a-z0-9_:.\-]{0,63}$")
 KINDS = {1: "manual", 2: "rule", 3: "score"}
 KIND_NUMBERS = {v: k for k, v in KINDS.items()}
-
-
-def micros(when: datetime) -> int:
-    return int(when.timestamp() * 1_000_000)
 
 
 def parse_definition(doc: dict) -> Definition:
@@ -96,7 +93,7 @@ async def ensure_score_tags(store: TaggingStore, categories: dict[str, int], now
                     "description": "built-in score, refreshed by scoring runs",
                     "expression": "",
                     "version": 1,
-                    "create_time": micros(now),
-                    "update_time": micros(now),
+                    "create_time": epoch_micros(now),
+                    "update_time": epoch_micros(now),
                 },
             )

@@ -23,10 +23,11 @@ import numpy as np
 import structlog
 from pyroaring import BitMap
 
+from services.runtime.clock import epoch_micros
 from services.runtime.errors import failed_precondition, not_found
 from services.runtime.eventbus import make_event
 from services.runtime.ids import new_id
-from services.tagging.catalogue import DOMAIN, micros
+from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import population as pop
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame
@@ -76,7 +77,7 @@ class ScoringRunner:
         self.progress: dict[str, dict] = {}  # live docs of runs in this process
 
     def _now(self) -> int:
-        return micros(self.engine.clock.now())
+        return epoch_micros(self.engine.clock.now())
 
     async def begin(
         self, *, segment_id: str = "", partitions: int = 1, resume_run_id: str = ""
@@ -331,7 +332,7 @@ async def record_segment_version(
     definition = engine.segments[seg_id]
     members = engine.segment_bitmaps.get(seg_id, BitMap())
     version = int(definition.doc.get("version", 0)) + 1
-    definition.doc.update(version=version, count=len(members), update_time=micros(now))
+    definition.doc.update(version=version, count=len(members), update_time=epoch_micros(now))
     await engine.store.put_definition("segment", seg_id, definition.doc)
     await engine.store.add_version(
         "segment",
@@ -345,7 +346,7 @@ async def record_segment_version(
             "sample_added": engine.member_ids_of(BitMap(gained.to_array()[:SAMPLE])),
             "sample_removed": engine.member_ids_of(BitMap(lost.to_array()[:SAMPLE])),
             "reason": reason,
-            "create_time": micros(now),
+            "create_time": epoch_micros(now),
         },
         members.serialize(),
     )

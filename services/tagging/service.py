@@ -12,6 +12,7 @@ from pond.events.v1 import event_pb2
 from pond.events.v1 import member_events_pb2 as mev
 from pyroaring import BitMap
 
+from services.runtime.clock import epoch_micros
 from services.runtime.errors import (
     already_exists,
     failed_precondition,
@@ -20,7 +21,7 @@ from services.runtime.errors import (
 )
 from services.runtime.eventbus import make_event
 from services.tagging import catalogue as cat
-from services.tagging.catalogue import DOMAIN, micros
+from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import evaluation
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
@@ -94,7 +95,7 @@ class TaggingApp:
                 self_key=name,
                 self_kind="tag",
             )
-        now = micros(self.now())
+        now = epoch_micros(self.now())
         doc = {
             "name": name,
             "kind": kind,
@@ -133,7 +134,7 @@ class TaggingApp:
                 self_kind="tag",
             )
         async with self.engine.lock:
-            doc = dict(d.doc, **values, update_time=micros(self.now()))
+            doc = dict(d.doc, **values, update_time=epoch_micros(self.now()))
             new_rule = "expression" in values and values["expression"] != d.doc["expression"]
             if new_rule:
                 doc["version"] = d.doc["version"] + 1
@@ -166,7 +167,7 @@ class TaggingApp:
         engine = self.engine
         async with engine.lock:
             index = await engine.ensure_members(member_ids)
-            at = micros(self.now())
+            at = epoch_micros(self.now())
             pairs = [(index[m], t) for m in dict.fromkeys(member_ids) for t in tag_names]
             if assign:
                 todo = [p for p in pairs if p not in engine.manual_meta]
@@ -400,12 +401,12 @@ class TaggingApp:
                     "description": values.get("description", ""),
                     "version": 0,
                     "count": 0,
-                    "create_time": micros(now),
-                    "update_time": micros(now),
+                    "create_time": epoch_micros(now),
+                    "update_time": epoch_micros(now),
                     "expression": values["expression"],
                 }
             else:
-                doc = dict(engine.segments[seg_id].doc, **values, update_time=micros(now))
+                doc = dict(engine.segments[seg_id].doc, **values, update_time=epoch_micros(now))
             engine.segments[seg_id] = Definition(doc, expr or engine.segments[seg_id].expr)
             await self.store.put_definition("segment", seg_id, doc)
         if expr is not None:

@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pyroaring import BitMap
 
-from services.runtime.clock import SystemClock
-from services.tagging.catalogue import micros
+from services.runtime.clock import SystemClock, epoch_micros
 from services.tagging.domain.history import MemberHistory
 from services.tagging.runs import ScoringRunner
 from services.tagging.server import open_engine
@@ -104,7 +103,7 @@ async def build_data_dir(data_dir: Path) -> None:
         index = await store.index_members([f"m{i:05d}" for i in range(MEMBERS)])
         categories = await store.category_ids(list(CATEGORIES))
         await store.put_histories(synthetic_rows(index, categories, today))
-        now = micros(SystemClock().now())
+        now = epoch_micros(SystemClock().now())
         rng = random.Random(7)
         manual = [
             ManualTag(idx, tag, "operator:seed", now)

@@ -21,10 +21,9 @@ from pond.tagging.v1 import tagging_pb2_grpc
 
 from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
-from services.runtime.clock import ManualClock
+from services.runtime.clock import ManualClock, epoch_micros
 from services.runtime.errors import error_details
 from services.tagging.api import AUTH_RULES
-from services.tagging.catalogue import micros
 from services.tagging.events import STREAM
 from services.tagging.runs import STALE_LOCK_SECONDS
 from services.tagging.server import SERVICE, TaggingService, start_tagging_service
@@ -775,7 +774,7 @@ async def test_one_run_at_a_time_and_resume(stack: Stack, monkeypatch):
     await populate(stack, [1, 2])
     store, runner = stack.tagging.engine.store, stack.tagging.runner
     # Another process holds the lock.
-    now = micros(stack.clock.now())
+    now = epoch_micros(stack.clock.now())
     assert await store.acquire_run_lock("run-elsewhere", now, 10**9) == "run-elsewhere"
     await fails(
         stack.stub.StartScoringRun(pb.StartScoringRunRequest(), metadata=stack.md()),

@@ -4,25 +4,22 @@ SQLite and MongoDB."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from services.member.domain.members import Gender, Identity, IdentityKind, Member, MemberKind
 from services.member.domain.orders import Order, OrderItem, Refund
 from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry, StoredValueEntryKind
 from services.member.domain.tiers import Tier, TierChange, TierProgram
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+from services.runtime.clock import epoch_micros, from_epoch_micros
 
 
-# Integer arithmetic, not float timestamps: those lose a microsecond on ~2% of round trips.
 def ts(when: datetime | None) -> int | None:
-    return None if when is None else (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
+    return None if when is None else epoch_micros(when)
 
 
 def dt(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+    return None if micros is None else from_epoch_micros(micros)
 
 
 def member_to_doc(m: Member) -> dict:
