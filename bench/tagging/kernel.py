@@ -44,7 +44,7 @@ def engine_step(
     given = dict(manual)
     given.update(sc.per_member_scores(frame, cycles, categories, thresholds))
     given.update(sc.population_scores(frame, stats))
-    return sc.compute_tags(frame, sc.Rules(rules), given, categories)
+    return sc.compute_tags(frame, rules, given, categories)
 
 
 def parsed_rules() -> list[tuple[str, ex.Expr]]:

@@ -136,8 +136,10 @@ class TagEngine:
     def member_ids_of(self, bitmap: BitMap) -> list[str]:
         return [self.ids[i] for i in bitmap]
 
-    def cycles_by_id(self) -> dict[int, float]:
-        cycles = dict(self.learned_cycles)
+    def cycles_by_id(self, learned: dict[int, float] | None = None) -> dict[int, float]:
+        """Repurchase cycles by category id: learned ones (the last run's, unless
+        given), overridden by the operator's configured ones."""
+        cycles = dict(self.learned_cycles if learned is None else learned)
         for name, days in self.configured_cycles.items():
             if name in self.categories:
                 cycles[self.categories[name]] = days
@@ -177,18 +179,24 @@ class TagEngine:
         return compute_features(assemble(rows), self.today())
 
     # -- real time --
-    async def member_masks(self, frame: FeatureFrame) -> tuple[dict, dict]:
-        """Tag and segment masks for a small frame (one member, usually): per-member
-        scores recomputed, population scores and manual tags as they stand."""
-        given = self.masks_from_bitmaps(frame.idx, [*self.manual_names(), *self.population_names()])
-        given.update(
-            sc.per_member_scores(frame, self.cycles_by_id(), self.categories, self.thresholds)
-        )
+    def score(
+        self, frame: FeatureFrame, given: dict[str, np.ndarray], cycles: dict[int, float]
+    ) -> tuple[dict, dict]:
+        """Tag and segment masks over `frame`: the per-member scores computed here,
+        `given` (manual and population tags) as the caller decides, then every rule
+        tag and segment in dependency order. Shared by real time and runs."""
+        given = {**given, **sc.per_member_scores(frame, cycles, self.categories, self.thresholds)}
         rules = in_dependency_order(self.rule_defs(), ex.referenced_tags)
-        tag_masks = sc.compute_tags(frame, sc.Rules(rules), given, self.categories)
+        tag_masks = sc.compute_tags(frame, rules, given, self.categories)
         segs = in_dependency_order(self.segment_defs(), ex.referenced_segments)
         seg_masks = sc.compute_segments(frame, segs, tag_masks, self.categories)
         return tag_masks, seg_masks
+
+    async def member_masks(self, frame: FeatureFrame) -> tuple[dict, dict]:
+        """Masks for a small frame (one member, usually): per-member scores recomputed,
+        population scores and manual tags as they stand."""
+        given = self.masks_from_bitmaps(frame.idx, [*self.manual_names(), *self.population_names()])
+        return self.score(frame, given, self.cycles_by_id())
 
     def diff_rows(
         self, idx: np.ndarray, tag_masks: dict, seg_masks: dict, skip: set[str]
@@ -210,18 +218,21 @@ class TagEngine:
                     target[name] = (gained, lost)
         return changes
 
-    def apply_changes(self, changes: TagChangeSet) -> None:
-        """In memory; marks the bitmaps dirty for flush()."""
-        for name, (gained, lost) in changes.tags.items():
-            bm = self.tag_bitmaps.setdefault(name, BitMap())
-            bm |= gained
-            bm -= lost
-            self._dirty_tags.add(name)
-        for name, (gained, lost) in changes.segments.items():
-            bm = self.segment_bitmaps.setdefault(name, BitMap())
-            bm |= gained
-            bm -= lost
-            self._dirty_segments.add(name)
+    def apply_changes(self, changes: TagChangeSet, *, persisted: bool = False) -> None:
+        """In memory. The bitmaps are marked dirty for flush(), unless the caller is
+        writing them itself (`persisted`, a scoring run)."""
+        for bitmaps, dirty, changed in (
+            (self.tag_bitmaps, self._dirty_tags, changes.tags),
+            (self.segment_bitmaps, self._dirty_segments, changes.segments),
+        ):
+            for name, (gained, lost) in changed.items():
+                bm = bitmaps.setdefault(name, BitMap())
+                bm |= gained
+                bm -= lost
+            if persisted:
+                dirty.difference_update(changed)
+            else:
+                dirty.update(changed)
 
     async def flush(self) -> None:
         """Persists bitmaps changed in real time."""

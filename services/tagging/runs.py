@@ -31,7 +31,6 @@ from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import population as pop
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame
-from services.tagging.domain.scoring import in_dependency_order
 from services.tagging.engine import TagChangeSet, TagEngine
 from services.tagging.events import PRODUCER, tags_changed_payloads
 
@@ -257,17 +256,9 @@ class ScoringRunner:
         self, frame: FeatureFrame, stats: pop.PopulationStats, learned: dict[int, float]
     ) -> dict[str, BitMap]:
         engine = self.engine
-        cycles = dict(learned)
-        for name, days in engine.configured_cycles.items():
-            if name in engine.categories:
-                cycles[engine.categories[name]] = days
         given = engine.masks_from_bitmaps(frame.idx, engine.manual_names())
-        given.update(sc.per_member_scores(frame, cycles, engine.categories, engine.thresholds))
         given.update(sc.population_scores(frame, stats))
-        rules = in_dependency_order(engine.rule_defs(), sc.ex.referenced_tags)
-        tag_masks = sc.compute_tags(frame, sc.Rules(rules), given, engine.categories)
-        segs = in_dependency_order(engine.segment_defs(), sc.ex.referenced_segments)
-        seg_masks = sc.compute_segments(frame, segs, tag_masks, engine.categories)
+        tag_masks, seg_masks = engine.score(frame, given, engine.cycles_by_id(learned))
         manual = set(engine.manual_names())
         out = {
             f"t:{k}": sc.bitmap_of(frame.idx, m) for k, m in tag_masks.items() if k not in manual
@@ -303,10 +294,8 @@ class ScoringRunner:
             now = engine.clock.now()
             payloads = tags_changed_payloads(changes, engine.ids, run_id)
             events = [make_event(PRODUCER, "tags", p, now).SerializeToString() for p in payloads]
-            engine.apply_changes(changes)
             # Written below; bitmaps changed only in real time stay dirty for flush().
-            engine._dirty_tags.difference_update(changes.tags)
-            engine._dirty_segments.difference_update(changes.segments)
+            engine.apply_changes(changes, persisted=True)
             await self.store.put_bitmaps(
                 "tag", {n: engine.tag_bitmaps[n].serialize() for n in changes.tags}, events
             )

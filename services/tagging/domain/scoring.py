@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 from pyroaring import BitMap
@@ -42,13 +41,6 @@ def score_tag_names(category_names: Iterable[str]) -> dict[str, tuple[str, str]]
     for cat in category_names:
         names[REPURCHASE_PREFIX + cat] = ("repurchase", f"复购到期 {cat}")
     return names
-
-
-@dataclass
-class Rules:
-    """Rule tags in dependency order (a rule may use has_tag on another rule)."""
-
-    ordered: list[tuple[str, ex.Expr]]
 
 
 def in_dependency_order(
@@ -105,13 +97,16 @@ def population_scores(frame: FeatureFrame, stats: pop.PopulationStats) -> dict[s
 
 
 def compute_tags(
-    frame: FeatureFrame, rules: Rules, given: dict[str, np.ndarray], categories: dict[str, int]
+    frame: FeatureFrame,
+    rules: list[tuple[str, ex.Expr]],
+    given: dict[str, np.ndarray],
+    categories: dict[str, int],
 ) -> dict[str, np.ndarray]:
     """Rule tags over the frame, given the masks already known (manual and score
     tags); returns every mask (given + rules)."""
     masks = dict(given)
     ctx = evaluation.FrameContext(frame, masks, {}, categories)
-    for name, expr in rules.ordered:
+    for name, expr in rules:
         masks[name] = evaluation.evaluate(expr, ctx)
     return masks
 
