@@ -36,6 +36,14 @@ from services.tagging.store import AlreadyExists, ManualTag
 log = structlog.get_logger("pond.tagging")
 MAX_BATCH_MEMBERS = 1000
 MAX_BATCH_TAGS = 20
+# The member events that feed features: payload name -> message class.
+MEMBER_EVENT_TYPES = {
+    "MemberRegistered": mev.MemberRegistered,
+    "OrderPaid": mev.OrderPaid,
+    "OrderRefunded": mev.OrderRefunded,
+    "TierChanged": mev.TierChanged,
+    "PointsChanged": mev.PointsChanged,
+}
 
 
 class _Bitmaps:
@@ -194,17 +202,10 @@ class TaggingApp:
         """Applies one member-service event, once, and re-evaluates the member."""
         engine = self.engine
         kind = event.type.rsplit(".", 1)[-1]
-        parsers = {
-            "MemberRegistered": mev.MemberRegistered,
-            "OrderPaid": mev.OrderPaid,
-            "OrderRefunded": mev.OrderRefunded,
-            "TierChanged": mev.TierChanged,
-            "PointsChanged": mev.PointsChanged,
-        }
-        if kind not in parsers or not event.subject_id:
+        if kind not in MEMBER_EVENT_TYPES or not event.subject_id:
             await self.store.apply_event(event.id, None, [])
             return
-        payload = parsers[kind]()
+        payload = MEMBER_EVENT_TYPES[kind]()
         event.payload.Unpack(payload)
         async with engine.lock:
             idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
