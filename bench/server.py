@@ -106,10 +106,12 @@ async def serve_member(port_file: str, profiler: _Profiler | None, patch: str = 
     from services.member.server import start_member_service
     from services.member.settings import MemberSettings
     from services.runtime.logs import configure_logging
+    from services.runtime.server import freeze_startup_heap
 
     settings = MemberSettings()
     configure_logging(settings.log_level, settings.log_format)
     service = await start_member_service(settings, port=0, metrics=False)
+    freeze_startup_heap()  # as services.runtime.entrypoint does in production
     if profiler:
         profiler.install(asyncio.get_running_loop())
     _write_port(port_file, service.port)

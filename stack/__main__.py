@@ -17,7 +17,7 @@ from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.redis_conn import EmbeddedValkey
-from services.runtime.server import wait_for_termination_signal
+from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
 from services.tagging.server import start_tagging_service
 from services.tagging.settings import TaggingSettings
 from stack.jobs import run_schedule
@@ -42,6 +42,7 @@ async def main() -> int:
     member = await start_member_service(settings)
     tagging_settings = TaggingSettings()
     tagging = await start_tagging_service(tagging_settings)
+    freeze_startup_heap()
     token = mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=7 * 86400)
     (data_dir / "dev-operator.token").write_text(token)
     stop = asyncio.Event()

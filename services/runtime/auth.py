@@ -121,8 +121,12 @@ class Authorizer:
         self._verifier = verifier
         self._rules = rules
 
+    @staticmethod
+    def is_public(method: str) -> bool:
+        return method.startswith(PUBLIC_METHOD_PREFIXES)
+
     def authorize(self, method: str, metadata: dict[str, str]) -> Caller | None:
-        if method.startswith(PUBLIC_METHOD_PREFIXES):
+        if self.is_public(method):
             return None
         header = metadata.get("authorization", "")
         if not header.startswith("Bearer "):

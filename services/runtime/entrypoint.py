@@ -11,7 +11,7 @@ from typing import Any
 
 from services.runtime.config import RuntimeSettings
 from services.runtime.logs import configure_logging, get_logger
-from services.runtime.server import wait_for_termination_signal
+from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
 
 
 async def serve(
@@ -29,6 +29,7 @@ async def serve(
         log.error("missing configuration", missing=missing)
         return 2
     service = await start(settings)
+    freeze_startup_heap()
     await wait_for_termination_signal()
     log.info("shutting down", grace=settings.shutdown_grace)
     await service.stop(settings.shutdown_grace)

@@ -1,56 +1,50 @@
-"""The server interceptor every service runs: request id, auth, error mapping, one
-canonical log line and Prometheus metrics per RPC.
+"""What every RPC of every service goes through: request id, auth, error mapping, one
+canonical log line and Prometheus metrics.
 
-It is one interceptor doing five small things in a fixed order rather than five
-interceptors, because each grpc.aio interceptor re-wraps the handler on every call;
-this keeps the per-RPC cost to one wrapper (see the GetMember-vs-echo benchmark).
+It is applied when the handlers are registered, not through grpc.aio's interceptor
+pipeline: `InterceptedServer` stands in for the server in the generated
+`add_*Servicer_to_server` functions and wraps each method handler once. grpc.aio
+runs its pipeline as a chain of coroutines on every call, even when the handler is
+the same every time; registering wrapped handlers removes that cost (see the
+CheckMembership-vs-echo bench).
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import grpc
 import structlog
 from grpc_status import rpc_status
-from prometheus_client import Counter, Histogram
 
 from services.runtime.auth import Authorizer, current_caller
 from services.runtime.errors import PondError
-from services.runtime.logs import request_id_var
+from services.runtime.logs import log_rpc, request_id_var
+from services.runtime.metrics import RPC_METRICS
+from services.runtime.redaction import looks_like_phone
 
 REQUEST_ID_METADATA = "x-request-id"
-
-RPC_TOTAL = Counter("pond_grpc_requests_total", "gRPC calls handled", ["method", "code"])
-RPC_SECONDS = Histogram(
-    "pond_grpc_request_seconds",
-    "gRPC call latency",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
-)
 
 _log = structlog.get_logger("pond.rpc")
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+class ServiceInterceptor:
+    """Wraps method handlers with the per-call work; each handler is wrapped once."""
+
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
         if handler is None:
             return None
-        method = details.method
-        # A registered method resolves to the same handler every call: wrap it once.
+        # The generic lookup returns the same handler for a method on every call.
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -71,14 +65,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client/bidi streaming: none in Pond's contracts yet
+        # Client or bidi streaming: only reflection, which is public. Anything else
+        # would be unchecked, so refuse to serve it rather than let it through.
+        if self._authorizer.is_public(method):
+            return handler
+        raise RuntimeError(f"{method}: streaming requests are not supported by the interceptor")
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext) -> str:
         metadata = dict(context.invocation_metadata())
-        request_id = metadata.get(REQUEST_ID_METADATA) or os.urandom(8).hex()
+        request_id = metadata.get(REQUEST_ID_METADATA)
+        if not request_id or not _accepted_request_id(request_id):
+            request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
         request_id_var.set(request_id)
-        caller = self._authorizer.authorize(method, metadata)
-        current_caller.set(caller)
+        current_caller.set(self._authorizer.authorize(method, metadata))
         return request_id
 
     def _wrap_unary(self, method: str, behavior: Callable) -> Callable:
@@ -119,6 +118,55 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
 
+class InterceptedServer:
+    """Passed to `add_*Servicer_to_server(servicer, server)` in place of the grpc.aio
+    server: registers every handler wrapped, through generic lookup only.
+
+    The generated code registers each method twice, as a generic handler and as a
+    "registered method". Registered methods are left out on purpose: grpc.aio's
+    server loop keeps one pending request per registered method and waits on all of
+    them (asyncio.wait) for every call it accepts, so each RPC paid for every method
+    of the service (the member service has 24). Generic lookup is one dict lookup.
+    """
+
+    def __init__(self, server: grpc.aio.Server, interceptor: ServiceInterceptor) -> None:
+        self._server = server
+        self._interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_InterceptedGenericHandler(h, self._interceptor) for h in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        """Served through the generic handlers registered alongside (see above)."""
+
+
+class _InterceptedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, interceptor: ServiceInterceptor) -> None:
+        self._inner = inner
+        self._interceptor = interceptor
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._interceptor.wrap(details.method, self._inner.service(details))
+
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Ids the server makes: a random prefix per process and a counter. Not os.urandom per
+# call: it is a syscall that releases the GIL, and winning it back from grpc's
+# poller thread cost more than the rest of the call's set-up.
+_REQUEST_ID_PREFIX = os.urandom(6).hex() + "-"
+_request_numbers = itertools.count(1)
+
+
+def _accepted_request_id(request_id: str) -> bool:
+    """A caller's request id goes into every log line unredacted: only a short id
+    that is not a phone number is taken; anything else gets a fresh one."""
+    return bool(_REQUEST_ID_RE.fullmatch(request_id)) and not looks_like_phone(request_id)
+
+
 def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     if isinstance(exc, PondError):
         return exc.code
@@ -137,23 +185,7 @@ async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-_children: dict[tuple[str, grpc.StatusCode], tuple] = {}
-
-
-def _metrics(method: str, code: grpc.StatusCode) -> tuple:
-    """The metric children of (method, code), resolved once (labels() takes a lock)."""
-    pair = _children.get((method, code))
-    if pair is None:
-        pair = _children[(method, code)] = (
-            RPC_TOTAL.labels(method, code.name),
-            RPC_SECONDS.labels(method),
-        )
-    return pair
-
-
 def _finish(method: str, code: grpc.StatusCode, start: float) -> None:
     elapsed = time.perf_counter() - start
-    total, seconds = _metrics(method, code)
-    total.inc()
-    seconds.observe(elapsed)
-    _log.info("rpc", method=method, code=code.name, ms=round(elapsed * 1000, 3))
+    RPC_METRICS.record(method, code.name, elapsed)
+    log_rpc(method, code.name, round(elapsed * 1000, 3))

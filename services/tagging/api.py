@@ -351,9 +351,11 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 [("segment_ids", "1..100 segment ids and a member_id")], domain=DOMAIN
             )
         ensure_acts_for(request.member_id)
-        return pb.CheckMembershipResponse(
-            memberships=self.app.check(request.member_id, list(request.segment_ids))
-        )
+        response = pb.CheckMembershipResponse()
+        memberships = response.memberships  # item by item: the map's update() is slower
+        for seg_id, member in self.app.check(request.member_id, request.segment_ids).items():
+            memberships[seg_id] = member
+        return response
 
     async def StreamSegmentMembers(self, request, context):
         chunk = request.chunk_size or 1000

@@ -3,7 +3,7 @@ real-time event path, profiles and segments. No gRPC here (api.py translates).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -425,13 +425,17 @@ class TaggingApp:
                 engine, seg_id, members - before, before - members, reason, self.now()
             )
 
-    def check(self, member_id: str, seg_ids: list[str]) -> dict[str, bool]:
-        missing = [s for s in seg_ids if s not in self.engine.segments]
-        if missing:
-            raise not_found("segment", ", ".join(missing), domain=DOMAIN)
-        idx = self.engine.index.get(member_id, -1)
-        bitmaps = self.engine.segment_bitmaps
-        return {s: idx >= 0 and idx in bitmaps.get(s, ()) for s in seg_ids}
+    def check(self, member_id: str, seg_ids: Sequence[str]) -> dict[str, bool]:
+        engine = self.engine
+        segments, bitmaps = engine.segments, engine.segment_bitmaps
+        idx = engine.index.get(member_id, -1)
+        result = {}
+        for seg_id in seg_ids:  # one pass: this answers CheckMembership, a hot RPC
+            if seg_id not in segments:
+                missing = [s for s in seg_ids if s not in segments]
+                raise not_found("segment", ", ".join(missing), domain=DOMAIN)
+            result[seg_id] = idx >= 0 and idx in bitmaps.get(seg_id, ())
+        return result
 
     async def stream_members(
         self, seg_id: str, cursor: str, chunk: int

@@ -403,8 +403,40 @@ async def test_health_and_reflection_are_anonymous(member: MemberHarness):
 async def test_each_rpc_is_counted_in_prometheus_metrics(member: MemberHarness):
     from prometheus_client import REGISTRY
 
-    labels = {"method": "/pond.member.v1.MemberService/GetMember", "code": "NOT_FOUND"}
-    before = REGISTRY.get_sample_value("pond_grpc_requests_total", labels) or 0
+    method = "/pond.member.v1.MemberService/GetMember"
+    labels = {"method": method, "code": "NOT_FOUND"}
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    before = sample("pond_grpc_requests_total", **labels)
+    calls_before = sample("pond_grpc_request_seconds_count", method=method)
+    slow_before = sample("pond_grpc_request_seconds_bucket", method=method, le="10.0")
     await fails(member.stub.GetMember(pb.GetMemberRequest(member_id="nobody"),
                                       metadata=member.md()), grpc.StatusCode.NOT_FOUND)
-    assert REGISTRY.get_sample_value("pond_grpc_requests_total", labels) == before + 1
+    assert sample("pond_grpc_requests_total", **labels) == before + 1
+    assert sample("pond_grpc_request_seconds_count", method=method) == calls_before + 1
+    assert sample("pond_grpc_request_seconds_bucket", method=method, le="10.0") == slow_before + 1
+    assert sample("pond_grpc_request_seconds_bucket", method=method, le="+Inf") == calls_before + 1
+    assert sample("pond_grpc_request_seconds_sum", method=method) > 0
+
+
+async def test_request_id_comes_back_in_trailing_metadata(member: MemberHarness):
+    m = await register(member)
+    req = pb.GetMemberRequest(member_id=m.id)
+
+    async def request_id(metadata: tuple) -> str:
+        call = member.stub.GetMember(req, metadata=metadata)
+        await call
+        return dict(await call.trailing_metadata())["x-request-id"]
+
+    # The caller's own id is kept; without one the server makes a fresh one per call.
+    own = call_metadata(token(Role.OPERATOR), request_id="pos-7.call:42")
+    assert await request_id(own) == "pos-7.call:42"
+    made = {await request_id(member.md()) for _ in range(3)}
+    assert len(made) == 3 and all(made)
+    # An id that could carry personal data (a phone number, free text) is replaced: it
+    # would be written to every log line of the call as it is.
+    for unsafe in ("13812345678", "call me", "x" * 65, '"}{"'):
+        got = await request_id(call_metadata(token(Role.OPERATOR), request_id=unsafe))
+        assert got != unsafe and "13812345678" not in got

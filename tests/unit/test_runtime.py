@@ -3,9 +3,13 @@ encryption, page tokens, idempotency fingerprints and error statuses. No sockets
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
+import re
 import time
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -36,7 +40,7 @@ from services.runtime.errors import (
     not_found,
 )
 from services.runtime.idempotency import IdempotencyRecord, fingerprint, replay
-from services.runtime.logs import configure_logging
+from services.runtime.logs import RpcLog, configure_logging, log_rpc, request_id_var
 from services.runtime.redaction import mask_phone, redact_value, scrub_text
 
 SECRET = "unit-secret-" + "y" * 20
@@ -263,6 +267,65 @@ def test_log_level_filters(capsys, restore_logging) -> None:
     log.warning("loud")
     out = capsys.readouterr().out
     assert "loud" in out and "quiet" not in out
+
+
+def test_redact_value_masks_phone_numbers_held_as_numbers() -> None:
+    assert redact_value("phone", 13812345678) == "138****5678"
+    assert redact_value("contact", 13812345678) == "138****5678"
+    assert redact_value("count", 1381234) == 1381234
+    assert redact_value("ratio", 0.5) == 0.5 and redact_value("ok", True) is True
+
+
+def test_log_timestamps_match_structlogs_iso_format(capsys, restore_logging) -> None:
+    configure_logging("info", "json")
+    structlog.get_logger("pond.test").info("tick")
+    stamp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(parsed.timestamp() - time.time()) < 5
+
+
+def test_rpc_lines_are_json_with_the_call_fields(capsys, restore_logging) -> None:
+    configure_logging("info", "json")
+    token = request_id_var.set("req-1")
+    try:
+        log_rpc("/pond.member.v1.MemberService/GetMember", "NOT_FOUND", 0.42)
+    finally:
+        request_id_var.reset(token)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == {"method": "/pond.member.v1.MemberService/GetMember", "code": "NOT_FOUND",
+                    "ms": 0.42, "event": "rpc", "request_id": "req-1", "level": "info",
+                    "timestamp": line["timestamp"]}
+
+
+def test_rpc_lines_are_written_in_batches_from_the_event_loop() -> None:
+    stream = io.BytesIO()
+    rpc_log = RpcLog(stream, flush_seconds=0.05)
+
+    async def serve() -> tuple[bytes, bytes]:
+        for i in range(3):
+            rpc_log.add("/s/M", "OK", float(i))
+        held = stream.getvalue()  # nothing written while the calls are served
+        await asyncio.sleep(0.2)
+        return held, stream.getvalue()
+
+    held, written = asyncio.run(serve())
+    assert held == b""
+    lines = [json.loads(x) for x in written.splitlines()]
+    assert [x["ms"] for x in lines] == [0.0, 1.0, 2.0]
+    # Outside an event loop (start-up, scripts) a line is written at once.
+    rpc_log.add("/s/M", "OK", 9.0)
+    assert json.loads(stream.getvalue().splitlines()[-1])["ms"] == 9.0
+
+
+def test_rpc_lines_follow_the_log_level_and_format(capsys, restore_logging) -> None:
+    configure_logging("warning", "json")
+    log_rpc("/s/M", "OK", 1.0)
+    assert capsys.readouterr().out == ""
+    configure_logging("info", "console")
+    log_rpc("/s/M", "OK", 1.0)
+    out = capsys.readouterr().out
+    assert "rpc" in out and "/s/M" in out and not out.startswith("{")
 
 
 # -- field encryption --
