@@ -177,23 +177,27 @@ class TaggingApp:
             index = await engine.ensure_members(member_ids)
             at = epoch_micros(self.now())
             pairs = [(index[m], t) for m in dict.fromkeys(member_ids) for t in tag_names]
-            if assign:
-                todo = [p for p in pairs if p not in engine.manual_meta]
-                changed = await self.store.set_manual_tags(
-                    [ManualTag(i, t, by, at) for i, t in todo], []
-                )
-            else:
-                todo = [p for p in pairs if p in engine.manual_meta]
-                changed = await self.store.set_manual_tags([], todo)
+            todo = [p for p in pairs if (p in engine.manual_meta) != assign]
             changes = TagChangeSet()
             for idx, tag in todo:
                 gained, lost = changes.tags.setdefault(tag, (BitMap(), BitMap()))
                 (gained if assign else lost).add(idx)
+            # Journeys react to a guide's tag as to a computed one: TagsChanged, queued
+            # in the same transaction as the change.
+            events = self._events(changes)
+            if assign:
+                adds = [ManualTag(i, t, by, at) for i, t in todo]
+                changed = await self.store.set_manual_tags(adds, [], events)
+            else:
+                changed = await self.store.set_manual_tags([], todo, events)
+            for pair in todo:
                 if assign:
-                    engine.manual_meta[(idx, tag)] = (by, at)
+                    engine.manual_meta[pair] = (by, at)
                 else:
-                    engine.manual_meta.pop((idx, tag), None)
+                    engine.manual_meta.pop(pair, None)
             engine.apply_changes(changes)
+            if events:
+                self._on_commit()
         await self._rescore_indexes([i for i, _ in todo])
         return changed
 

@@ -245,6 +245,12 @@ async def test_manual_tags_count_actual_changes(store):
     assert await store.load_manual_tags() == [mtag(1, "churn")]
 
 
+async def test_manual_tag_changes_queue_their_events_with_them(store):
+    await store.set_manual_tags([mtag(1, "vip")], [], [b"vip-gained"])
+    await store.set_manual_tags([], [(1, "vip")], [b"vip-lost"])
+    assert [e for _, e in await store.outbox_pending(10)] == [b"vip-gained", b"vip-lost"]
+
+
 # -- definitions and versions --
 
 

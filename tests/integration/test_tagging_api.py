@@ -446,7 +446,7 @@ async def test_update_tag_expression_adds_a_version(stack: Stack):
 # -- manual tags -----------------------------------------------------------
 
 
-async def test_assign_and_remove_manual_tags(stack: Stack):
+async def test_assign_and_remove_manual_tags(stack: Stack, redis):
     await create_tag(stack, "has_kids")
     await create_tag(stack, "vip")
     await create_tag(stack, "rich", RULE, "spend_total > 100000")
@@ -466,6 +466,14 @@ async def test_assign_and_remove_manual_tags(stack: Stack):
     assert await assign(["m1", "m2", "m3"], ["has_kids", "vip"]) == 6
     assert await assign(["m1", "m2", "m3"], ["has_kids", "vip"]) == 0
     assert await assign(["m3", "m4"], ["vip"]) == 1
+    # Each change is published once, like a computed tag's (journeys react to both).
+    manual = {"has_kids", "vip"}
+    gained = [(m, t, True, "") for m in ("m1", "m2", "m3") for t in manual]
+    gained.append(("m4", "vip", True, ""))
+    await eventually(
+        lambda: tag_changes(redis),
+        lambda got: sorted(c for c in got if c[1] in manual) == sorted(gained),
+    )
     got = await stack.stub.GetTag(pb.GetTagRequest(name="vip"), metadata=stack.md())
     assert got.member_count == 4
     p = await profile(stack, "m1")
@@ -475,6 +483,11 @@ async def test_assign_and_remove_manual_tags(stack: Stack):
 
     assert await assign(["m1", "m2", "m9"], ["vip"], remove=True) == 2
     assert await assign(["m1", "m2", "m9"], ["vip"], remove=True) == 0
+    await eventually(
+        lambda: tag_changes(redis),
+        lambda got: sorted(c for c in got if c[1] == "vip" and not c[2])
+        == [("m1", "vip", False, ""), ("m2", "vip", False, "")],
+    )
     got = await stack.stub.GetTag(pb.GetTagRequest(name="vip"), metadata=stack.md())
     assert got.member_count == 2
     assert await tag_names(stack, "m1") >= {"has_kids"}

@@ -59,8 +59,11 @@ class TaggingStore(abc.ABC):
 
     # -- manual tags --
     @abc.abstractmethod
-    async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
-        """Returns how many (member, tag) pairs actually changed."""
+    async def set_manual_tags(
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+    ) -> int:
+        """Adds and removes (member, tag) pairs and queues `events`, atomically.
+        Returns how many pairs actually changed."""
 
     @abc.abstractmethod
     async def load_manual_tags(self) -> list[ManualTag]: ...

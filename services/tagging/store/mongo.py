@@ -257,7 +257,9 @@ class MongoTaggingStore(MongoStore, TaggingStore):
             after = int(docs[-1]["_id"])
 
     # -- manual tags --
-    async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
+    async def set_manual_tags(
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+    ) -> int:
         adds = [
             (
                 {"_id": _manual_tag_id(t.idx, t.tag)},
@@ -266,12 +268,15 @@ class MongoTaggingStore(MongoStore, TaggingStore):
             for t in add
         ]
         removes = list(dict.fromkeys(_manual_tag_id(idx, tag) for idx, tag in remove))
+        events = list(events)
+        seqs = await self._next_ids("outbox", len(events))
 
         async def write(s) -> int:
             changed = await self._upsert_many(self._c.manual_tags, adds, replace=False, session=s)
             if removes:
                 result = await self._c.manual_tags.delete_many({"_id": {"$in": removes}}, session=s)
                 changed += result.deleted_count
+            await self._queue(seqs, events, s)
             return changed
 
         return await self._atomically(write)

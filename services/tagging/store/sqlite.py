@@ -147,7 +147,9 @@ class SqliteTaggingStore(TaggingStore):
             after = rows[-1][0]
 
     # -- manual tags --
-    async def set_manual_tags(self, add: list[ManualTag], remove: list[tuple[int, str]]) -> int:
+    async def set_manual_tags(
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+    ) -> int:
         def work(raw: sqlite3.Connection) -> int:
             # executemany's rowcount is the rows actually inserted or deleted.
             added = raw.executemany(
@@ -157,6 +159,8 @@ class SqliteTaggingStore(TaggingStore):
             removed = raw.executemany(
                 "DELETE FROM manual_tags WHERE idx=? AND tag=?", list(remove)
             ).rowcount
+            if events:
+                raw.executemany("INSERT INTO outbox (event) VALUES (?)", [(e,) for e in events])
             return max(added, 0) + max(removed, 0)
 
         return await sqlite_transaction(self._w, self._lock, work)
