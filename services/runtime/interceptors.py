@@ -154,9 +154,8 @@ class _InterceptedGenericHandler(grpc.GenericRpcHandler):
 
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-# Ids the server makes: a random prefix per process and a counter. Not os.urandom per
-# call: it is a syscall that releases the GIL, and winning it back from grpc's
-# poller thread cost more than the rest of the call's set-up.
+# Ids the server makes: a random prefix per process and a counter, unique without a
+# syscall per call (os.urandom is one, and releases the GIL to grpc's poller thread).
 _REQUEST_ID_PREFIX = os.urandom(6).hex() + "-"
 _request_numbers = itertools.count(1)
 
