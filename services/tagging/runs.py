@@ -14,17 +14,19 @@ under way keep their fresher real-time result (the run read an older history).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import time
 from datetime import datetime
 
+import grpc
 import numpy as np
 import structlog
 from pyroaring import BitMap
 
 from services.runtime.clock import epoch_micros
-from services.runtime.errors import failed_precondition, not_found
+from services.runtime.errors import PondError, failed_precondition, not_found
 from services.runtime.eventbus import make_event
 from services.runtime.ids import new_id
 from services.tagging.catalogue import DOMAIN
@@ -69,11 +71,54 @@ def _subset(frame: FeatureFrame, keep: np.ndarray) -> FeatureFrame:
 
 
 class ScoringRunner:
-    def __init__(self, engine: TagEngine, *, wait_seconds: float = 600.0) -> None:
+    def __init__(
+        self, engine: TagEngine, *, wait_seconds: float = 600.0, rescore_delay: float = 2.0
+    ) -> None:
         self.engine = engine
         self.store = engine.store
         self.wait_seconds = wait_seconds
         self.progress: dict[str, dict] = {}  # live docs of runs in this process
+        self.rescore_delay = rescore_delay
+        self._rescore_wanted = False
+        self._rescore_task: asyncio.Task | None = None
+
+    def rescore_soon(self) -> None:
+        """The rules changed (a rule tag created or edited, a category's repurchase
+        cycle set): a run over everyone starts `rescore_delay` seconds from now, so
+        members get the new rule at once instead of at the next scheduled run. Changes
+        in quick succession share one run; any run over everyone that starts in the
+        meantime counts; while another run holds the lock, this one waits for it."""
+        self._rescore_wanted = True
+        if self._rescore_task is None or self._rescore_task.done():
+            self._rescore_task = asyncio.create_task(self._rescore(), name="tagging-rescore")
+
+    async def _rescore(self) -> None:
+        delay = self.rescore_delay
+        while self._rescore_wanted:
+            await asyncio.sleep(delay)
+            if not self._rescore_wanted:
+                return  # a run over everyone began meanwhile
+            try:
+                doc = await self.begin()
+            except PondError as exc:
+                if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                delay = max(self.rescore_delay, 5.0)  # another run holds the lock
+                continue
+            delay = self.rescore_delay
+            # A failed run is recorded and logged by execute; a change made while it
+            # ran (the loop's condition) gets a new run.
+            with contextlib.suppress(Exception):
+                await self.execute(doc["id"])
+
+    async def close(self) -> None:
+        """Stops a pending or running rescore (a running one keeps its lock and is
+        resumable, like any interrupted run)."""
+        task, self._rescore_task = self._rescore_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _now(self) -> int:
         return epoch_micros(self.engine.clock.now())
@@ -113,6 +158,8 @@ class ScoringRunner:
             raise failed_precondition(
                 "RUN_IN_PROGRESS", f"scoring run {holder} is running", domain=DOMAIN, run_id=holder
             )
+        if not segment_id and not resume_run_id:
+            self._rescore_wanted = False  # this run scores everyone with the rules as they are
         doc = {
             "id": run_id,
             "state": "running",

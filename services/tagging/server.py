@@ -70,6 +70,7 @@ class TaggingService:
         self._stop.set()
         # Scoring runs still going stop before the store closes; like a crash, they
         # keep the run lock and are resumed with StartScoringRun(resume_run_id).
+        await self.runner.close()
         runs = list(self.servicer.run_tasks) if self.servicer else []
         for task in [*runs, *self._tasks]:
             task.cancel()
@@ -110,7 +111,12 @@ async def start_tagging_service(
         relay = OutboxRelay(engine.store, redis, STREAM, poll_seconds=settings.outbox_poll_seconds)
         if settings.outbox_relay_enabled:
             tasks.append(asyncio.create_task(relay.run(stop), name="tagging-outbox"))
-    app = TaggingApp(engine, on_commit=relay.notify if relay else (lambda: None))
+    runner = ScoringRunner(engine, rescore_delay=settings.tagging_rescore_delay_seconds)
+    app = TaggingApp(
+        engine,
+        on_commit=relay.notify if relay else (lambda: None),
+        on_rules_changed=runner.rescore_soon if runner.rescore_delay > 0 else (lambda: None),
+    )
     if settings.redis_url:
         consumer = EventConsumer(
             connect_redis(settings.redis_url),
@@ -123,7 +129,6 @@ async def start_tagging_service(
             block_ms=200,
         )
         tasks.append(asyncio.create_task(consumer.run(stop), name="tagging-consumer"))
-    runner = ScoringRunner(engine)
     servicer = TaggingServicer(app, runner)
     server = PondServer(
         ServiceRegistration(

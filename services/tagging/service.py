@@ -64,10 +64,13 @@ class _Bitmaps:
 
 
 class TaggingApp:
-    def __init__(self, engine: TagEngine, on_commit=lambda: None) -> None:
+    def __init__(
+        self, engine: TagEngine, on_commit=lambda: None, on_rules_changed=lambda: None
+    ) -> None:
         self.engine = engine
         self.store = engine.store
-        self._on_commit = on_commit
+        self._on_commit = on_commit  # events are queued: wake the outbox relay
+        self._on_rules_changed = on_rules_changed  # rescore everyone soon
 
     def now(self) -> datetime:
         return self.engine.clock.now()
@@ -123,6 +126,8 @@ class TaggingApp:
             if expr is not None:
                 await self.store.add_version("tag", name, 1, _version_doc(doc))
             self.engine.tags[name] = Definition(doc, expr)
+        if expr is not None:
+            self._on_rules_changed()
         return self.engine.tags[name]
 
     async def update_tag(self, name: str, values: dict) -> Definition:
@@ -149,6 +154,8 @@ class TaggingApp:
                 await self.store.add_version("tag", name, doc["version"], _version_doc(doc))
             await self.store.put_definition("tag", name, doc)
             self.engine.tags[name] = cat.parse_definition(doc)
+        if new_rule:
+            self._on_rules_changed()
         return self.engine.tags[name]
 
     async def tag_versions(self, name: str) -> list[dict]:
@@ -486,6 +493,7 @@ class TaggingApp:
         await self._categories([category])
         await self.store.set_cycle(category, days)
         self.engine.configured_cycles = await self.store.load_cycles()
+        self._on_rules_changed()  # repurchase-due tags of the category move
 
 
 def _version_doc(doc: dict) -> dict:

@@ -17,3 +17,6 @@ class TaggingSettings(RuntimeSettings):
     # Consumer: redeliver a message idle this long; dead-letter after N deliveries.
     tagging_claim_idle_ms: int = 30_000
     tagging_max_deliveries: int = 5
+    # After a rule tag is created or changed (or a category cycle set), a scoring run
+    # over everyone starts this many seconds later; 0 leaves it to the scheduled runs.
+    tagging_rescore_delay_seconds: float = 2.0

@@ -64,7 +64,9 @@ def local_today(timezone: str) -> int:
 
 
 def settings_for(data_dir: Path) -> TaggingSettings:
-    return TaggingSettings(data_dir=data_dir, auth_secret=TEST_SECRET, mode="embedded")
+    return TaggingSettings(
+        data_dir=data_dir, auth_secret=TEST_SECRET, mode="embedded", tagging_rescore_delay_seconds=0
+    )
 
 
 def synthetic_rows(index: dict[str, int], categories: dict[str, int], today: int) -> list[tuple]:

@@ -79,6 +79,8 @@ async def stack(member: MemberHarness, redis_url: str, tmp_path) -> AsyncIterato
         mode="test",
         outbox_poll_seconds=0.05,
         tagging_flush_seconds=0.2,
+        # Runs start only when a test starts them (one test turns the rescore on).
+        tagging_rescore_delay_seconds=0,
     )
     s = Stack(member, settings, member.clock)
     await s.start()
@@ -659,6 +661,47 @@ async def test_scoring_run_streams_to_succeeded(stack: Stack, redis):
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+async def test_a_new_or_changed_rule_reaches_everyone_without_waiting_for_a_run(
+    stack: Stack, redis
+):
+    await stack.restart(tagging_rescore_delay_seconds=0.1)
+    await populate(stack, [0, 1, 2, 3])
+
+    async def runs() -> list[pb.ScoringRun]:
+        reply = await stack.stub.ListScoringRuns(pb.ListScoringRunsRequest(), metadata=stack.md())
+        return list(reply.runs)
+
+    async def members(tag: str) -> int:
+        got = await stack.stub.GetTag(pb.GetTagRequest(name=tag), metadata=stack.md())
+        return got.member_count
+
+    # The members were scored before these rules existed; two rules saved together
+    # share one run, which gives every member the new tags.
+    await create_tag(stack, "buyer", RULE, "orders_total >= 1")
+    await create_tag(stack, "loyal", RULE, "orders_total >= 3")
+    await eventually(runs, lambda r: len(r) == 1 and r[0].state == SUCCEEDED)
+    assert (await members("buyer"), await members("loyal")) == (3, 1)
+    changes = await eventually(
+        lambda: tag_changes(redis), lambda c: any(t == "buyer" for _, t, _, _ in c)
+    )
+    run_id = (await runs())[0].id
+    assert {(t, run) for _, t, _, run in changes if t == "buyer"} == {("buyer", run_id)}
+
+    # A new version of a rule applies to everyone too; a manual tag needs no run.
+    await stack.stub.UpdateTag(
+        pb.UpdateTagRequest(
+            tag=pb.Tag(name="buyer", expression="orders_total >= 2"),
+            update_mask=field_mask_pb2.FieldMask(paths=["expression"]),
+        ),
+        metadata=stack.md(),
+    )
+    await create_tag(stack, "has_kids")
+    await eventually(runs, lambda r: len(r) == 2 and r[0].state == SUCCEEDED)
+    assert await members("buyer") == 2
+    await asyncio.sleep(0.3)
+    assert len(await runs()) == 2
 
 
 async def test_a_second_run_is_refused_while_one_runs(stack: Stack, monkeypatch):
