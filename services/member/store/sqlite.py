@@ -5,7 +5,6 @@ transaction; reads use a second connection, so they run beside a write (WAL)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from datetime import datetime
 
@@ -27,7 +26,7 @@ from services.member.store import (
     codec,
 )
 from services.runtime.idempotency import IdempotencyRecord
-from services.runtime.storage import open_point_reader, open_sqlite, sqlite_transaction
+from services.runtime.storage import SqliteWriter, open_point_reader, open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -81,7 +80,7 @@ class SqliteMemberStore(MemberStore):
         self._w = writer
         self._r = reader
         self._point = point_reader
-        self._lock = asyncio.Lock()
+        self._writer = SqliteWriter(writer)
 
     @classmethod
     async def open(cls, path: str) -> SqliteMemberStore:
@@ -97,7 +96,7 @@ class SqliteMemberStore(MemberStore):
 
     # -- writes --
     async def commit(self, change: Change) -> None:
-        await sqlite_transaction(self._w, self._lock, lambda raw: self._apply(raw, change))
+        await self._writer.transaction(lambda raw: self._apply(raw, change))
         if change.member is not None:
             change.member.version = (change.expected_version or 0) + 1
 
@@ -394,8 +393,6 @@ class SqliteMemberStore(MemberStore):
         return [(r[0], bytes(r[1])) for r in rows]
 
     async def outbox_mark_published(self, seqs: list[int]) -> None:
-        await sqlite_transaction(
-            self._w,
-            self._lock,
+        await self._writer.transaction(
             lambda raw: raw.executemany("DELETE FROM outbox WHERE seq=?", [(s,) for s in seqs]),
         )

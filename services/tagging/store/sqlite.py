@@ -3,14 +3,13 @@ through one connection under a lock; scans and reads use a second connection."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
 
 import aiosqlite
 
-from services.runtime.storage import open_sqlite, sqlite_transaction
+from services.runtime.storage import SqliteWriter, open_sqlite
 from services.tagging.domain.history import ROW_COLUMNS
 from services.tagging.store import AlreadyExists, ManualTag, TaggingStore
 
@@ -50,7 +49,7 @@ _ROW_MARKS = ", ".join("?" * len(ROW_COLUMNS))
 class SqliteTaggingStore(TaggingStore):
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._w, self._r = writer, reader
-        self._lock = asyncio.Lock()
+        self._writer = SqliteWriter(writer)
 
     @classmethod
     async def open(cls, path: str) -> SqliteTaggingStore:
@@ -72,7 +71,7 @@ class SqliteTaggingStore(TaggingStore):
                 else:
                     raw.execute(sql, params)
 
-        await sqlite_transaction(self._w, self._lock, work)
+        await self._writer.transaction(work)
 
     async def _all(self, sql: str, args: tuple = ()) -> list:
         return list(await self._r.execute_fetchall(sql, args))  # one thread hop
@@ -99,7 +98,7 @@ class SqliteTaggingStore(TaggingStore):
                 )
             return found
 
-        return await sqlite_transaction(self._w, self._lock, work)
+        return await self._writer.transaction(work)
 
     async def load_index(self) -> list[tuple[int, str]]:
         return [
@@ -163,7 +162,7 @@ class SqliteTaggingStore(TaggingStore):
                 raw.executemany("INSERT INTO outbox (event) VALUES (?)", [(e,) for e in events])
             return max(added, 0) + max(removed, 0)
 
-        return await sqlite_transaction(self._w, self._lock, work)
+        return await self._writer.transaction(work)
 
     async def load_manual_tags(self) -> list[ManualTag]:
         return [
@@ -252,7 +251,7 @@ class SqliteTaggingStore(TaggingStore):
                 return run_id
             return held[0]
 
-        return await sqlite_transaction(self._w, self._lock, work)
+        return await self._writer.transaction(work)
 
     async def refresh_run_lock(self, run_id: str, now: int) -> None:
         await self._write([("UPDATE run_lock SET heartbeat=? WHERE run_id=?", (now, run_id))])

@@ -1,0 +1,88 @@
+"""The stores' SQLite writer: transactions in arrival order, written in groups, each
+committed or rolled back on its own. A real SQLite file, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from services.runtime.storage import SqliteWriter, open_sqlite
+
+
+@pytest.fixture
+async def writer(tmp_path):
+    conn = await open_sqlite(tmp_path / "w.db")
+    await conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+    w = SqliteWriter(conn)
+    yield w
+    await w.close()
+
+
+def insert(k: str, v: int = 0):
+    def work(raw: sqlite3.Connection) -> str:
+        raw.execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, v))
+        return k
+
+    return work
+
+
+async def rows(w: SqliteWriter) -> list[tuple]:
+    return [tuple(r) for r in await w.conn.execute_fetchall("SELECT k, v FROM t ORDER BY k")]
+
+
+async def test_concurrent_transactions_share_thread_jobs_and_keep_their_order(writer):
+    jobs = 0
+    execute = writer.conn._execute
+
+    async def counting(fn, *args):
+        nonlocal jobs
+        jobs += 1
+        return await execute(fn, *args)
+
+    writer.conn._execute = counting
+    order: list[int] = []
+
+    def append(i: int):
+        def work(raw: sqlite3.Connection) -> int:
+            raw.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"k{i:03d}", i))
+            order.append(i)
+            return i
+
+        return work
+
+    got = await asyncio.gather(*(writer.transaction(append(i)) for i in range(100)))
+    assert got == list(range(100)) and order == list(range(100))
+    assert len(await rows(writer)) == 100
+    # The first transaction goes alone; the 99 that queued behind it go together.
+    assert jobs < 10
+
+
+async def test_a_failing_transaction_rolls_back_alone(writer):
+    def half_then_fail(raw: sqlite3.Connection) -> None:
+        raw.execute("INSERT INTO t (k, v) VALUES ('half', 1)")
+        raise ValueError("refused")
+
+    results = await asyncio.gather(
+        writer.transaction(insert("a")),
+        writer.transaction(half_then_fail),
+        writer.transaction(insert("a")),  # primary key taken: sqlite3.IntegrityError
+        writer.transaction(insert("b")),
+        return_exceptions=True,
+    )
+    assert results[0] == "a" and results[3] == "b"
+    assert isinstance(results[1], ValueError) and isinstance(results[2], sqlite3.IntegrityError)
+    assert await rows(writer) == [("a", 0), ("b", 0)]
+
+
+async def test_a_caller_cancelled_before_its_turn_writes_nothing(writer):
+    first = asyncio.ensure_future(writer.transaction(insert("first")))
+    second = asyncio.ensure_future(writer.transaction(insert("second")))
+    await asyncio.sleep(0)  # both queued, neither written yet
+    second.cancel()
+    assert await first == "first"
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await writer.transaction(insert("third"))
+    assert [k for k, _ in await rows(writer)] == ["first", "third"]
