@@ -289,6 +289,8 @@ class ScoringRunner:
             duration_seconds=round(time.perf_counter() - started, 3),
         )
         await self.store.put_run(run_id, doc)
+        # The partitions' statistics and results (tens of MB at 1M members) are spent.
+        await self.store.clear_run_stats()
         await self.store.release_run_lock(run_id)
         log.info(
             "scoring run done",

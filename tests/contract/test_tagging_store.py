@@ -359,6 +359,8 @@ async def test_run_stats(store):
     assert await store.load_run_stats("run-1") == {0: b"ZERO", 2: b"\x00two"}
     assert await store.load_run_stats("run-2") == {0: b"other"}
     assert await store.load_run_stats("run-3") == {}
+    await store.clear_run_stats()
+    assert await store.load_run_stats("run-1") == {} and await store.load_run_stats("run-2") == {}
 
 
 # -- categories and cycles --

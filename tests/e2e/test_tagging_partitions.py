@@ -188,6 +188,16 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
         runner = ScoringRunner(engine, wait_seconds=WORKER_SECONDS)
         doc = await runner.begin(partitions=2)
         assert doc["partitions"] == 2
+        # What the partitions exchanged, as it stood when the finished run cleared it.
+        exchanged: dict[str, list[int]] = {}
+        clear = engine.store.clear_run_stats
+
+        async def clear_after_looking() -> None:
+            for key in ("stats", "result"):
+                exchanged[key] = sorted(await engine.store.load_run_stats(f"{doc['id']}/{key}"))
+            await clear()
+
+        engine.store.clear_run_stats = clear_after_looking
         with log_path.open("wb") as log:
             worker = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -212,10 +222,11 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
                 if worker.returncode is None:
                     worker.kill()
                     await worker.wait()
-        # Partition 1 really ran in the other process: both wrote their statistics.
+        # Partition 1 really ran in the other process: both wrote their statistics,
+        # and the finished run then cleared them.
+        assert exchanged == {"stats": [0, 1], "result": [0, 1]}
         for key in ("stats", "result"):
-            parts = await engine.store.load_run_stats(f"{doc['id']}/{key}")
-            assert sorted(parts) == [0, 1]
+            assert await engine.store.load_run_stats(f"{doc['id']}/{key}") == {}
         return done
     finally:
         await engine.store.close()

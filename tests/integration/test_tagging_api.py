@@ -633,6 +633,11 @@ async def test_scoring_run_streams_to_succeeded(stack: Stack, redis):
     assert p.scores["rfm_class"] and p.scores["value_quadrant"]
     assert any(t.name.startswith("rfm:") and t.source == "score" for t in p.tags)
 
+    # The partitions' exchange is spent once the run has succeeded.
+    store = stack.tagging.engine.store
+    assert await store.load_run_stats(f"{started.id}/stats") == {}
+    assert await store.load_run_stats(f"{started.id}/result") == {}
+
     # Nothing changed since: a second run gains and loses nothing.
     again = await run_to_end(stack)
     assert (again.state, again.tags_gained, again.tags_lost) == (SUCCEEDED, 0, 0)

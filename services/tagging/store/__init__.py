@@ -127,6 +127,11 @@ class TaggingStore(abc.ABC):
     @abc.abstractmethod
     async def load_run_stats(self, run_id: str) -> dict[int, bytes]: ...
 
+    @abc.abstractmethod
+    async def clear_run_stats(self) -> None:
+        """Deletes every partition exchange: called when a run has succeeded (a
+        resumed run never reads an earlier attempt's, so none is needed again)."""
+
     # -- categories --
     @abc.abstractmethod
     async def category_ids(self, names: list[str]) -> dict[str, int]:

@@ -415,6 +415,9 @@ class MongoTaggingStore(MongoStore, TaggingStore):
             async for d in self._c.run_stats.find({"run_id": run_id})
         }
 
+    async def clear_run_stats(self) -> None:
+        await self._c.run_stats.delete_many({})
+
     # -- categories --
     async def category_ids(self, names: list[str]) -> dict[str, int]:
         return await self._get_or_create("categories", "name", names)

@@ -295,6 +295,9 @@ class SqliteTaggingStore(TaggingStore):
             )
         }
 
+    async def clear_run_stats(self) -> None:
+        await self._write([("DELETE FROM run_stats", ())])
+
     # -- categories --
     async def category_ids(self, names: list[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(names))
