@@ -20,10 +20,15 @@ async def run_schedule(member: MemberApp, scoring: ScoringRunner, stop: asyncio.
         try:
             expired = await member.run_points_expiry(remind_within_days=30)
             evaluated = await member.evaluate_tiers()
+            gifted, _points = await member.grant_birthday_gifts()
             run = await scoring.begin()
             await scoring.execute(run["id"])
             log.info(
-                "scheduled jobs ran", points_expiry=expired, tiers=evaluated, scoring_run=run["id"]
+                "scheduled jobs ran",
+                points_expiry=expired,
+                tiers=evaluated,
+                birthday_gifts=gifted,
+                scoring_run=run["id"],
             )
         except Exception:
             log.exception("scheduled jobs failed; will retry next interval")

@@ -42,6 +42,7 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "ListPointsEntries": EVERYONE,
     "ListExpiringPoints": EVERYONE,
     "RunPointsExpiry": OPS,
+    "GrantBirthdayGifts": OPS,
     "TopUpStoredValue": STAFF,
     "PayWithStoredValue": EVERYONE,
     "RefundStoredValuePayment": OPS,
@@ -302,6 +303,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         return pb.RunPointsExpiryResponse(
             members_expired=members, points_expired=points, lots_announced=announced
         )
+
+    async def GrantBirthdayGifts(
+        self, request: pb.GrantBirthdayGiftsRequest, context
+    ) -> pb.GrantBirthdayGiftsResponse:
+        members, points = await self.app.grant_birthday_gifts()
+        return pb.GrantBirthdayGiftsResponse(members_gifted=members, points_granted=points)
 
     # -- stored value --
     async def TopUpStoredValue(

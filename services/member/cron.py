@@ -1,6 +1,7 @@
 """`python -m services.member.cron` runs the member service's periodic jobs against a
 running service (a Kubernetes CronJob in production): points expiry with reminders,
-then tier re-evaluation. It mints a short-lived service token from the auth secret."""
+tier re-evaluation, then birthday gifts. It mints a short-lived service token from the
+auth secret."""
 
 from __future__ import annotations
 
@@ -30,8 +31,14 @@ async def main() -> int:
     tiers = await call(
         stub.EvaluateTiers, pb.EvaluateTiersRequest(), metadata=md, timeout=600, idempotent=True
     )
+    gifts = await call(
+        stub.GrantBirthdayGifts, pb.GrantBirthdayGiftsRequest(), metadata=md, timeout=600,
+        idempotent=True,
+    )
     log.info(
         "member jobs done",
+        members_gifted=gifts.members_gifted,
+        birthday_points=gifts.points_granted,
         members_expired=expiry.members_expired,
         points_expired=expiry.points_expired,
         lots_announced=expiry.lots_announced,

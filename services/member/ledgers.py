@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from services.member.domain import points as dp
 from services.member.domain import stored_value as dsv
 from services.member.domain.errors import RuleViolation
+from services.member.domain.members import birthday_endings
 from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.events import EventWriter
@@ -98,6 +100,44 @@ class LedgerUseCases(MemberCore):
             )
 
         return await self._move_points("AdjustPoints", member_id, idem, request_id, make)
+
+    async def grant_birthday_gifts(self, batch: int = 500) -> tuple[int, int]:
+        """Gives every member whose birthday is today (the brand's calendar) their
+        tier's birthday gift points, once a year: a rerun, or a member found again
+        later the same day, gives nothing more. Returns (members gifted, points)."""
+        program = await self.tier_program()
+        today = self.now().astimezone(ZoneInfo(self.rules.timezone)).date()
+        endings = birthday_endings(today)
+        gifted = granted = 0
+        after = ""
+        while page := await self.store.members_with_birthday(endings, after, batch):
+            for m in page:
+                gift = program.tier(m.tier_level).birthday_gift_points
+                if gift > 0 and await self._give_birthday_gift(m.id, gift, today.year):
+                    gifted += 1
+                    granted += gift
+            after = page[-1].id
+        return gifted, granted
+
+    async def _give_birthday_gift(self, member_id: str, points: int, year: int) -> bool:
+        scope, idem = "GrantBirthdayGifts", Idem(f"{member_id}:{year}", "birthday-gift")
+        if await self.store.get_idempotency(scope, idem.key) is not None:
+            return False  # given earlier this year
+
+        def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
+            return dp.grant(
+                entry_id=new_id("p"),
+                member_id=m.id,
+                balance=m.points_balance,
+                points=points,
+                now=now,
+                kind=PointsEntryKind.GIFT,
+                reason=f"birthday gift {year}",
+                expires_at=now + timedelta(days=self.rules.points_valid_days),
+            )
+
+        await self._move_points(scope, member_id, idem, "", make)
+        return True
 
     async def list_points_entries(
         self, member_id: str, before_id: str, limit: int

@@ -93,6 +93,7 @@ async def start_member_service(
         settings.points_per_yuan,
         settings.growth_per_yuan,
         settings.points_valid_days,
+        settings.timezone,
     )
     app = MemberApp(
         store,

@@ -53,6 +53,7 @@ class LoyaltyRules:
     points_per_yuan: int = 1
     growth_per_yuan: int = 1
     points_valid_days: int = 365
+    timezone: str = "Asia/Shanghai"  # whose calendar birthdays follow
 
 
 @dataclass(frozen=True)

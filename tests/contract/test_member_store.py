@@ -329,6 +329,16 @@ async def test_concurrent_commits_on_one_version_one_wins(store: MemberStore) ->
     assert [e for _, e in await store.outbox_pending(10)] == [f"e{w}".encode()]
 
 
+async def test_members_with_birthday_match_the_month_and_day(store: MemberStore) -> None:
+    for mid, day in (("m1", "1990-02-28"), ("m2", "1992-02-29"), ("m3", "1990-12-28"),
+                     ("m4", ""), ("m5", "2001-02-28")):
+        await add(store, new_member(mid, birthday=day))
+    found = await store.members_with_birthday(("-02-28", "-02-29"), "", 10)
+    assert [m.id for m in found] == ["m1", "m2", "m5"]
+    assert [m.id for m in await store.members_with_birthday(("-02-28",), "m1", 1)] == ["m5"]
+    assert await store.members_with_birthday(("-07-04",), "", 10) == []
+
+
 async def test_list_members_filters_and_pages(store: MemberStore) -> None:
     rows = [  # id, store, guide, tier, kind, channel
         ("m01", "s1", "g1", 0, MemberKind.REGISTERED, 1),

@@ -252,6 +252,44 @@ async def test_tier_program_update_and_fifth_tier_rejected(member: MemberHarness
                 grpc.StatusCode.PERMISSION_DENIED)
 
 
+async def test_birthday_gifts_once_a_year_by_tier(member: MemberHarness):
+    # The harness clock: 2026-03-01 10:00 in Asia/Shanghai.
+    def born(day: str) -> dict:
+        return {"profile": pb.Profile(birthday=day)}
+
+    silver = await register(member, phone("13800000001"), **born("1990-03-01"))
+    entry = await register(member, phone("13800000002"), **born("1991-03-01"))
+    tomorrow = await register(member, phone("13800000003"), **born("1990-03-02"))
+    for m in (silver, tomorrow):
+        await order(member, m.id, f"o-{m.id}", 100_000)  # 1,000 growth: Silver, 100-point gift
+    before = (await member.stub.GetMember(pb.GetMemberRequest(member_id=silver.id),
+                                          metadata=member.md())).points_balance
+
+    gifts = await member.stub.GrantBirthdayGifts(pb.GrantBirthdayGiftsRequest(),
+                                                 metadata=member.md(Role.SERVICE))
+    # The entry tier has no gift; tomorrow's birthday is tomorrow.
+    assert (gifts.members_gifted, gifts.points_granted) == (1, 100)
+    got = await member.stub.GetMember(pb.GetMemberRequest(member_id=silver.id),
+                                      metadata=member.md())
+    assert got.points_balance == before + 100
+    entries = await member.stub.ListPointsEntries(
+        pb.ListPointsEntriesRequest(member_id=silver.id), metadata=member.md())
+    gift = entries.entries[0]
+    assert (gift.kind, gift.delta, gift.reason) == (pb.POINTS_ENTRY_KIND_GIFT, 100,
+                                                     "birthday gift 2026")
+    # Once a year: the nightly job running again (or twice) gives nothing more.
+    again = await member.stub.GrantBirthdayGifts(pb.GrantBirthdayGiftsRequest(),
+                                                 metadata=member.md())
+    assert (again.members_gifted, again.points_granted) == (0, 0)
+    for m in (entry, tomorrow):
+        other = await member.stub.ListPointsEntries(
+            pb.ListPointsEntriesRequest(member_id=m.id), metadata=member.md())
+        assert all(e.kind != pb.POINTS_ENTRY_KIND_GIFT for e in other.entries)
+    await fails(member.stub.GrantBirthdayGifts(pb.GrantBirthdayGiftsRequest(),
+                                               metadata=member.md(Role.GUIDE)),
+                grpc.StatusCode.PERMISSION_DENIED)
+
+
 async def test_points_redeem_adjust_expire_and_list(member: MemberHarness, redis):
     m = await register(member)
     await order(member, m.id, "o-1", 50_000)  # 500 points, expire in 365 days

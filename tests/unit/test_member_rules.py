@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -551,3 +551,17 @@ def test_member_copy_is_independent() -> None:
     c.identities.append(dm.Identity(IdentityKind.PHONE, "phone:x", "enc"))
     c.consents[2] = (False, NOW)
     assert m.identities == [] and list(m.consents) == [1]
+
+
+@pytest.mark.parametrize(
+    ("today", "endings"),
+    [
+        (date(2026, 3, 1), ("-03-01",)),
+        # Born on 29 February: celebrated on the 28th when the year has no 29th.
+        (date(2026, 2, 28), ("-02-28", "-02-29")),
+        (date(2028, 2, 28), ("-02-28",)),
+        (date(2028, 2, 29), ("-02-29",)),
+    ],
+)
+def test_birthday_endings(today: date, endings: tuple[str, ...]) -> None:
+    assert dm.birthday_endings(today) == endings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -117,6 +118,15 @@ def identity_problem(kind: int, value: str, app_id: str) -> str | None:
     if kind == IdentityKind.WECHAT_OPENID and not _TOKEN_RE.match(app_id):
         return "an openid needs the app_id of its mini-program or official account"
     return None
+
+
+def birthday_endings(today: date) -> tuple[str, ...]:
+    """The birthdays celebrated on `today`, as the "-MM-DD" ending of a YYYY-MM-DD
+    birthday: members born on 29 February celebrate on the 28th in other years."""
+    ending = today.strftime("-%m-%d")
+    if (today.month, today.day) == (2, 28) and not calendar.isleap(today.year):
+        return (ending, "-02-29")
+    return (ending,)
 
 
 def birthday_problem(text: str) -> str | None:

@@ -18,6 +18,7 @@ class PointsEntryKind(IntEnum):
     EXPIRE = 3
     ADJUST = 4
     REVERSE = 5
+    GIFT = 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,13 @@ class MemberStore(abc.ABC):
         """Newest first, before `before_id` ("" from the newest)."""
 
     @abc.abstractmethod
+    async def members_with_birthday(
+        self, endings: tuple[str, ...], after_id: str, limit: int
+    ) -> list[Member]:
+        """Members whose YYYY-MM-DD birthday ends with one of `endings` ("-MM-DD"),
+        by id, after `after_id`."""
+
+    @abc.abstractmethod
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
         """Members holding a lot with points left whose expiry is <= now."""
 

@@ -44,6 +44,7 @@ restored without `counters` must bring it along.
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING
@@ -305,6 +306,19 @@ class MongoMemberStore(MongoStore, MemberStore):
             query["_id"] = {"$lt": before_id}
         docs = await find_docs(self._c.points_entries, query, [("_id", DESCENDING)], limit)
         return [codec.points_entry_from_doc(d) for d in docs]
+
+    async def members_with_birthday(
+        self, endings: tuple[str, ...], after_id: str, limit: int
+    ) -> list[Member]:
+        # A daily job: an anchored-at-the-end regex scans the members (no index fits).
+        pattern = "(" + "|".join(re.escape(e) for e in endings) + ")$"
+        docs = await find_docs(
+            self._c.members,
+            {"_id": {"$gt": after_id}, "birthday": {"$regex": pattern}},
+            [("_id", ASCENDING)],
+            limit,
+        )
+        return [codec.member_from_doc(d) for d in docs]
 
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
         if limit == 0:

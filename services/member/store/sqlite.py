@@ -294,6 +294,18 @@ class SqliteMemberStore(MemberStore):
         )
         return [codec.points_entry_from_doc(orjson.loads(r[0])) for r in rows]
 
+    async def members_with_birthday(
+        self, endings: tuple[str, ...], after_id: str, limit: int
+    ) -> list[Member]:
+        # A daily job: a scan of the documents is fine (no birthday column to index).
+        marks = ",".join("?" * len(endings))
+        rows = await self._all(
+            "SELECT doc FROM members WHERE id > ?"
+            f" AND substr(json_extract(doc, '$.birthday'), 5) IN ({marks}) ORDER BY id LIMIT ?",
+            (after_id, *endings, limit),
+        )
+        return [codec.member_from_doc(orjson.loads(r[0])) for r in rows]
+
     async def members_with_due_lots(self, now: datetime, limit: int) -> list[str]:
         rows = await self._all(
             "SELECT DISTINCT member_id FROM lots WHERE remaining > 0 AND expires_at <= ? LIMIT ?",
