@@ -692,6 +692,28 @@ async def test_tier_changes_newest_first(store: MemberStore) -> None:
     assert await store.list_tier_changes("nobody", 0, 10) == []
 
 
+async def test_mongo_sequences_survive_lost_counters() -> None:
+    """A database restored without its `counters` collection carries on numbering
+    after what it holds: open() raises each counter to its collection's highest id."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    db = AsyncMongoMockClient()[f"t_{uuid.uuid4().hex}"]
+    s = await open_store(mongo_database=db)
+    a = await add(s, new_member("a"))
+    await update(s, a, tier_changes=[TierChange("a", 0, 1, "growth", T0)])
+    ((first_seq, _),) = await s.list_tier_changes("a", 0, 10)
+    await s.close()
+    await db["counters"].delete_many({})
+
+    s = await open_store(mongo_database=db)
+    try:
+        await update(s, a, tier_changes=[TierChange("a", 1, 2, "growth", T0)])
+        seqs = [seq for seq, _ in await s.list_tier_changes("a", 0, 10)]
+        assert seqs == [first_seq + 1, first_seq]
+    finally:
+        await s.close()
+
+
 # -- outbox --
 
 

@@ -37,8 +37,10 @@ transaction, so both modes refuse a change with the same error as SQLite does.
 Sequence numbers (tier changes, outbox) come from `counters` before the transaction,
 so concurrent commits do not all conflict on one counter document. A refused commit
 leaves a gap. Commits to one member still get increasing numbers: each reads the member
-after the one before it committed. open() does not repair the counters: a database
-restored without `counters` must bring it along.
+after the one before it committed. open() raises each counter to its collection's
+highest id, so a database restored without `counters` carries on after what it holds
+(for the outbox, after what is still unpublished: event ids, not outbox numbers, are
+what consumers deduplicate on).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def _idempotency_id(scope: str, key: str) -> str:
 class MongoMemberStore(MongoStore, MemberStore):
     """open(), close() and the collections (`self._c.<name>`) come from MongoStore."""
 
-    SCHEMA = MongoSchema(_COLLECTIONS, _INDEXES, _COUNTERS, repair_counters=False)
+    SCHEMA = MongoSchema(_COLLECTIONS, _INDEXES, _COUNTERS, repair_counters=True)
 
     # -- writes --
     async def commit(self, change: Change) -> None:
