@@ -35,6 +35,7 @@ from services.tagging.store import AlreadyExists, ManualTag
 
 log = structlog.get_logger("pond.tagging")
 MAX_BATCH_MEMBERS = 1000
+MAX_REPORTED_UNKNOWN = 20  # unknown member ids named in one error
 MAX_BATCH_TAGS = 20
 # The member events that feed features: payload name -> message class.
 MEMBER_EVENT_TYPES = {
@@ -177,11 +178,19 @@ class TaggingApp:
                 problems.append((f"tag_names[{i}]", f"unknown tag {name!r}"))
             elif d.doc["kind"] != "manual":
                 problems.append((f"tag_names[{i}]", f"{name!r} is computed, not a manual tag"))
+        # A member id tagging has never seen is a typo or not a member: tagging it would
+        # make a member out of nothing. (A member registered a moment ago is known as
+        # soon as its MemberRegistered event arrives, within milliseconds.)
+        unknown = [(i, m) for i, m in enumerate(member_ids) if m not in self.engine.index]
+        for i, m in unknown[:MAX_REPORTED_UNKNOWN]:
+            problems.append((f"member_ids[{i}]", f"unknown member {m!r}"))
+        if len(unknown) > MAX_REPORTED_UNKNOWN:
+            problems.append(("member_ids", f"{len(unknown)} unknown members in all"))
         if problems:
             raise invalid_argument(problems, domain=DOMAIN)
         engine = self.engine
         async with engine.lock:
-            index = await engine.ensure_members(member_ids)
+            index = engine.index
             at = epoch_micros(self.now())
             pairs = [(index[m], t) for m in dict.fromkeys(member_ids) for t in tag_names]
             todo = [p for p in pairs if (p in engine.manual_meta) != assign]

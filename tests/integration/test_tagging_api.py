@@ -170,6 +170,13 @@ async def tag_changes(redis) -> list[tuple[str, str, bool, str]]:
     return out
 
 
+async def known(s: Stack, *member_ids: str) -> None:
+    """Members the tagging service has seen, as if their MemberRegistered had arrived."""
+    engine = s.tagging.engine
+    async with engine.lock:
+        await engine.ensure_members(list(member_ids))
+
+
 async def tag_names(s: Stack, member_id: str) -> set[str]:
     p = await profile(s, member_id)
     return {t.name for t in p.tags} if p else set()
@@ -249,6 +256,7 @@ async def test_auth_needs_a_token_and_the_right_role(stack: Stack):
     )
     # The gateway may only ask about the member whose token it verified.
     await create_tag(stack, "vip")
+    await known(stack, "m-a")
     await stack.stub.AssignTags(
         pb.AssignTagsRequest(member_ids=["m-a"], tag_names=["vip"]), metadata=stack.md()
     )
@@ -453,6 +461,7 @@ async def test_assign_and_remove_manual_tags(stack: Stack, redis):
     await create_tag(stack, "vip")
     await create_tag(stack, "rich", RULE, "spend_total > 100000")
     md = stack.md(Role.GUIDE)
+    await known(stack, "m1", "m2", "m3", "m4", "m9", *(f"x{i}" for i in range(1000)))
 
     async def assign(members: list[str], tags: list[str], *, remove: bool = False) -> int:
         if remove:
@@ -511,6 +520,23 @@ async def test_assign_and_remove_manual_tags(stack: Stack, redis):
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert v == [("tag_names[0]", "unknown tag 'nope'")]
+    # A member id tagging has never seen (a typo, not a member) is refused, by name.
+    v = await fails(
+        stack.stub.AssignTags(
+            pb.AssignTagsRequest(member_ids=["m1", "m-typo"], tag_names=["vip"]), metadata=md
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert v == [("member_ids[1]", "unknown member 'm-typo'")]
+    assert "vip" not in await tag_names(stack, "m1")
+    v = await fails(
+        stack.stub.RemoveTags(
+            pb.RemoveTagsRequest(member_ids=[f"y{i}" for i in range(25)], tag_names=["vip"]),
+            metadata=md,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert len(v) == 21 and v[-1] == ("member_ids", "25 unknown members in all")
     for computed in ("rich", "lifecycle:new"):
         v = await fails(
             stack.stub.AssignTags(
@@ -992,6 +1018,7 @@ async def test_segments_create_update_and_versions(stack: Stack):
 async def test_check_membership_of_many_segments(stack: Stack):
     await create_tag(stack, "vip")
     await create_tag(stack, "has_kids")
+    await known(stack, "m1", "m2", "m3")
     await stack.stub.AssignTags(
         pb.AssignTagsRequest(member_ids=["m1", "m2"], tag_names=["vip"]), metadata=stack.md()
     )
@@ -1038,6 +1065,7 @@ async def test_check_membership_of_many_segments(stack: Stack):
 async def test_stream_segment_members_in_chunks_and_resume(stack: Stack):
     await create_tag(stack, "vip")
     members = [f"m{i:02d}" for i in range(25)]
+    await known(stack, "other", *members)
     await stack.stub.AssignTags(
         pb.AssignTagsRequest(member_ids=["other", *members], tag_names=["vip"]),
         metadata=stack.md(),
