@@ -79,16 +79,7 @@ class LedgerUseCases(MemberCore):
     ) -> PointsEntry:
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
             if delta > 0:
-                return dp.grant(
-                    entry_id=new_id("p"),
-                    member_id=m.id,
-                    balance=m.points_balance,
-                    points=delta,
-                    now=now,
-                    kind=PointsEntryKind.ADJUST,
-                    reason=reason,
-                    expires_at=now + timedelta(days=self.rules.points_valid_days),
-                )
+                return self.grant_points(m, delta, now, kind=PointsEntryKind.ADJUST, reason=reason)
             return dp.spend(
                 entry_id=new_id("p"),
                 member_id=m.id,
@@ -125,15 +116,8 @@ class LedgerUseCases(MemberCore):
             return False  # given earlier this year
 
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
-            return dp.grant(
-                entry_id=new_id("p"),
-                member_id=m.id,
-                balance=m.points_balance,
-                points=points,
-                now=now,
-                kind=PointsEntryKind.GIFT,
-                reason=f"birthday gift {year}",
-                expires_at=now + timedelta(days=self.rules.points_valid_days),
+            return self.grant_points(
+                m, points, now, kind=PointsEntryKind.GIFT, reason=f"birthday gift {year}"
             )
 
         await self._move_points(scope, member_id, idem, "", make)

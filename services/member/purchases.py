@@ -5,7 +5,7 @@ points and growth in proportion, once per refund id)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from services.member.domain import orders as do
 from services.member.domain import points as dp
@@ -77,15 +77,8 @@ class PurchaseUseCases(MemberCore):
             events = EventWriter(now, request_id)
             change = Change(member=m, expected_version=expected, order=order, new_order=True)
             if points:
-                move = dp.grant(
-                    entry_id=new_id("p"),
-                    member_id=m.id,
-                    balance=m.points_balance,
-                    points=points,
-                    now=now,
-                    order_id=order_id,
-                    reason=f"order {order_id}",
-                    expires_at=now + timedelta(days=self.rules.points_valid_days),
+                move = self.grant_points(
+                    m, points, now, reason=f"order {order_id}", order_id=order_id
                 )
                 change.lots += move.lots
                 change.points_entries.append(move.entry)

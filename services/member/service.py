@@ -8,15 +8,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import grpc
 import structlog
 
 from services.member.domain import members as dm
+from services.member.domain import points as dp
 from services.member.domain.errors import RuleViolation
 from services.member.domain.members import Identity, IdentityKind, Member
+from services.member.domain.points import PointsEntryKind
 from services.member.domain.tiers import DEFAULT_PROGRAM, TierChange, TierProgram, upgrade_to
 from services.member.events import EventWriter
 from services.member.store import (
@@ -144,6 +146,30 @@ class MemberCore:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def grant_points(
+        self,
+        m: Member,
+        points: int,
+        now: datetime,
+        *,
+        kind: PointsEntryKind = PointsEntryKind.EARN,
+        reason: str = "",
+        order_id: str = "",
+    ) -> dp.PointsMove:
+        """`points` given to `m` now, as a lot that expires after the brand's
+        validity period (POND_POINTS_VALID_DAYS)."""
+        return dp.grant(
+            entry_id=new_id("p"),
+            member_id=m.id,
+            balance=m.points_balance,
+            points=points,
+            now=now,
+            kind=kind,
+            reason=reason,
+            order_id=order_id,
+            expires_at=now + timedelta(days=self.rules.points_valid_days),
+        )
 
     def touch(self, m: Member, now: datetime) -> None:
         m.kind = dm.derive_kind(m, now, self.rules.consuming_order_threshold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import sys
 import time
@@ -105,8 +106,11 @@ class RpcLog:
             f'"request_id":"{request_id}","level":"info","timestamp":"{_timestamp(at)}"}}\n'
             for at, method, code, ms, request_id in pending
         )
-        self._stream.write(text.encode())
-        self._stream.flush()
+        try:
+            self._stream.write(text.encode())
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # stdout closed or full: drop, never fail a call
+            _unwritable(exc)
 
 
 # Where log_rpc puts its lines in JSON mode; None when they go through structlog.
@@ -117,10 +121,18 @@ _rpc_log = structlog.get_logger("pond.rpc")
 def log_rpc(method: str, code: str, ms: float) -> None:
     """The canonical line of one RPC: method, status code, duration, request id."""
     batch = _rpc_log_batch
-    if batch is None:
-        _rpc_log.info("rpc", method=method, code=code, ms=ms)
-    else:
+    if batch is not None:
         batch.add(method, code, ms)
+        return
+    try:
+        _rpc_log.info("rpc", method=method, code=code, ms=ms)
+    except (OSError, ValueError) as exc:  # as in RpcLog.flush: a log line never fails a call
+        _unwritable(exc)
+
+
+def _unwritable(exc: Exception) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"pond: RPC log lines dropped, stdout is not writable: {exc!r}\n")
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

@@ -92,6 +92,11 @@ class ScoringRunner:
         if self._rescore_task is None or self._rescore_task.done():
             self._rescore_task = asyncio.create_task(self._rescore(), name="tagging-rescore")
 
+    @property
+    def rescore_pending(self) -> bool:
+        """A rule changed and the run that rescores everyone has not begun yet."""
+        return self._rescore_wanted
+
     async def _rescore(self) -> None:
         delay = self.rescore_delay
         while self._rescore_wanted:

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from google.rpc import code_pb2, error_details_pb2
 from pond.member.v1 import member_pb2 as pb
 
-from services.runtime import auth, paging
+from services.runtime import auth, logs, paging
 from services.runtime.auth import (
     BACK_OFFICE,
     STAFF,
@@ -42,6 +42,7 @@ from services.runtime.errors import (
 from services.runtime.idempotency import IdempotencyRecord, fingerprint, replay
 from services.runtime.logs import RpcLog, configure_logging, log_rpc, request_id_var
 from services.runtime.redaction import mask_phone, redact_value, scrub_text
+from tests.conftest import eventually
 
 SECRET = "unit-secret-" + "y" * 20
 SERVICE = "pond.member.v1.MemberService"
@@ -239,9 +240,12 @@ def test_redact_value_masks_phones_and_keeps_the_rest() -> None:
 @pytest.fixture
 def restore_logging():
     saved = structlog.get_config()
+    saved_rpc = logs._rpc_log_batch, logs._rpc_log
     yield
     structlog.reset_defaults()
     structlog.configure(**saved)
+    # configure_logging pointed the RPC lines at this test's captured stdout.
+    logs._rpc_log_batch, logs._rpc_log = saved_rpc
 
 
 def test_log_lines_never_show_phones_or_secrets(capsys, restore_logging) -> None:
@@ -306,8 +310,11 @@ def test_rpc_lines_are_written_in_batches_from_the_event_loop() -> None:
         for i in range(3):
             rpc_log.add("/s/M", "OK", float(i))
         held = stream.getvalue()  # nothing written while the calls are served
-        await asyncio.sleep(0.2)
-        return held, stream.getvalue()
+
+        async def written() -> bytes:
+            return stream.getvalue()
+
+        return held, await eventually(written, lambda out: out.count(b"\n") == 3, timeout=5)
 
     held, written = asyncio.run(serve())
     assert held == b""
