@@ -31,7 +31,7 @@ SECTIONS = [
     ("  set_trailing_metadata", "", "set_trailing_metadata"),
     ("log lines formatted and written (per call)", "runtime/logs.py", "flush"),
     ("servicer CheckMembership", "tagging/api.py", "CheckMembership"),
-    ("  TaggingApp.check", "tagging/service.py", "check"),
+    ("  TaggingApp.check", "tagging/segments.py", "check"),
     ("servicer GetMember", "member/api.py", "GetMember"),
     ("servicer RecordOrder", "member/api.py", "RecordOrder"),
     ("  _member_pb (tier program + convert)", "member/api.py", "_member_pb"),

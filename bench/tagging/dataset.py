@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 from bench.tagging import synth
 from bench.tagging.brand import CATEGORIES, MANUAL_TAGS, RULES, SEGMENTS
 from services.runtime.clock import ManualClock
+from services.tagging.app import TaggingApp
 from services.tagging.server import open_engine
-from services.tagging.service import TaggingApp
 from services.tagging.settings import TaggingSettings
 from services.tagging.store import ManualTag, TaggingStore
 

@@ -12,10 +12,10 @@ from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.clock import timestamp_from_micros
 from services.runtime.errors import Violations, invalid_argument, not_found
 from services.runtime.paging import decode_token, encode_token, page_size
+from services.tagging.app import TaggingApp
 from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
 from services.tagging.engine import Definition
 from services.tagging.runs import ScoringRunner
-from services.tagging.service import TaggingApp
 
 OPS = frozenset({Role.OPERATOR, Role.SERVICE})
 STAFF = OPS | {Role.GUIDE}

@@ -16,11 +16,11 @@ from services.runtime.outbox import OutboxRelay
 from services.runtime.redis_conn import connect_redis
 from services.runtime.server import PondServer, ServiceRegistration
 from services.tagging.api import AUTH_RULES, TaggingServicer
+from services.tagging.app import TaggingApp
 from services.tagging.domain.scores import LifecycleThresholds
 from services.tagging.engine import TagEngine
 from services.tagging.events import CONSUMER_GROUP, MEMBER_STREAM, STREAM
 from services.tagging.runs import ScoringRunner
-from services.tagging.service import TaggingApp
 from services.tagging.settings import TaggingSettings
 from services.tagging.store import TaggingStore, open_store
 

@@ -21,10 +21,10 @@ import pytest
 from pyroaring import BitMap
 
 from services.runtime.clock import SystemClock, epoch_micros
+from services.tagging.app import TaggingApp
 from services.tagging.domain.history import MemberHistory
 from services.tagging.runs import ScoringRunner
 from services.tagging.server import open_engine
-from services.tagging.service import TaggingApp
 from services.tagging.settings import TaggingSettings
 from services.tagging.store import ManualTag, open_store
 from tests.conftest import TEST_SECRET

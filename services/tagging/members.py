@@ -1,0 +1,143 @@
+"""What tagging knows of each member: features fed by member events (the real-time
+path, each event applied once, the member rescored at once) and the profile."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from pond.events.v1 import event_pb2
+from pond.events.v1 import member_events_pb2 as mev
+
+from services.runtime.errors import not_found
+from services.tagging.catalogue import DOMAIN
+from services.tagging.domain import scoring as sc
+from services.tagging.domain.features import NEVER
+from services.tagging.domain.history import MemberHistory
+from services.tagging.service import TaggingCore
+
+# The member events that feed features: payload name -> message class.
+MEMBER_EVENT_TYPES = {
+    "MemberRegistered": mev.MemberRegistered,
+    "OrderPaid": mev.OrderPaid,
+    "OrderRefunded": mev.OrderRefunded,
+    "TierChanged": mev.TierChanged,
+    "PointsChanged": mev.PointsChanged,
+}
+
+
+class MemberUseCases(TaggingCore):
+    # -- the real-time path --
+    async def handle_member_event(self, event: event_pb2.Event) -> None:
+        """Applies one member-service event, once, and re-evaluates the member."""
+        engine = self.engine
+        kind = event.type.rsplit(".", 1)[-1]
+        if kind not in MEMBER_EVENT_TYPES or not event.subject_id:
+            await self.store.apply_event(event.id, None, [])
+            return
+        payload = MEMBER_EVENT_TYPES[kind]()
+        event.payload.Unpack(payload)
+        async with engine.lock:
+            idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
+            row = await self.store.get_history(idx)
+            history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+            today = engine.today()
+            if kind == "MemberRegistered":
+                history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
+            elif kind == "OrderPaid":
+                names = sorted({i.category for i in payload.items if i.category})
+                known = await self._categories(names)
+                history.order_paid(
+                    engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC)),
+                    payload.amount_fen,
+                    {known[n] for n in names},
+                    today,
+                )
+            elif kind == "OrderRefunded":
+                paid_day = (
+                    engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC))
+                    if payload.HasField("paid_at")
+                    else today
+                )
+                history.order_refunded(paid_day, payload.refund_fen, payload.fully_refunded, today)
+            elif kind == "TierChanged":
+                history.tier = payload.to_level
+            elif kind == "PointsChanged":
+                history.points_balance = payload.balance
+            if history.registered_day == NEVER and kind != "MemberRegistered":
+                history.registered_day = today
+            changes = await engine.rescore_member(history)
+            events = self._events(changes)
+            if await self.store.apply_event(event.id, history.to_row(), events):
+                engine.apply_changes(changes)
+                if events:
+                    self._on_commit()
+
+    async def _rescore_indexes(self, indexes: list[int]) -> None:
+        """Re-evaluates members whose manual tags changed (rules may use them)."""
+        engine = self.engine
+        for idx in sorted(set(indexes)):
+            async with engine.lock:
+                row = await self.store.get_history(idx)
+                history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+                changes = await engine.rescore_member(history)
+                events = self._events(changes)
+                if changes.tags or changes.segments:
+                    engine.apply_changes(changes)
+                    await self.store.put_bitmaps("tag", {}, events)
+                    self._on_commit()
+
+    # -- profile --
+    async def profile(self, member_id: str) -> dict:
+        engine = self.engine
+        idx = engine.index.get(member_id)
+        if idx is None:
+            raise not_found("member", member_id, domain=DOMAIN)
+        row = await self.store.get_history(idx)
+        history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+        frame = engine.frame_for([history.to_row()])
+        tags = []
+        for name, bm in sorted(engine.tag_bitmaps.items()):
+            if idx not in bm or name not in engine.tags:
+                continue
+            d = engine.tags[name].doc
+            by, at = engine.manual_meta.get((idx, name), ("", 0))
+            source = {"manual": f"manual by {by}", "rule": f"rule v{d['version']}"}.get(
+                d["kind"], "score"
+            )
+            tags.append(
+                {
+                    "name": name,
+                    "display_name": d["display_name"],
+                    "kind": d["kind"],
+                    "source": source,
+                    "since": at,
+                }
+            )
+        scores = {}
+        for prefix, key in (
+            (sc.RFM_PREFIX, "rfm_class"),
+            (sc.LIFECYCLE_PREFIX, "lifecycle"),
+            (sc.QUADRANT_PREFIX, "value_quadrant"),
+        ):
+            held = [t["name"][len(prefix) :] for t in tags if t["name"].startswith(prefix)]
+            scores[key] = held[0] if held else ""
+        cycles = engine.cycles_by_id()
+        names = {v: k for k, v in engine.categories.items()}
+        repurchase = []
+        for cat_id, (_first, last, _count) in sorted(history.categories.items()):
+            if cat_id in cycles:
+                due_day = last + max(1, int(cycles[cat_id] + 0.5))
+                repurchase.append(
+                    {
+                        "category": names.get(cat_id, str(cat_id)),
+                        "due_day": due_day,
+                        "due": frame.today >= due_day,
+                    }
+                )
+        return {
+            "member_id": member_id,
+            "tags": tags,
+            "scores": scores,
+            "features": {k: float(v[0]) for k, v in frame.columns.items()},
+            "repurchase": repurchase,
+        }
