@@ -503,3 +503,28 @@ def test_violations_raise_only_when_there_are_any() -> None:
     assert _code(exc) is grpc.StatusCode.INVALID_ARGUMENT
     assert exc.value.violations == [("b", "bad")]
     assert exc.value.domain == "pond.member"
+
+
+# -- the interceptor --
+
+
+def test_handlers_are_wrapped_once_and_unchecked_streams_refused() -> None:
+    from services.runtime.interceptors import ServiceInterceptor
+
+    interceptor = ServiceInterceptor(Authorizer(TokenVerifier(SECRET), {}))
+
+    async def unary(request, context):  # pragma: no cover - never called here
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(unary)
+    wrapped = interceptor.wrap("/pond.x.v1.X/Get", handler)
+    assert wrapped is not handler and wrapped.unary_unary is not unary
+    assert interceptor.wrap("/pond.x.v1.X/Get", handler) is wrapped
+    assert interceptor.wrap("/pond.x.v1.X/Get", None) is None
+    # Client streaming is only served for public methods (reflection); anything else
+    # would go through without auth, so it is refused.
+    stream = grpc.stream_stream_rpc_method_handler(unary)
+    reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    assert interceptor.wrap(reflection, stream) is stream
+    with pytest.raises(RuntimeError, match="streaming requests"):
+        interceptor.wrap("/pond.x.v1.X/Upload", grpc.stream_unary_rpc_method_handler(unary))
