@@ -74,10 +74,11 @@ class SqliteWriter:
         self._writing: asyncio.Task | None = None  # the task writing the queue, if any
 
     async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._queue.append((work, future))
         if self._writing is None:
-            self._writing = asyncio.get_running_loop().create_task(self._write_queued())
+            self._writing = loop.create_task(self._write_queued())
         return await future
 
     async def _write_queued(self) -> None:

@@ -77,7 +77,6 @@ class SqliteMemberStore(MemberStore):
         reader: aiosqlite.Connection,
         point_reader: sqlite3.Connection,
     ) -> None:
-        self._w = writer
         self._r = reader
         self._point = point_reader
         self._writer = SqliteWriter(writer)
@@ -92,7 +91,7 @@ class SqliteMemberStore(MemberStore):
     async def close(self) -> None:
         self._point.close()
         await self._r.close()
-        await self._w.close()
+        await self._writer.close()
 
     # -- writes --
     async def commit(self, change: Change) -> None:

@@ -48,7 +48,7 @@ _ROW_MARKS = ", ".join("?" * len(ROW_COLUMNS))
 
 class SqliteTaggingStore(TaggingStore):
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
-        self._w, self._r = writer, reader
+        self._r = reader
         self._writer = SqliteWriter(writer)
 
     @classmethod
@@ -59,7 +59,7 @@ class SqliteTaggingStore(TaggingStore):
 
     async def close(self) -> None:
         await self._r.close()
-        await self._w.close()
+        await self._writer.close()
 
     async def _write(self, statements: list[tuple[str, object]]) -> None:
         """Run (sql, params-or-list-of-params) pairs in one IMMEDIATE transaction."""
