@@ -4,6 +4,7 @@ refund; the stack restarts and everything is still there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,11 +48,11 @@ def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 30) -> None
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+            # wait_for_ready: each try waits (up to its timeout) for the port to open.
+            with contextlib.suppress(grpc.RpcError):
+                request = health_pb2.HealthCheckRequest()
+                if health.Check(request, timeout=1, wait_for_ready=True).status == 1:
                     return
-            except grpc.RpcError:
-                time.sleep(0.1)
     raise AssertionError("stack did not become healthy")
 
 
