@@ -1,5 +1,6 @@
 """The MemberService servicer: checks input, turns protos into use-case calls and
-results back into protos. No rules live here (domain/), no I/O (service layer)."""
+results back into protos. No rules live here (domain/), no I/O (service layer).
+Who may call what: access.py (AUTH_RULES stays importable from here)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pond.member.v1 import member_pb2_grpc
 
 from services.member import convert
 from services.member import validation as val
+from services.member.access import AUTH_RULES as AUTH_RULES  # re-exported
+from services.member.access import GATEWAY_UPDATABLE, identity_trust
 from services.member.app import MemberApp
 from services.member.domain import members as dm
 from services.member.domain.orders import OrderItem
@@ -19,43 +22,6 @@ from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
 from services.runtime.idempotency import fingerprint
 from services.runtime.paging import decode_token, encode_token
-
-OPS = frozenset({Role.OPERATOR, Role.SERVICE})
-STAFF = OPS | {Role.GUIDE}
-EVERYONE = STAFF | {Role.GATEWAY}
-# Which roles may call which method. The gateway is further limited to the member
-# it verified (ensure_acts_for); guides work the POS and the WeCom sidebar.
-AUTH_RULES: dict[str, frozenset[Role]] = {
-    "RegisterMember": EVERYONE,
-    "GetMember": EVERYONE,
-    "FindMember": STAFF,
-    "ListMembers": STAFF,
-    "UpdateMember": EVERYONE,
-    "AddMemberIdentity": EVERYONE,
-    "SetPaidMembership": OPS,
-    "GetTierProgram": EVERYONE,
-    "UpdateTierProgram": OPS,
-    "EvaluateTiers": OPS,
-    "ListTierChanges": EVERYONE,
-    "RedeemPoints": EVERYONE,
-    "AdjustPoints": OPS,
-    "ListPointsEntries": EVERYONE,
-    "ListExpiringPoints": EVERYONE,
-    "RunPointsExpiry": OPS,
-    "GrantBirthdayGifts": OPS,
-    "TopUpStoredValue": STAFF,
-    "PayWithStoredValue": EVERYONE,
-    "RefundStoredValuePayment": OPS,
-    "ListStoredValueEntries": EVERYONE,
-    "RecordOrder": STAFF,
-    "RefundOrder": OPS,
-    "GetOrder": EVERYONE,
-    "ListOrders": EVERYONE,
-}
-# What a customer may change about themselves through the gateway.
-GATEWAY_UPDATABLE = frozenset(
-    {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city", "consents"}
-)
 
 
 class MemberServicer(member_pb2_grpc.MemberServiceServicer):
@@ -106,7 +72,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             referrer_id=request.referrer_id,
             consents=consents,
         )
-        m, created = await self.app.register([i for i in identities if i], fields, val.request_id())
+        m, created = await self.app.register(
+            [i for i in identities if i],
+            fields,
+            val.request_id(),
+            identity_trust(current_caller.get()),
+        )
         return pb.RegisterMemberResponse(member=await self._member_pb(m), created=created)
 
     async def GetMember(self, request: pb.GetMemberRequest, context) -> pb.Member:
@@ -187,8 +158,9 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
+        trust = identity_trust(current_caller.get())
         return await self._member_pb(
-            await self.app.add_identity(request.member_id, ident, val.request_id())
+            await self.app.add_identity(request.member_id, ident, val.request_id(), trust)
         )
 
     async def SetPaidMembership(self, request: pb.SetPaidMembershipRequest, context) -> pb.Member:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from pond.member.v1 import member_pb2, member_pb2_grpc
 
-from services.member.api import AUTH_RULES, MemberServicer
+from services.member.access import AUTH_RULES, GATEWAY_BEFORE_SIGN_IN
+from services.member.api import MemberServicer
 from services.member.app import MemberApp
 from services.member.events import STREAM
 from services.member.service import LoyaltyRules
@@ -30,6 +31,7 @@ def registration(servicer: MemberServicer) -> ServiceRegistration:
             servicer, server
         ),
         rules=AUTH_RULES,
+        gateway_before_sign_in=GATEWAY_BEFORE_SIGN_IN,
     )
 
 

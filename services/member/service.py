@@ -24,7 +24,6 @@ from services.member.events import EventWriter
 from services.member.store import (
     Change,
     DuplicateKey,
-    IdentityTaken,
     MemberFilter,
     MemberStore,
     StoreConflict,
@@ -33,9 +32,7 @@ from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
 from services.runtime.errors import (
     PondError,
-    already_exists,
     failed_precondition,
-    invalid_argument,
     not_found,
 )
 from services.runtime.idempotency import IdempotencyRecord, key_reused
@@ -236,123 +233,10 @@ class MemberCore:
 
 
 class MemberUseCases(MemberCore):
-    """Registering, finding, listing and updating members."""
-
-    async def register(
-        self, identities: list[NewIdentity], fields: dict, request_id: str = ""
-    ) -> tuple[Member, bool]:
-        lookups = {self.lookup(i): i for i in identities}
-
-        async def once() -> tuple[Member, bool]:
-            owners = {lk: await self.store.member_id_for(lk) for lk in lookups}
-            owner_ids = sorted({o for o in owners.values() if o})
-            if len(owner_ids) > 1:
-                raise already_exists(
-                    "IDENTITIES_BELONG_TO_DIFFERENT_MEMBERS",
-                    f"these identities belong to members {', '.join(owner_ids)}",
-                    domain=DOMAIN,
-                    member_ids=",".join(owner_ids),
-                )
-            now = self.now()
-            events = EventWriter(now, request_id)
-            if owner_ids:
-                m = await self.member(owner_ids[0])
-                missing = [lk for lk, o in owners.items() if not o]
-                if not missing:
-                    return self.view(m), False
-                expected = m.version
-                m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
-                self.touch(m, now)
-                events.updated(m, ["identities"])
-                change = Change(
-                    member=m,
-                    expected_version=expected,
-                    new_identities=[(lk, m.id) for lk in missing],
-                    events=events.events,
-                )
-                await self._commit_identities(change)
-                return self.view(m), False
-            referrer = fields.get("referrer_id", "")
-            if referrer and await self.store.get_member(referrer) is None:
-                raise invalid_argument([("referrer_id", "no member has this id")], domain=DOMAIN)
-            m = Member(
-                id=new_id("m"),
-                identities=[self.stored_identity(i) for i in identities],
-                created_at=now,
-                updated_at=now,
-                tier_since=now,
-                **fields,
-            )
-            self.touch(m, now)
-            events.registered(m)
-            change = Change(
-                member=m,
-                expected_version=None,
-                new_identities=[(lk, m.id) for lk in lookups],
-                events=events.events,
-            )
-            await self._commit_identities(change)
-            return m, True
-
-        return await self.retrying(once)
-
-    async def _commit_identities(self, change: Change) -> None:
-        try:
-            await self.commit(change)
-        except IdentityTaken as exc:
-            # Lost a race with another registration: go round and find the owner.
-            raise StoreConflict(exc.member_id) from exc
-
-    async def add_identity(
-        self, member_id: str, ident: NewIdentity, request_id: str = ""
-    ) -> Member:
-        lookup = self.lookup(ident)
-
-        async def once() -> Member:
-            m = await self.member(member_id)
-            owner = await self.store.member_id_for(lookup)
-            if owner == m.id:
-                return self.view(m)
-            if owner:
-                raise already_exists(
-                    "IDENTITY_TAKEN",
-                    f"this identity belongs to member {owner}",
-                    domain=DOMAIN,
-                    member_id=owner,
-                )
-            now, expected = self.now(), m.version
-            m.identities.append(self.stored_identity(ident))
-            self.touch(m, now)
-            events = EventWriter(now, request_id)
-            events.updated(m, ["identities"])
-            try:
-                await self.commit(
-                    Change(
-                        member=m,
-                        expected_version=expected,
-                        new_identities=[(lookup, m.id)],
-                        events=events.events,
-                    )
-                )
-            except IdentityTaken as exc:
-                raise already_exists(
-                    "IDENTITY_TAKEN",
-                    f"this identity belongs to member {exc.member_id}",
-                    domain=DOMAIN,
-                    member_id=exc.member_id,
-                ) from exc
-            return self.view(m)
-
-        return await self.retrying(once)
+    """Getting, listing and updating members (identities: identities.py)."""
 
     async def get(self, member_id: str) -> Member:
         return self.view(await self.member(member_id))
-
-    async def find(self, ident: NewIdentity) -> Member:
-        member_id = await self.store.member_id_for(self.lookup(ident))
-        if member_id is None:
-            raise not_found("member", f"{ident.kind.name.lower()} identity", domain=DOMAIN)
-        return await self.get(member_id)
 
     async def list(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
         return [self.view(m) for m in await self.store.list_members(flt, after_id, limit)]

@@ -60,16 +60,15 @@ def positive(v: Violations, path: str, value: int, limit: int) -> None:
 
 
 def identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | None:
+    """The identity in its one stored spelling (NFKC, a phone's 11 ASCII digits), so
+    that variants of the same id find the same member; None (and a violation) when
+    malformed (control characters, surrounding whitespace, ':' in an app id...)."""
     problem = dm.identity_problem(ident.kind, ident.value, ident.app_id)
     if problem:
         v.add(path, problem)
         return None
     kind = IdentityKind(ident.kind)
-    if kind is IdentityKind.PHONE:
-        return NewIdentity(kind, dm.normalize_phone(ident.value) or "")
-    return NewIdentity(
-        kind, ident.value, ident.app_id if kind is IdentityKind.WECHAT_OPENID else ""
-    )
+    return NewIdentity(kind, *dm.canonical_identity(kind, ident.value, ident.app_id))
 
 
 def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:

@@ -2,8 +2,10 @@
 an expiry, and one table per service saying which roles may call which method.
 
 The gateway calls on behalf of a member: its token has role "gateway" and the member
-id it verified travels in the `x-pond-member-id` metadata. Health and reflection are
-the only anonymous methods.
+id it verified travels in the `x-pond-member-id` metadata. A gateway call without that
+id is refused before the request is read, except for the few methods a service names
+as callable before sign-in (signing a customer in, brand-wide reads with no member
+data). Health and reflection are the only anonymous methods.
 """
 
 from __future__ import annotations
@@ -115,11 +117,21 @@ class TokenVerifier:
 
 class Authorizer:
     """Applies one service's table of method -> allowed roles. A method missing from
-    the table is denied: new RPCs are closed until someone writes their rule."""
+    the table is denied: new RPCs are closed until someone writes their rule.
 
-    def __init__(self, verifier: TokenVerifier, rules: dict[str, frozenset[Role]]) -> None:
+    A gateway caller must name the member it verified, except on the methods in
+    `before_sign_in` (full names): without a member, a handler's check that the
+    gateway acts for the member concerned would have nothing to compare."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        rules: dict[str, frozenset[Role]],
+        before_sign_in: frozenset[str] = frozenset(),
+    ) -> None:
         self._verifier = verifier
         self._rules = rules
+        self._before_sign_in = before_sign_in
 
     @staticmethod
     def is_public(method: str) -> bool:
@@ -136,14 +148,25 @@ class Authorizer:
         if allowed is None or caller.role not in allowed:
             raise permission_denied(f"role {caller.role} may not call {method.rsplit('/', 1)[-1]}")
         if caller.role is Role.GATEWAY:
-            caller = Caller(caller.subject, caller.role, metadata.get(MEMBER_ID_METADATA, ""))
+            member_id = metadata.get(MEMBER_ID_METADATA, "")
+            if not member_id and method not in self._before_sign_in:
+                raise permission_denied(
+                    f"the gateway must name the member it verified ({MEMBER_ID_METADATA})"
+                )
+            caller = Caller(caller.subject, caller.role, member_id)
         return caller
 
 
 def ensure_acts_for(member_id: str) -> None:
-    """The gateway may only touch the member whose token it verified."""
+    """The gateway may only touch the member whose token it verified: never a call
+    without that member, nor one about no member in particular (member_id "", which
+    list methods read as "every member")."""
     caller = current_caller.get()
-    if caller is not None and caller.role is Role.GATEWAY and caller.member_id != member_id:
+    if (
+        caller is not None
+        and caller.role is Role.GATEWAY
+        and (not caller.member_id or caller.member_id != member_id)
+    ):
         raise permission_denied("the gateway may only act for the member it verified")
 
 

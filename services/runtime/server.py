@@ -33,12 +33,23 @@ class ServiceRegistration:
     add_to_server: Callable[[InterceptedServer], None]
     # Short method name -> roles allowed. Every method must have a rule.
     rules: dict[str, frozenset[Role]]
+    # Short method names the gateway may call before it has verified a member
+    # (x-pond-member-id); every other gateway call must name one.
+    gateway_before_sign_in: frozenset[str] = frozenset()
 
     def full_rules(self) -> dict[str, frozenset[Role]]:
         missing = {m.name for m in self.descriptor.methods} - set(self.rules)
         if missing:
             raise RuntimeError(f"{self.descriptor.full_name}: no auth rule for {sorted(missing)}")
         return method_rules(self.descriptor.full_name, self.rules)
+
+    def full_before_sign_in(self) -> frozenset[str]:
+        names = self.gateway_before_sign_in
+        service = self.descriptor.full_name
+        unknown = names - {name for name, roles in self.rules.items() if Role.GATEWAY in roles}
+        if unknown:
+            raise RuntimeError(f"{service}: not open to the gateway: {sorted(unknown)}")
+        return frozenset(f"/{service}/{name}" for name in names)
 
 
 class PondServer:
@@ -55,7 +66,9 @@ class PondServer:
             raise RuntimeError("refusing to start without an auth secret (POND_AUTH_SECRET)")
         self.registration = registration
         self.name = registration.descriptor.full_name
-        authorizer = Authorizer(TokenVerifier(secret), registration.full_rules())
+        authorizer = Authorizer(
+            TokenVerifier(secret), registration.full_rules(), registration.full_before_sign_in()
+        )
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
         )

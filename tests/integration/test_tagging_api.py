@@ -281,6 +281,24 @@ async def test_auth_needs_a_token_and_the_right_role(stack: Stack):
     )
 
 
+async def test_gateway_without_a_member_reaches_no_member(stack: Stack):
+    """Every tagging method open to the gateway is member-scoped: without the member
+    it verified (x-pond-member-id) it is refused before the request is read."""
+    gateway_methods = {name for name, roles in AUTH_RULES.items() if Role.GATEWAY in roles}
+    requests = {"CheckMembership": [
+        pb.CheckMembershipRequest(member_id="", segment_ids=["vips"]),
+        pb.CheckMembershipRequest(member_id="m-a", segment_ids=["vips"]),
+    ]}
+    assert gateway_methods == set(requests)
+    for method, calls in requests.items():
+        for request in calls:
+            await fails(
+                getattr(stack.stub, method)(request, metadata=stack.md(Role.GATEWAY)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "PERMISSION_DENIED",
+            )
+
+
 # -- the tag catalogue -----------------------------------------------------
 
 

@@ -491,11 +491,41 @@ def test_normalize_phone_rejects(raw: str) -> None:
     (IdentityKind.WECHAT_OPENID, "oAbc123", "", False),
     (IdentityKind.WECHAT_OPENID, "oAbc123", "wx1234", True),
     (IdentityKind.WECOM_EXTERNAL_USERID, "wmAbC-123", "", True),
+    (IdentityKind.PHONE, "１３８１２３４５６７８", "", True),
+    (IdentityKind.PHONE, "١٣٨١٢٣٤٥٦٧٨", "", False),
+    (IdentityKind.PHONE, "13812345678\n", "", False),
+    (IdentityKind.WECHAT_UNIONID, "u1\n", "", False),
+    (IdentityKind.WECHAT_UNIONID, " u1", "", False),
+    (IdentityKind.WECHAT_UNIONID, "u\u200b1", "", False),
+    (IdentityKind.WECHAT_OPENID, "x:o1", "wxK", True),
+    (IdentityKind.WECHAT_OPENID, "o1", "wxK:x", False),
     (0, "x", "", False),
     (99, "x", "", False),
 ])
 def test_identity_problem(kind: int, value: str, app_id: str, ok: bool) -> None:
     assert (dm.identity_problem(kind, value, app_id) is None) is ok
+
+
+def test_canonical_identity() -> None:
+    assert dm.canonical_identity(IdentityKind.PHONE, "+86 １３８-1234-5678") == ("13812345678", "")
+    assert dm.canonical_identity(IdentityKind.WECHAT_UNIONID, "ｕ１", "wx") == ("u1", "")
+    assert dm.canonical_identity(IdentityKind.WECHAT_OPENID, "o1", "ｗｘ1") == ("o1", "wx1")
+
+
+def test_registration_owner_follows_only_proving_identities() -> None:
+    phone, union = IdentityKind.PHONE, IdentityKind.WECHAT_UNIONID
+    anyone = dm.IdentityTrust()
+    wechat = dm.IdentityTrust(proving=dm.WECHAT_KINDS, sees_owners=False)
+    assert dm.registration_owner([(phone, "m-b"), (union, None)], anyone) == "m-b"
+    assert dm.registration_owner([(phone, None), (union, None)], wechat) is None
+    assert dm.registration_owner([(phone, "m-a"), (union, "m-a")], wechat) == "m-a"
+    for presented in ([(phone, "m-b"), (union, None)], [(phone, "m-b"), (union, "m-a")]):
+        with pytest.raises(dm.IdentityConflict) as exc:
+            dm.registration_owner(presented, wechat)
+        assert exc.value.reason == "IDENTITY_TAKEN" and exc.value.owners == ["m-b"]
+    with pytest.raises(dm.IdentityConflict) as exc:
+        dm.registration_owner([(phone, "m-b"), (union, "m-a")], anyone)
+    assert exc.value.reason == "IDENTITIES_BELONG_TO_DIFFERENT_MEMBERS"
 
 
 def test_identity_lookup() -> None:

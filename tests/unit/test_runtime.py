@@ -20,6 +20,7 @@ from pond.member.v1 import member_pb2 as pb
 
 from services.runtime import auth, logs, paging
 from services.runtime.auth import (
+    ALL_ROLES,
     BACK_OFFICE,
     STAFF,
     Authorizer,
@@ -187,6 +188,47 @@ def test_gateway_carries_the_member_it_verified() -> None:
     # Only the gateway's member id travels: other roles ignore the header.
     md = {**bearer(Role.SERVICE, "svc"), auth.MEMBER_ID_METADATA: "m-42"}
     assert authorizer().authorize(f"/{SERVICE}/RedeemPoints", md).member_id == ""
+
+
+def test_gateway_without_a_member_is_refused_unless_signing_in() -> None:
+    sign_in = f"/{SERVICE}/GetMember"
+    authz = Authorizer(TokenVerifier(SECRET), RULES | method_rules(SERVICE, {
+        "GetMember": frozenset({Role.GATEWAY})}), frozenset({sign_in}))
+    with pytest.raises(PondError) as exc:
+        authz.authorize(f"/{SERVICE}/RedeemPoints", bearer(Role.GATEWAY, "gw"))
+    assert _code(exc) is grpc.StatusCode.PERMISSION_DENIED
+    assert authz.authorize(sign_in, bearer(Role.GATEWAY, "gw")) == Caller("gw", Role.GATEWAY)
+    # Other roles never need one.
+    assert authz.authorize(f"/{SERVICE}/RedeemPoints", bearer(Role.SERVICE)).member_id == ""
+
+
+def test_sign_in_methods_must_be_open_to_the_gateway() -> None:
+    from services.runtime.server import ServiceRegistration
+
+    descriptor = pb.DESCRIPTOR.services_by_name["MemberService"]
+    rules = {m.name: STAFF for m in descriptor.methods} | {"GetMember": ALL_ROLES}
+    ok = ServiceRegistration(descriptor, lambda s: None, rules, frozenset({"GetMember"}))
+    assert ok.full_before_sign_in() == {f"/{descriptor.full_name}/GetMember"}
+    wrong = ServiceRegistration(descriptor, lambda s: None, rules, frozenset({"ListMembers"}))
+    with pytest.raises(RuntimeError, match="ListMembers"):
+        wrong.full_before_sign_in()
+
+
+def test_gateway_without_a_member_acts_for_nobody() -> None:
+    reset = current_caller.set(Caller("gw", Role.GATEWAY, ""))
+    try:
+        for member_id in ("", "m-1"):
+            with pytest.raises(PondError) as exc:
+                ensure_acts_for(member_id)
+            assert _code(exc) is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        current_caller.reset(reset)
+    reset = current_caller.set(Caller("gw", Role.GATEWAY, "m-1"))
+    try:
+        with pytest.raises(PondError):
+            ensure_acts_for("")  # "" means every member to list methods
+    finally:
+        current_caller.reset(reset)
 
 
 def test_gateway_acts_only_for_its_member() -> None:
