@@ -1,10 +1,19 @@
 """The member service's units of work: load, apply the domain rules, commit the
 change with its events and idempotency record, retry on a concurrent change.
 
+Concurrency: every write to a member runs through `retrying` (or `idempotent`, built
+on it) under that member's key. Within one process the attempts on one member take
+turns (a keyed lock), so they never conflict and contention is never a failure: each
+attempt sees the one before it committed. Across processes (replicas) the store's
+guards decide (the member's version, an order's refunds); the loser reloads and tries
+again after a short, growing, jittered pause, MAX_ATTEMPTS times in all.
+
 No gRPC here (api.py translates); no rules here (domain/ decides)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,9 +49,14 @@ from services.runtime.errors import (
 )
 from services.runtime.idempotency import IdempotencyRecord, key_reused
 from services.runtime.ids import new_id
+from services.runtime.keyed_lock import KeyedLock
 
 DOMAIN = "pond.member"
 MAX_ATTEMPTS = 8
+# Pauses between attempts after a conflict with another replica: up to
+# BACKOFF_BASE * 2**n seconds (full jitter) before attempt n + 1, at most BACKOFF_CAP.
+BACKOFF_BASE = 0.005
+BACKOFF_CAP = 0.2
 T = TypeVar("T")
 log = structlog.get_logger("pond.member")
 
@@ -94,6 +108,7 @@ class MemberCore:
         self.rules = rules
         self._on_commit = on_commit
         self._program: tuple[float, TierProgram] | None = None
+        self._writing = KeyedLock()  # by member id: one write at a time per member
 
     # -- plumbing --
     async def commit(self, change: Change) -> None:
@@ -101,9 +116,20 @@ class MemberCore:
         if change.events:
             self._on_commit()
 
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Runs `attempt` again when a concurrent change won the race."""
-        for _ in range(MAX_ATTEMPTS):
+    async def retrying(self, member_id: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs `attempt` (load, decide, commit) with the member's writes in this
+        process held off, again when another replica's change won the race (see the
+        module docstring). `member_id` "": nothing to hold (a member not known yet)."""
+        if not member_id:
+            return await self._attempts(attempt)
+        async with self._writing.hold(member_id):
+            return await self._attempts(attempt)
+
+    @staticmethod
+    async def _attempts(attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(MAX_ATTEMPTS):
+            if n:
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n)))
             try:
                 return await attempt()
             except StoreConflict:
@@ -117,6 +143,7 @@ class MemberCore:
 
     async def idempotent(
         self,
+        member_id: str,
         scope: str,
         idem: Idem,
         attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
@@ -124,7 +151,8 @@ class MemberCore:
     ) -> T:
         """Replays the first result for a known key (same request), rejects the key
         with other parameters, otherwise runs `attempt` -> (change, result id, result)
-        and commits the change together with the idempotency record."""
+        and commits the change together with the idempotency record; retrying on
+        `member_id`, the member the change writes."""
 
         async def once() -> T:
             record = await self.store.get_idempotency(scope, idem.key)
@@ -142,7 +170,7 @@ class MemberCore:
                 raise StoreConflict(idem.key) from exc  # a concurrent replay: go round again
             return result
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -156,9 +184,11 @@ class MemberCore:
         kind: PointsEntryKind = PointsEntryKind.EARN,
         reason: str = "",
         order_id: str = "",
+        earned_at: datetime | None = None,
     ) -> dp.PointsMove:
-        """`points` given to `m` now, as a lot that expires after the brand's
-        validity period (POND_POINTS_VALID_DAYS)."""
+        """`points` given to `m` now, as a lot earned at `earned_at` (default now) that
+        expires the brand's validity period (POND_POINTS_VALID_DAYS) after that."""
+        earned_at = earned_at or now
         return dp.grant(
             entry_id=new_id("p"),
             member_id=m.id,
@@ -168,7 +198,8 @@ class MemberCore:
             kind=kind,
             reason=reason,
             order_id=order_id,
-            expires_at=now + timedelta(days=self.rules.points_valid_days),
+            earned_at=earned_at,
+            expires_at=earned_at + timedelta(days=self.rules.points_valid_days),
         )
 
     def touch(self, m: Member, now: datetime) -> None:
@@ -253,25 +284,28 @@ class MemberUseCases(MemberCore):
                     domain=DOMAIN,
                     member_ids=",".join(owner_ids),
                 )
-            now = self.now()
-            events = EventWriter(now, request_id)
             if owner_ids:
-                m = await self.member(owner_ids[0])
                 missing = [lk for lk, o in owners.items() if not o]
                 if not missing:
-                    return self.view(m), False
-                expected = m.version
-                m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
-                self.touch(m, now)
-                events.updated(m, ["identities"])
-                change = Change(
-                    member=m,
-                    expected_version=expected,
-                    new_identities=[(lk, m.id) for lk in missing],
-                    events=events.events,
-                )
-                await self._commit_identities(change)
+                    return await self.get(owner_ids[0]), False
+                # A write to a known member: in turn with its other writes.
+                async with self._writing.hold(owner_ids[0]):
+                    m = await self.member(owner_ids[0])
+                    now, expected = self.now(), m.version
+                    m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
+                    self.touch(m, now)
+                    events = EventWriter(now, request_id)
+                    events.updated(m, ["identities"])
+                    change = Change(
+                        member=m,
+                        expected_version=expected,
+                        new_identities=[(lk, m.id) for lk in missing],
+                        events=events.events,
+                    )
+                    await self._commit_identities(change)
                 return self.view(m), False
+            now = self.now()
+            events = EventWriter(now, request_id)
             referrer = fields.get("referrer_id", "")
             if referrer and await self.store.get_member(referrer) is None:
                 raise invalid_argument([("referrer_id", "no member has this id")], domain=DOMAIN)
@@ -294,7 +328,9 @@ class MemberUseCases(MemberCore):
             await self._commit_identities(change)
             return m, True
 
-        return await self.retrying(once)
+        # The member may not exist yet: no one's writes to hold off (the unique
+        # identities decide a race between two registrations).
+        return await self.retrying("", once)
 
     async def _commit_identities(self, change: Change) -> None:
         try:
@@ -343,7 +379,7 @@ class MemberUseCases(MemberCore):
                 ) from exc
             return self.view(m)
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     async def get(self, member_id: str) -> Member:
         return self.view(await self.member(member_id))
@@ -381,7 +417,7 @@ class MemberUseCases(MemberCore):
             await self.commit(Change(member=m, expected_version=expected, events=events.events))
             return self.view(m)
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     async def set_paid_membership(
         self, member_id: str, until: datetime, idem: Idem, request_id: str = ""
@@ -399,7 +435,7 @@ class MemberUseCases(MemberCore):
             events.updated(m, ["paid_until", "kind"])
             return Change(member=m, expected_version=expected, events=events.events), m.id, m
 
-        return await self.idempotent("SetPaidMembership", idem, attempt, self.get)
+        return await self.idempotent(member_id, "SetPaidMembership", idem, attempt, self.get)
 
     async def lapse_paid_memberships(self, batch: int = 500) -> int:
         """Stores the lapsed kind of paid memberships past their end (announced)."""
@@ -414,6 +450,6 @@ class MemberUseCases(MemberCore):
                 events.updated(m, ["kind"])
                 await self.commit(Change(member=m, expected_version=expected, events=events.events))
 
-            await self.retrying(once)
+            await self.retrying(member_id, once)
             lapsed += 1
         return lapsed

@@ -11,7 +11,7 @@ import asyncio
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -169,9 +169,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     async def new_points_entries(self, who: int) -> list[PointsEntry]:
         """Entries written since the log was last brought up to date (the callers
-        expect at most one), now appended to it."""
+        expect one call's entries: at most two), oldest first, now appended to it.
+        Ids from one process sort in the order they were made."""
         known = set(self.points_log[who])
         fresh = [e for e in await self.points_entries(self.members[who]) if e.id not in known]
+        fresh.reverse()
         self.points_log[who] += [e.id for e in fresh]
         return fresh
 
@@ -187,7 +189,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 guide_id=request.guide_id,
                 items=tuple(OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen)
                             for i in request.items),
-                amount_fen=request.amount_fen, paid_at=None, fingerprint=fingerprint(request))
+                amount_fen=request.amount_fen,
+                paid_at=(request.paid_time.ToDatetime(tzinfo=UTC)
+                         if request.HasField("paid_time") else None),
+                fingerprint=fingerprint(request))
             return (o.id, o.points_earned, o.growth_earned), replayed
         if isinstance(request, pb.RefundOrderRequest):
             o, _m, points, growth = await app.refund_order(
@@ -238,21 +243,31 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- points --
     @rule(target=orders, who=st.integers(0, 1),
-          amount=st.one_of(st.integers(1, 99), st.integers(100, 60_000)))
-    def record_order(self, who: int, amount: int) -> str:
+          amount=st.one_of(st.integers(1, 99), st.integers(100, 60_000)),
+          paid_days_ago=st.one_of(st.none(), st.integers(0, 2 * VALID_DAYS)))
+    def record_order(self, who: int, amount: int, paid_days_ago: int | None = None) -> str:
+        """An order paid now, or `paid_days_ago` (recorded late: its points count their
+        validity from when it was paid, and expire at once if that is already past)."""
         mid = self.members[who]
         before = self.run(self.store.get_member(mid))
         order_id = self.next_id("o")
         request = pb.RecordOrderRequest(
             order_id=order_id, member_id=mid, channel=1, store_id="s1", amount_fen=amount,
             items=[pb.OrderItem(sku="sku-1", category="tea", quantity=1, unit_price_fen=amount)])
+        now = self.clock.now()
+        paid = now
+        if paid_days_ago is not None:
+            paid = now - timedelta(days=paid_days_ago)
+            request.paid_time.FromDatetime(paid)
+        expires = paid + timedelta(days=VALID_DAYS)
+        stale = expires <= now
         (_, points, growth), replayed = self.run(self.invoke(request))
         assert not replayed
         multiplier = DEFAULT_PROGRAM.tier(before.tier_level).points_multiplier_permille
         assert points == dp.points_for_order(amount, 1, multiplier)
         assert growth == do.growth_for_order(amount, 1)
         after = self.run(self.store.get_member(mid))
-        assert after.points_balance == before.points_balance + points
+        assert after.points_balance == before.points_balance + (0 if stale else points)
         assert after.growth_value == before.growth_value + growth
         # Upgrades at once on the growth of orders paid within the evaluation window.
         since = DEFAULT_PROGRAM.window_start(self.clock.now())
@@ -263,10 +278,19 @@ class LedgerMachine(RuleBasedStateMachine):
                                        DEFAULT_PROGRAM.qualifying_level(qualifying))
         fresh = self.run(self.new_points_entries(who))
         if points:
-            (entry,) = fresh
+            entry, *expired = fresh
             assert (entry.kind, entry.delta, entry.order_id) == (PointsEntryKind.EARN, points,
                                                                  order_id)
-            assert entry.expires_at == self.clock.now() + timedelta(days=VALID_DAYS)
+            assert entry.expires_at == expires
+            if stale:
+                event("order points expired on arrival")
+                (lapse,) = expired
+                assert (lapse.kind, lapse.delta, lapse.taken) == (
+                    PointsEntryKind.EXPIRE, -points, ((entry.id, points),))
+            else:
+                assert expired == []
+                lot = next(x for x in self.run(self.store.open_lots(mid)) if x.id == entry.id)
+                assert (lot.earned_at, lot.expires_at, lot.remaining) == (paid, expires, points)
         else:
             assert fresh == []
         self.calls.append(Call(request, (order_id, points, growth), replayed=True))
