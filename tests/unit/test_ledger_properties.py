@@ -57,6 +57,10 @@ PHONES = ("13812345678", "13912345678")
 TMP_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
+def share(part: int, whole: int) -> str:
+    return "none" if part == 0 else "all" if part == whole else "some"
+
+
 @dataclass(frozen=True)
 class Call:
     """A value-moving call that succeeded: its request (parameters and key) and what
@@ -405,6 +409,70 @@ class LedgerMachine(RuleBasedStateMachine):
             assert stored.points_reversed == stored.points_earned
             assert stored.growth_reversed == stored.growth_earned
         self.calls.append(Call(request, result))
+
+    # -- many calls at once --
+    def all_at_once(self, requests: list[message.Message]) -> list[tuple | BaseException]:
+        async def gather() -> list:
+            return await asyncio.gather(*(self.invoke(r) for r in requests),
+                                        return_exceptions=True)
+
+        results = self.run(gather())
+        for result in results:
+            # Contention is never a failure (ABORTED): only the rules refuse a call.
+            if isinstance(result, BaseException) and not (
+                    isinstance(result, PondError)
+                    and result.code is grpc.StatusCode.FAILED_PRECONDITION):
+                raise result
+        return results
+
+    @rule(who=st.integers(0, 1), calls=st.integers(2, 8), points=st.integers(1, 80))
+    def concurrent_redeems(self, who: int, calls: int, points: int) -> None:
+        """Redemptions at once: as many succeed as the spendable points cover, the
+        rest are INSUFFICIENT_POINTS."""
+        mid = self.members[who]
+        spendable = self.run(self.spendable(who))
+        before = self.run(self.store.get_member(mid))
+        requests = [pb.RedeemPointsRequest(member_id=mid, points=points, reason="rush",
+                                           idempotency_key=self.next_id("k"))
+                    for _ in range(calls)]
+        results = self.all_at_once(requests)
+        done = [(r, res) for r, res in zip(requests, results, strict=True)
+                if not isinstance(res, BaseException)]
+        assert all(res.reason == "INSUFFICIENT_POINTS"
+                   for res in results if isinstance(res, PondError))
+        assert len(done) == min(calls, spendable // points)
+        event(f"concurrent redeems: {share(len(done), calls)} succeeded")
+        after = self.run(self.store.get_member(mid))
+        assert after.points_balance == before.points_balance - len(done) * points
+        fresh = self.run(self.new_points_entries(who))
+        assert sorted(e.id for e in fresh) == sorted(res[0][0] for _, res in done)
+        assert all((e.kind, e.delta) == (PointsEntryKind.REDEEM, -points) for e in fresh)
+        self.calls += [Call(r, res[0]) for r, res in done]
+
+    @rule(order_id=orders, calls=st.integers(2, 6), percent=st.integers(1, 100))
+    def concurrent_refunds(self, order_id: str, calls: int, percent: int) -> None:
+        """Refunds of one order at once (distinct refund ids): together never more than
+        the order; as many land as what is left covers."""
+        o = self.run(self.store.get_order(order_id))
+        who = self.members.index(o.member_id)
+        fen = max(1, o.amount_fen * percent // 100)
+        left = o.amount_fen - o.refunded_fen
+        requests = [pb.RefundOrderRequest(order_id=order_id, refund_id=self.next_id("r"),
+                                          refund_fen=fen) for _ in range(calls)]
+        results = self.all_at_once(requests)
+        done = [(r, res) for r, res in zip(requests, results, strict=True)
+                if not isinstance(res, BaseException)]
+        assert all(res.reason in ("REFUND_EXCEEDS_ORDER", "ORDER_FULLY_REFUNDED")
+                   for res in results if isinstance(res, PondError))
+        assert len(done) == min(calls, left // fen)
+        event(f"concurrent refunds: {share(len(done), calls)} succeeded")
+        stored = self.run(self.store.get_order(order_id))
+        assert stored.refunded_fen == o.refunded_fen + len(done) * fen <= o.amount_fen
+        reversed_points = sum(res[0][2] for _, res in done)
+        fresh = self.run(self.new_points_entries(who))
+        assert all((e.kind, e.order_id) == (PointsEntryKind.REVERSE, order_id) for e in fresh)
+        assert -sum(e.delta for e in fresh) == reversed_points
+        self.calls += [Call(r, res[0]) for r, res in done]
 
     # -- stored value --
     @rule(who=st.integers(0, 1),
