@@ -71,21 +71,23 @@ class IdentityUseCases(MemberCore):
             now = self.now()
             events = EventWriter(now, request_id)
             if owner:
-                m = await self.member(owner)
                 missing = [lk for lk, o in owners.items() if not o]
                 if not missing:
-                    return self.view(m), False
-                expected = m.version
-                m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
-                self.touch(m, now)
-                events.updated(m, ["identities"])
-                change = Change(
-                    member=m,
-                    expected_version=expected,
-                    new_identities=[(lk, m.id) for lk in missing],
-                    events=events.events,
-                )
-                await self._commit_identities(change)
+                    return self.view(await self.member(owner)), False
+                # A write to a known member: in turn with its other writes.
+                async with self._writing.hold(owner):
+                    m = await self.member(owner)
+                    expected = m.version
+                    m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
+                    self.touch(m, now)
+                    events.updated(m, ["identities"])
+                    change = Change(
+                        member=m,
+                        expected_version=expected,
+                        new_identities=[(lk, m.id) for lk in missing],
+                        events=events.events,
+                    )
+                    await self._commit_identities(change)
                 return self.view(m), False
             referrer = fields.get("referrer_id", "")
             if referrer and await self.store.get_member(referrer) is None:
@@ -109,7 +111,9 @@ class IdentityUseCases(MemberCore):
             await self._commit_identities(change)
             return m, True
 
-        return await self.retrying(once)
+        # The member may not exist yet: no one's writes to hold off (the unique
+        # identities decide a race between two registrations).
+        return await self.retrying("", once)
 
     async def _commit_identities(self, change: Change) -> None:
         try:
@@ -153,7 +157,7 @@ class IdentityUseCases(MemberCore):
                 raise identity_conflict(conflict, trust) from exc
             return self.view(m)
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     async def find(self, ident: NewIdentity) -> Member:
         member_id = await self.store.member_id_for(self.lookup(ident))

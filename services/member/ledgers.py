@@ -56,7 +56,7 @@ class LedgerUseCases(MemberCore):
             )
             return change, move.entry.id, move.entry
 
-        return await self.idempotent(scope, idem, attempt, self._points_entry)
+        return await self.idempotent(member_id, scope, idem, attempt, self._points_entry)
 
     async def redeem_points(
         self, member_id: str, points: int, reason: str, idem: Idem, request_id: str = ""
@@ -151,7 +151,9 @@ class LedgerUseCases(MemberCore):
                 break
             expired_now = 0
             for member_id in due:
-                expired_now += await self.retrying(lambda mid=member_id: self._expire_member(mid))
+                expired_now += await self.retrying(
+                    member_id, lambda mid=member_id: self._expire_member(mid)
+                )
                 members += 1
             points += expired_now
             if expired_now == 0:
@@ -171,7 +173,7 @@ class LedgerUseCases(MemberCore):
                 by_member.setdefault(lot.member_id, set()).add(lot.id)
             for member_id, lot_ids in by_member.items():
                 announced += await self.retrying(
-                    lambda mid=member_id, ids=lot_ids: self._announce(mid, ids)
+                    member_id, lambda mid=member_id, ids=lot_ids: self._announce(mid, ids)
                 )
         return members, points, announced
 
@@ -255,7 +257,7 @@ class LedgerUseCases(MemberCore):
             )
             return change, entry.id, entry
 
-        return await self.idempotent(scope, idem, attempt, self._sv_entry)
+        return await self.idempotent(member_id, scope, idem, attempt, self._sv_entry)
 
     async def top_up(
         self,

@@ -76,13 +76,25 @@ class PurchaseUseCases(MemberCore):
             )
             events = EventWriter(now, request_id)
             change = Change(member=m, expected_version=expected, order=order, new_order=True)
+            moves: list[dp.PointsMove] = []
             if points:
-                move = self.grant_points(
-                    m, points, now, reason=f"order {order_id}", order_id=order_id
+                # Earned when the order was paid: a late-recorded order's points expire
+                # counting from then, and at once if that is already past.
+                moves.append(
+                    self.grant_points(
+                        m,
+                        points,
+                        now,
+                        reason=f"order {order_id}",
+                        order_id=order_id,
+                        earned_at=when,
+                    )
                 )
-                change.lots += move.lots
-                change.points_entries.append(move.entry)
-                m.points_balance = move.balance
+                if stale := dp.expire_stale_grant(moves[0], entry_id=new_id("p"), now=now):
+                    moves.append(stale)
+                change.lots += moves[-1].lots  # the lot as it ends up
+                change.points_entries += [move.entry for move in moves]
+                m.points_balance = moves[-1].balance
             m.growth_value += growth
             m.paid_order_count += 1
             m.total_spent_fen += amount_fen
@@ -93,8 +105,8 @@ class PurchaseUseCases(MemberCore):
             kind_before = m.kind
             self.touch(m, now)
             events.order_paid(order, m.paid_order_count)
-            if points:
-                events.points(change.points_entries[0])
+            for move in moves:
+                events.points(move.entry)
             if m.kind is not kind_before:
                 events.updated(m, ["kind"])
             change.events = events.events
@@ -104,7 +116,7 @@ class PurchaseUseCases(MemberCore):
                 raise StoreConflict(order_id) from exc  # recorded concurrently: replay it
             return order, self.view(m), False
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     async def refund_order(
         self, order_id: str, refund_id: str, refund_fen: int, idem: Idem, request_id: str = ""
@@ -125,7 +137,11 @@ class PurchaseUseCases(MemberCore):
                 refund = do.plan_refund(o, refund_id, refund_fen, now)
             except RuleViolation as exc:
                 raise rule_error(exc) from exc
-            change = Change(member=m, expected_version=expected)
+            # Guarded by the refunds the order had when read, like the member by its
+            # version: a refund that lands meanwhile makes this one go round again.
+            change = Change(
+                member=m, expected_version=expected, expected_order_refunds=len(o.refunds)
+            )
             events = EventWriter(now, request_id)
             reversed_points, entry_id = 0, ""
             if refund.points > 0 and m.points_balance > 0:
@@ -167,7 +183,9 @@ class PurchaseUseCases(MemberCore):
                 (o, self.view(m), reversed_points, refund.growth),
             )
 
-        return await self.idempotent(f"RefundOrder:{order_id}", idem, attempt, replay)
+        # The order's member never changes: its writes are the ones to take turns with.
+        member_id = (await self.order(order_id)).member_id
+        return await self.idempotent(member_id, f"RefundOrder:{order_id}", idem, attempt, replay)
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         await self.member(member_id)

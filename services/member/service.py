@@ -1,10 +1,19 @@
 """The member service's units of work: load, apply the domain rules, commit the
 change with its events and idempotency record, retry on a concurrent change.
 
+Concurrency: every write to a member runs through `retrying` (or `idempotent`, built
+on it) under that member's key. Within one process the attempts on one member take
+turns (a keyed lock), so they never conflict and contention is never a failure: each
+attempt sees the one before it committed. Across processes (replicas) the store's
+guards decide (the member's version, an order's refunds); the loser reloads and tries
+again after a short, growing, jittered pause, MAX_ATTEMPTS times in all.
+
 No gRPC here (api.py translates); no rules here (domain/ decides)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,9 +46,14 @@ from services.runtime.errors import (
 )
 from services.runtime.idempotency import IdempotencyRecord, key_reused
 from services.runtime.ids import new_id
+from services.runtime.keyed_lock import KeyedLock
 
 DOMAIN = "pond.member"
 MAX_ATTEMPTS = 8
+# Pauses between attempts after a conflict with another replica: up to
+# BACKOFF_BASE * 2**n seconds (full jitter) before attempt n + 1, at most BACKOFF_CAP.
+BACKOFF_BASE = 0.005
+BACKOFF_CAP = 0.2
 T = TypeVar("T")
 log = structlog.get_logger("pond.member")
 
@@ -91,6 +105,7 @@ class MemberCore:
         self.rules = rules
         self._on_commit = on_commit
         self._program: tuple[float, TierProgram] | None = None
+        self._writing = KeyedLock()  # by member id: one write at a time per member
 
     # -- plumbing --
     async def commit(self, change: Change) -> None:
@@ -98,9 +113,20 @@ class MemberCore:
         if change.events:
             self._on_commit()
 
-    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Runs `attempt` again when a concurrent change won the race."""
-        for _ in range(MAX_ATTEMPTS):
+    async def retrying(self, member_id: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs `attempt` (load, decide, commit) with the member's writes in this
+        process held off, again when another replica's change won the race (see the
+        module docstring). `member_id` "": nothing to hold (a member not known yet)."""
+        if not member_id:
+            return await self._attempts(attempt)
+        async with self._writing.hold(member_id):
+            return await self._attempts(attempt)
+
+    @staticmethod
+    async def _attempts(attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(MAX_ATTEMPTS):
+            if n:
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n)))
             try:
                 return await attempt()
             except StoreConflict:
@@ -114,6 +140,7 @@ class MemberCore:
 
     async def idempotent(
         self,
+        member_id: str,
         scope: str,
         idem: Idem,
         attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
@@ -121,7 +148,8 @@ class MemberCore:
     ) -> T:
         """Replays the first result for a known key (same request), rejects the key
         with other parameters, otherwise runs `attempt` -> (change, result id, result)
-        and commits the change together with the idempotency record."""
+        and commits the change together with the idempotency record; retrying on
+        `member_id`, the member the change writes."""
 
         async def once() -> T:
             record = await self.store.get_idempotency(scope, idem.key)
@@ -139,7 +167,7 @@ class MemberCore:
                 raise StoreConflict(idem.key) from exc  # a concurrent replay: go round again
             return result
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -153,9 +181,11 @@ class MemberCore:
         kind: PointsEntryKind = PointsEntryKind.EARN,
         reason: str = "",
         order_id: str = "",
+        earned_at: datetime | None = None,
     ) -> dp.PointsMove:
-        """`points` given to `m` now, as a lot that expires after the brand's
-        validity period (POND_POINTS_VALID_DAYS)."""
+        """`points` given to `m` now, as a lot earned at `earned_at` (default now) that
+        expires the brand's validity period (POND_POINTS_VALID_DAYS) after that."""
+        earned_at = earned_at or now
         return dp.grant(
             entry_id=new_id("p"),
             member_id=m.id,
@@ -165,7 +195,8 @@ class MemberCore:
             kind=kind,
             reason=reason,
             order_id=order_id,
-            expires_at=now + timedelta(days=self.rules.points_valid_days),
+            earned_at=earned_at,
+            expires_at=earned_at + timedelta(days=self.rules.points_valid_days),
         )
 
     def touch(self, m: Member, now: datetime) -> None:
@@ -265,7 +296,7 @@ class MemberUseCases(MemberCore):
             await self.commit(Change(member=m, expected_version=expected, events=events.events))
             return self.view(m)
 
-        return await self.retrying(once)
+        return await self.retrying(member_id, once)
 
     async def set_paid_membership(
         self, member_id: str, until: datetime, idem: Idem, request_id: str = ""
@@ -283,7 +314,7 @@ class MemberUseCases(MemberCore):
             events.updated(m, ["paid_until", "kind"])
             return Change(member=m, expected_version=expected, events=events.events), m.id, m
 
-        return await self.idempotent("SetPaidMembership", idem, attempt, self.get)
+        return await self.idempotent(member_id, "SetPaidMembership", idem, attempt, self.get)
 
     async def lapse_paid_memberships(self, batch: int = 500) -> int:
         """Stores the lapsed kind of paid memberships past their end (announced)."""
@@ -298,6 +329,6 @@ class MemberUseCases(MemberCore):
                 events.updated(m, ["kind"])
                 await self.commit(Change(member=m, expected_version=expected, events=events.events))
 
-            await self.retrying(once)
+            await self.retrying(member_id, once)
             lapsed += 1
         return lapsed

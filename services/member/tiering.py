@@ -39,7 +39,7 @@ class TierUseCases(MemberCore):
                 return evaluated, downgraded
             for m in page:
                 evaluated += 1
-                downgraded += await self.retrying(lambda mid=m.id: self._reevaluate(mid))
+                downgraded += await self.retrying(m.id, lambda mid=m.id: self._reevaluate(mid))
             after = page[-1].id
 
     async def _reevaluate(self, member_id: str) -> int:

@@ -593,11 +593,48 @@ async def test_orders_insert_duplicate_update_and_get(store: MemberStore) -> Non
             Refund("r-2", 500, 5, 10, FAR),
         ],
     )
-    await update(store, m, order=refunded)
+    await update(store, m, order=refunded, expected_order_refunds=0)
     assert await store.get_order("o-1") == refunded
-    # Replacing an order that is not there writes nothing.
-    await update(store, m, order=order("o-ghost", "m1", T0))
+    # Replacing an order that is not there conflicts and writes nothing.
+    with pytest.raises(StoreConflict):
+        await update(store, m, order=order("o-ghost", "m1", T0), expected_order_refunds=0)
     assert await store.get_order("o-ghost") is None
+
+
+async def test_replacing_an_order_is_guarded_by_its_refunds(store: MemberStore) -> None:
+    """Two refunds planned on one read of an order cannot both land, even when each
+    reads the member afresh: the order's refunds guard it as the version guards the
+    member."""
+    m = await add(store, new_member("m1"), events=[b"registered"])
+    o = order("o-1", "m1", T0)
+    await update(store, m, order=o, new_order=True)
+    r1, r2 = Refund("r-1", 3000, 30, 60, T0), Refund("r-2", 3000, 30, 60, FAR)
+    first = replace(o, refunds=[r1])
+    await update(store, m, order=first, expected_order_refunds=0)
+    late = side_writes("m1", "x")
+    del late["order"], late["new_order"]
+    with pytest.raises(StoreConflict):
+        await update(store, m, order=replace(o, refunds=[r2]), expected_order_refunds=0, **late)
+    assert await store.get_order("o-1") == first
+    got = await store.get_member("m1")
+    assert got.version == m.version == 3
+    await everything_absent(store, "x")
+    assert [e for _, e in await store.outbox_pending(10)] == [b"registered"]
+    # A stale member refuses the change as well, and the order stays as it was.
+    stale = replace(m.copy(), version=2)
+    both = replace(o, refunds=[r1, r2])
+    with pytest.raises(StoreConflict):
+        await update(store, stale, order=both, expected_order_refunds=1)
+    assert await store.get_order("o-1") == first
+    # Planned on the order as it is now, the second refund lands.
+    await update(store, m, order=both, expected_order_refunds=1)
+    assert await store.get_order("o-1") == both
+    assert m.version == 4
+    # Replacing an order without saying what it was read as is a programming error.
+    with pytest.raises(ValueError):
+        await update(store, m, order=both)
+    assert await store.get_order("o-1") == both
+    assert (await store.get_member("m1")).version == 4
 
 
 async def test_list_orders_newest_paid_first(store: MemberStore) -> None:
@@ -642,7 +679,7 @@ async def test_growth_since_is_net_of_refunds(store: MemberStore) -> None:
     assert await store.growth_since("nobody", T0 - 2 * day) == 0
     o3 = await store.get_order("o-3")
     o3.refunds.append(Refund("r-1", 1000, 5, 120, T0 + 2 * day))
-    await update(store, m, order=o3)
+    await update(store, m, order=o3, expected_order_refunds=0)
     assert await store.growth_since("m1", T0) == 380
 
 

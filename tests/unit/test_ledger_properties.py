@@ -11,7 +11,7 @@ import asyncio
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -55,6 +55,10 @@ PAGE = 7  # small, so listing every entry crosses page boundaries
 PHONES = ("13812345678", "13912345678")
 # A tmpfs when there is one: the ledgers are under test here, not the disk's fsync.
 TMP_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+def share(part: int, whole: int) -> str:
+    return "none" if part == 0 else "all" if part == whole else "some"
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     async def new_points_entries(self, who: int) -> list[PointsEntry]:
         """Entries written since the log was last brought up to date (the callers
-        expect at most one), now appended to it."""
+        expect one call's entries: at most two), oldest first, now appended to it.
+        Ids from one process sort in the order they were made."""
         known = set(self.points_log[who])
         fresh = [e for e in await self.points_entries(self.members[who]) if e.id not in known]
+        fresh.reverse()
         self.points_log[who] += [e.id for e in fresh]
         return fresh
 
@@ -187,7 +193,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 guide_id=request.guide_id,
                 items=tuple(OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen)
                             for i in request.items),
-                amount_fen=request.amount_fen, paid_at=None, fingerprint=fingerprint(request))
+                amount_fen=request.amount_fen,
+                paid_at=(request.paid_time.ToDatetime(tzinfo=UTC)
+                         if request.HasField("paid_time") else None),
+                fingerprint=fingerprint(request))
             return (o.id, o.points_earned, o.growth_earned), replayed
         if isinstance(request, pb.RefundOrderRequest):
             o, _m, points, growth = await app.refund_order(
@@ -238,21 +247,31 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- points --
     @rule(target=orders, who=st.integers(0, 1),
-          amount=st.one_of(st.integers(1, 99), st.integers(100, 60_000)))
-    def record_order(self, who: int, amount: int) -> str:
+          amount=st.one_of(st.integers(1, 99), st.integers(100, 60_000)),
+          paid_days_ago=st.one_of(st.none(), st.integers(0, 2 * VALID_DAYS)))
+    def record_order(self, who: int, amount: int, paid_days_ago: int | None = None) -> str:
+        """An order paid now, or `paid_days_ago` (recorded late: its points count their
+        validity from when it was paid, and expire at once if that is already past)."""
         mid = self.members[who]
         before = self.run(self.store.get_member(mid))
         order_id = self.next_id("o")
         request = pb.RecordOrderRequest(
             order_id=order_id, member_id=mid, channel=1, store_id="s1", amount_fen=amount,
             items=[pb.OrderItem(sku="sku-1", category="tea", quantity=1, unit_price_fen=amount)])
+        now = self.clock.now()
+        paid = now
+        if paid_days_ago is not None:
+            paid = now - timedelta(days=paid_days_ago)
+            request.paid_time.FromDatetime(paid)
+        expires = paid + timedelta(days=VALID_DAYS)
+        stale = expires <= now
         (_, points, growth), replayed = self.run(self.invoke(request))
         assert not replayed
         multiplier = DEFAULT_PROGRAM.tier(before.tier_level).points_multiplier_permille
         assert points == dp.points_for_order(amount, 1, multiplier)
         assert growth == do.growth_for_order(amount, 1)
         after = self.run(self.store.get_member(mid))
-        assert after.points_balance == before.points_balance + points
+        assert after.points_balance == before.points_balance + (0 if stale else points)
         assert after.growth_value == before.growth_value + growth
         # Upgrades at once on the growth of orders paid within the evaluation window.
         since = DEFAULT_PROGRAM.window_start(self.clock.now())
@@ -263,10 +282,19 @@ class LedgerMachine(RuleBasedStateMachine):
                                        DEFAULT_PROGRAM.qualifying_level(qualifying))
         fresh = self.run(self.new_points_entries(who))
         if points:
-            (entry,) = fresh
+            entry, *expired = fresh
             assert (entry.kind, entry.delta, entry.order_id) == (PointsEntryKind.EARN, points,
                                                                  order_id)
-            assert entry.expires_at == self.clock.now() + timedelta(days=VALID_DAYS)
+            assert entry.expires_at == expires
+            if stale:
+                event("order points expired on arrival")
+                (lapse,) = expired
+                assert (lapse.kind, lapse.delta, lapse.taken) == (
+                    PointsEntryKind.EXPIRE, -points, ((entry.id, points),))
+            else:
+                assert expired == []
+                lot = next(x for x in self.run(self.store.open_lots(mid)) if x.id == entry.id)
+                assert (lot.earned_at, lot.expires_at, lot.remaining) == (paid, expires, points)
         else:
             assert fresh == []
         self.calls.append(Call(request, (order_id, points, growth), replayed=True))
@@ -381,6 +409,70 @@ class LedgerMachine(RuleBasedStateMachine):
             assert stored.points_reversed == stored.points_earned
             assert stored.growth_reversed == stored.growth_earned
         self.calls.append(Call(request, result))
+
+    # -- many calls at once --
+    def all_at_once(self, requests: list[message.Message]) -> list[tuple | BaseException]:
+        async def gather() -> list:
+            return await asyncio.gather(*(self.invoke(r) for r in requests),
+                                        return_exceptions=True)
+
+        results = self.run(gather())
+        for result in results:
+            # Contention is never a failure (ABORTED): only the rules refuse a call.
+            if isinstance(result, BaseException) and not (
+                    isinstance(result, PondError)
+                    and result.code is grpc.StatusCode.FAILED_PRECONDITION):
+                raise result
+        return results
+
+    @rule(who=st.integers(0, 1), calls=st.integers(2, 8), points=st.integers(1, 80))
+    def concurrent_redeems(self, who: int, calls: int, points: int) -> None:
+        """Redemptions at once: as many succeed as the spendable points cover, the
+        rest are INSUFFICIENT_POINTS."""
+        mid = self.members[who]
+        spendable = self.run(self.spendable(who))
+        before = self.run(self.store.get_member(mid))
+        requests = [pb.RedeemPointsRequest(member_id=mid, points=points, reason="rush",
+                                           idempotency_key=self.next_id("k"))
+                    for _ in range(calls)]
+        results = self.all_at_once(requests)
+        done = [(r, res) for r, res in zip(requests, results, strict=True)
+                if not isinstance(res, BaseException)]
+        assert all(res.reason == "INSUFFICIENT_POINTS"
+                   for res in results if isinstance(res, PondError))
+        assert len(done) == min(calls, spendable // points)
+        event(f"concurrent redeems: {share(len(done), calls)} succeeded")
+        after = self.run(self.store.get_member(mid))
+        assert after.points_balance == before.points_balance - len(done) * points
+        fresh = self.run(self.new_points_entries(who))
+        assert sorted(e.id for e in fresh) == sorted(res[0][0] for _, res in done)
+        assert all((e.kind, e.delta) == (PointsEntryKind.REDEEM, -points) for e in fresh)
+        self.calls += [Call(r, res[0]) for r, res in done]
+
+    @rule(order_id=orders, calls=st.integers(2, 6), percent=st.integers(1, 100))
+    def concurrent_refunds(self, order_id: str, calls: int, percent: int) -> None:
+        """Refunds of one order at once (distinct refund ids): together never more than
+        the order; as many land as what is left covers."""
+        o = self.run(self.store.get_order(order_id))
+        who = self.members.index(o.member_id)
+        fen = max(1, o.amount_fen * percent // 100)
+        left = o.amount_fen - o.refunded_fen
+        requests = [pb.RefundOrderRequest(order_id=order_id, refund_id=self.next_id("r"),
+                                          refund_fen=fen) for _ in range(calls)]
+        results = self.all_at_once(requests)
+        done = [(r, res) for r, res in zip(requests, results, strict=True)
+                if not isinstance(res, BaseException)]
+        assert all(res.reason in ("REFUND_EXCEEDS_ORDER", "ORDER_FULLY_REFUNDED")
+                   for res in results if isinstance(res, PondError))
+        assert len(done) == min(calls, left // fen)
+        event(f"concurrent refunds: {share(len(done), calls)} succeeded")
+        stored = self.run(self.store.get_order(order_id))
+        assert stored.refunded_fen == o.refunded_fen + len(done) * fen <= o.amount_fen
+        reversed_points = sum(res[0][2] for _, res in done)
+        fresh = self.run(self.new_points_entries(who))
+        assert all((e.kind, e.order_id) == (PointsEntryKind.REVERSE, order_id) for e in fresh)
+        assert -sum(e.delta for e in fresh) == reversed_points
+        self.calls += [Call(r, res[0]) for r, res in done]
 
     # -- stored value --
     @rule(who=st.integers(0, 1),

@@ -71,10 +71,13 @@ def grant(
     kind: PointsEntryKind = PointsEntryKind.EARN,
     reason: str = "",
     order_id: str = "",
+    earned_at: datetime | None = None,
 ) -> PointsMove:
+    """A new lot of `points`, earned at `earned_at` (default: now; an order's points
+    are earned when it was paid), and its entry, written now."""
     if points <= 0:
         raise ValueError("a grant is positive")
-    lot = Lot(entry_id, member_id, now, expires_at, points, points, order_id)
+    lot = Lot(entry_id, member_id, earned_at or now, expires_at, points, points, order_id)
     entry = PointsEntry(
         entry_id, member_id, kind, points, balance + points, now, reason, order_id, expires_at
     )
@@ -158,6 +161,29 @@ def expire(*, entry_id: str, member_id: str, lots: list[Lot], now: datetime) -> 
         tuple((lot.id, lot.remaining) for lot in due),
     )
     return PointsMove(changed, entry)
+
+
+def expire_stale_grant(grant: PointsMove, *, entry_id: str, now: datetime) -> PointsMove | None:
+    """A grant whose lot is already past its expiry when it is written (the points of an
+    order paid long ago, recorded late) expires at once: an EXPIRE entry right after
+    the grant's, so the ledger shows both and the balance never holds points that could
+    not be spent. None when the lot is still valid."""
+    (lot,) = grant.lots
+    if lot.expires_at > now:
+        return None
+    entry = PointsEntry(
+        entry_id,
+        lot.member_id,
+        PointsEntryKind.EXPIRE,
+        -lot.remaining,
+        grant.balance - lot.remaining,
+        now,
+        "expired",
+        lot.order_id,
+        None,
+        ((lot.id, lot.remaining),),
+    )
+    return PointsMove((replace(lot, remaining=0),), entry)
 
 
 def points_for_order(amount_fen: int, points_per_yuan: int, multiplier_permille: int) -> int:

@@ -2,8 +2,9 @@
 production), held equal by tests/contract/test_member_store.py.
 
 Every state change goes through `commit(Change)`: the member (guarded by its
-version), new identities, lots, ledger entries, the order, tier changes, the
-idempotency record and the outbox events are written all or nothing."""
+version), new identities, lots, ledger entries, the order (a changed one guarded by
+its refunds), tier changes, the idempotency record and the outbox events are written
+all or nothing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from services.runtime.idempotency import IdempotencyRecord
 
 
 class StoreConflict(Exception):
-    """The member changed since it was read (version mismatch): reload and retry."""
+    """The member (version mismatch) or the order (refunds mismatch) changed since it
+    was read: reload and retry."""
 
 
 class IdentityTaken(Exception):
@@ -45,12 +47,24 @@ class Change:
     lots: list[Lot] = field(default_factory=list)  # inserted or replaced by id
     points_entries: list[PointsEntry] = field(default_factory=list)
     stored_value_entries: list[StoredValueEntry] = field(default_factory=list)
-    order: Order | None = None  # inserted or replaced by id
+    order: Order | None = None  # inserted (new_order) or replaced by id
     new_order: bool = False
+    # An order changes only by gaining refunds, so how many it had when read is its
+    # version: a replaced order is written only if the stored one still has that many
+    # (else StoreConflict), so two refunds that read the same order cannot both land.
+    # Required when replacing an order.
+    expected_order_refunds: int | None = None
     tier_changes: list[TierChange] = field(default_factory=list)
     tier_program: TierProgram | None = None
     idempotency: IdempotencyRecord | None = None
     events: list[bytes] = field(default_factory=list)
+
+
+def expected_order_refunds(change: Change) -> int:
+    """The guard of a replaced order (both backends refuse a change without one)."""
+    if change.expected_order_refunds is None:
+        raise ValueError("replacing an order needs expected_order_refunds")
+    return change.expected_order_refunds
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ transactions: there commit runs the same statements without a session, which is 
 only as far as this ordering makes it:
   1. the member's version is checked (StoreConflict before anything is written);
   2. the writes that can be refused are made first: identities (IdentityTaken), a new
-     order and the idempotency record (DuplicateKey);
+     order (DuplicateKey) or a replaced one, conditionally on its refunds
+     (StoreConflict), and the idempotency record (DuplicateKey);
   3. then the member itself, conditionally on its version (a concurrent writer that got
-     in since step 1 makes it StoreConflict, and the documents of step 2 are deleted
-     again, best effort);
-  4. then the writes that are not refused: lots, ledger entries, an updated order, tier
-     changes, the tier programme and the outbox events.
+     in since step 1 makes it StoreConflict, and the writes of step 2 are undone again,
+     best effort: inserted documents deleted, a replaced order put back);
+  4. then the writes that are not refused: lots, ledger entries, tier changes, the tier
+     programme and the outbox events.
 All-or-nothing commits are therefore real-MongoDB-only; the same order is used inside a
 transaction, so both modes refuse a change with the same error as SQLite does.
 
@@ -65,6 +66,7 @@ from services.member.store import (
     MemberStore,
     StoreConflict,
     codec,
+    expected_order_refunds,
 )
 from services.runtime.idempotency import IdempotencyRecord
 from services.runtime.mongo import Counter, MongoSchema, MongoStore, find_docs
@@ -140,6 +142,7 @@ class MongoMemberStore(MongoStore, MemberStore):
             if (None if found is None else found["version"]) != change.expected_version:
                 raise StoreConflict(m.id)
         inserted: list[tuple[object, str]] = []  # (collection, _id), undone on refusal
+        replaced_order: dict | None = None  # the order as it was, put back on refusal
         try:
             for lookup, member_id in change.new_identities:
                 try:
@@ -157,6 +160,14 @@ class MongoMemberStore(MongoStore, MemberStore):
                 except DuplicateKeyError as exc:
                     raise DuplicateKey(change.order.id) from exc
                 inserted.append((self._c.orders, change.order.id))
+            elif change.order is not None:
+                replaced_order = await self._c.orders.find_one_and_replace(
+                    {"_id": change.order.id, "refunds": {"$size": expected_order_refunds(change)}},
+                    codec.order_to_doc(change.order),
+                    session=s,
+                )
+                if replaced_order is None:
+                    raise StoreConflict(change.order.id)
             if change.idempotency is not None:
                 rec = change.idempotency
                 doc_id = _idempotency_id(rec.scope, rec.key)
@@ -181,6 +192,15 @@ class MongoMemberStore(MongoStore, MemberStore):
                 for collection, doc_id in reversed(inserted):
                     with contextlib.suppress(PyMongoError):
                         await collection.delete_one({"_id": doc_id})
+                if replaced_order is not None and change.order is not None:
+                    with contextlib.suppress(PyMongoError):
+                        await self._c.orders.replace_one(
+                            {
+                                "_id": change.order.id,
+                                "refunds": {"$size": len(change.order.refunds)},
+                            },
+                            replaced_order,
+                        )
             raise
         for lot in change.lots:
             await self._c.lots.replace_one(
@@ -193,10 +213,6 @@ class MongoMemberStore(MongoStore, MemberStore):
         if change.stored_value_entries:
             await self._c.sv_entries.insert_many(
                 [codec.sv_entry_to_doc(e) for e in change.stored_value_entries], session=s
-            )
-        if change.order is not None and not change.new_order:
-            await self._c.orders.replace_one(
-                {"_id": change.order.id}, codec.order_to_doc(change.order), session=s
             )
         if change.tier_changes:
             await self._c.tier_changes.insert_many(

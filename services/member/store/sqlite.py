@@ -24,6 +24,7 @@ from services.member.store import (
     MemberStore,
     StoreConflict,
     codec,
+    expected_order_refunds,
 )
 from services.runtime.idempotency import IdempotencyRecord
 from services.runtime.storage import SqliteWriter, open_point_reader, open_sqlite
@@ -195,9 +196,13 @@ class SqliteMemberStore(MemberStore):
                 except sqlite3.IntegrityError as exc:
                     raise DuplicateKey(o.id) from exc
             else:
-                w.execute(
-                    "UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=? WHERE id=?", row
+                cur = w.execute(
+                    "UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=? WHERE id=?"
+                    " AND json_array_length(doc, '$.refunds')=?",
+                    (*row, expected_order_refunds(change)),
                 )
+                if cur.rowcount != 1:
+                    raise StoreConflict(o.id)
         if change.tier_changes:
             w.executemany(
                 "INSERT INTO tier_changes (member_id, doc) VALUES (?, ?)",
