@@ -8,8 +8,9 @@ may gain a tag in any second of the day and a cohort per second would never end;
 a day is what a guide reads in the profile. Days are the engine's (days since
 1970-01-01 in the brand's time zone).
 
-Persisted as bitmaps of kind "since" named "<tag>@<day>" (a tag key has no "@");
-only the cohorts a change touched are rewritten, emptied ones deleted."""
+Persisted as bitmaps of kind "since" named "<tag>@<day>" (the day follows the last
+"@": a category, in a repurchase_due tag, may contain one); only the cohorts a
+change touched are rewritten, emptied ones deleted."""
 
 from __future__ import annotations
 
