@@ -19,7 +19,7 @@ from bench.tagging import stages as st
 from bench.tagging.brand import BOOLEAN_SEGMENTS
 from services.runtime.clock import ManualClock
 from services.tagging import engine as engine_mod
-from services.tagging import runs
+from services.tagging import partition
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import population as pop
 from services.tagging.domain import scoring as sc
@@ -34,16 +34,16 @@ _MODULE_STAGES = [
     (engine_mod, "assemble", "features / assemble rows"),
     (engine_mod, "compute_features", "features / compute_features"),
     (pop.PopulationStats, "of", "population stats"),
-    (runs, "_pack", "partition results / pack"),
-    (runs, "_unpack", "partition results / unpack"),
+    (partition, "_pack", "partition results / pack"),
+    (partition, "_unpack", "partition results / unpack"),
     (sc, "per_member_scores", "score / lifecycle + repurchase due"),
     (sc, "population_scores", "score / RFM + quadrant"),
     (sc, "compute_tags", "score / rule tags"),
     (sc, "compute_segments", "score / segments"),
     (sc, "bitmap_of", "score / masks to bitmaps"),
-    (runs, "tags_changed_payloads", "write / TagsChanged payloads"),
-    (runs, "make_event", "write / event envelopes"),
-    (runs, "record_segment_version", "write / segment versions"),
+    (partition, "tags_changed_payloads", "write / TagsChanged payloads"),
+    (partition, "make_event", "write / event envelopes"),
+    (partition, "record_segment_version", "write / segment versions"),
 ]
 _STORE_STAGES = [
     ("scan_histories", "load rows (store.scan_histories)"),

@@ -32,6 +32,7 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "WatchScoringRun": OPS,
     "GetScoringRun": OPS,
     "ListScoringRuns": OPS,
+    "CancelScoringRun": OPS,
     "SetCategoryCycle": OPS,
     "ListCategoryCycles": STAFF,
     "PreviewSegment": OPS,
@@ -43,7 +44,8 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "StreamSegmentMembers": OPS,
     "ListSegmentVersions": STAFF,
 }
-RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3}
+RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3, "cancelled": 4}
+MAX_RUN_ID = 64
 
 
 def ts(micros: int) -> Timestamp | None:
@@ -277,6 +279,15 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             runs=[run_pb(d) for d in docs[:limit]], next_page_token=token
         )
 
+    async def CancelScoringRun(
+        self, request: pb.CancelScoringRunRequest, context
+    ) -> pb.ScoringRun:
+        if not 1 <= len(request.run_id) <= MAX_RUN_ID:
+            raise invalid_argument(
+                [("run_id", f"the id of a scoring run, 1-{MAX_RUN_ID} characters")], domain=DOMAIN
+            )
+        return run_pb(await self.runner.cancel(request.run_id))
+
     async def SetCategoryCycle(self, request, context) -> pb.CategoryCycle:
         await self.app.set_cycle(request.category, request.days)
         return self._cycle(request.category)
@@ -292,7 +303,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def ListCategoryCycles(self, request, context) -> pb.ListCategoryCyclesResponse:
         return pb.ListCategoryCyclesResponse(
-            cycles=[self._cycle(c) for c in sorted(self.app.engine.categories)]
+            cycles=[self._cycle(c) for c in sorted(self.app.engine.categories)],
+            untracked_categories=self.app.engine.untracked_categories,
         )
 
     # -- segments --

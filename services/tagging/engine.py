@@ -4,26 +4,29 @@ the real-time path: a member event updates the member's history and re-evaluates
 that member's rule tags, per-member scores and segments at once.
 
 Bitmaps changed in real time are persisted by `flush()` (called every second by
-the server); scoring runs write theirs directly."""
+the server); scoring runs write theirs directly. Since when each member has each
+computed tag is kept with them (services.tagging.since)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import structlog
 from pyroaring import BitMap
 
-from services.runtime.clock import Clock
+from services.runtime.clock import Clock, epoch_micros
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scores
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame, compute_features
 from services.tagging.domain.history import MemberHistory, assemble
 from services.tagging.domain.scoring import in_dependency_order
+from services.tagging.since import KIND as SINCE_KIND
+from services.tagging.since import TagSince
 from services.tagging.store import TaggingStore
 
 log = structlog.get_logger("pond.tagging")
@@ -81,11 +84,14 @@ class TagEngine:
         self.categories: dict[str, int] = {}
         self.configured_cycles: dict[str, float] = {}
         self.learned_cycles: dict[int, float] = {}
+        self.since = TagSince()  # computed tags; manual ones are in manual_meta
+        # Categories seen past the limit (settings.tagging_max_categories), a sample.
+        self.untracked_categories: list[str] = []
         self._dirty_tags: set[str] = set()
         self._dirty_segments: set[str] = set()
-        # Members re-evaluated in real time while a scoring run is under way (None:
-        # no run): the run scored their older history and must leave them alone.
-        self._touched: BitMap | None = None
+        # Run id -> members re-evaluated in real time while that scoring run is under
+        # way: the run scored their older history and must leave them alone.
+        self._touched: dict[str, BitMap] = {}
 
     # -- time --
     def day_of(self, when: datetime) -> int:
@@ -94,6 +100,11 @@ class TagEngine:
 
     def today(self) -> int:
         return self.day_of(self.clock.now())
+
+    def day_start_micros(self, day: int) -> int:
+        """The start of `day` in the brand's time zone, as epoch microseconds."""
+        local = datetime(1970, 1, 1) + timedelta(days=day)
+        return epoch_micros(local.replace(tzinfo=self.tz))
 
     # -- loading --
     async def load(self) -> None:
@@ -131,6 +142,9 @@ class TagEngine:
                 self.tag_bitmaps[tag] = BitMap(members)
             learned = await self.store.get_definition("state", "learned_cycles")
             self.learned_cycles = {int(k): v for k, v in (learned or {}).get("cycles", {}).items()}
+            untracked = await self.store.get_definition("state", "untracked_categories")
+            self.untracked_categories = list((untracked or {}).get("names", []))
+            self.since = TagSince.from_blobs(await self.store.load_bitmaps(SINCE_KIND))
 
     # -- helpers used by the use cases --
     def member_ids_of(self, bitmap: BitMap) -> list[str]:
@@ -221,6 +235,12 @@ class TagEngine:
     def apply_changes(self, changes: TagChangeSet, *, persisted: bool = False) -> None:
         """In memory. The bitmaps are marked dirty for flush(), unless the caller is
         writing them itself (`persisted`, a scoring run)."""
+        today = self.today()
+        for name, (gained, lost) in changes.tags.items():
+            d = self.tags.get(name)
+            if d is not None and d.doc["kind"] != "manual":
+                self.since.lost(name, lost)
+                self.since.gained(name, gained, today)
         for bitmaps, dirty, changed in (
             (self.tag_bitmaps, self._dirty_tags, changes.tags),
             (self.segment_bitmaps, self._dirty_segments, changes.segments),
@@ -252,20 +272,35 @@ class TagEngine:
                 await self.store.put_bitmaps(
                     "segment", {s: self.segment_bitmaps[s].serialize() for s in segs}
                 )
+            await self.persist_since()
 
-    def track_real_time(self) -> None:
-        """From now on remember the members re-evaluated in real time (a run starts)."""
-        self._touched = BitMap()
+    async def persist_since(self) -> None:
+        """Writes the since-cohorts changed since the last call (the caller holds
+        the lock)."""
+        put, delete = self.since.take_changes()
+        if put or delete:
+            await self.store.put_bitmaps(SINCE_KIND, put, delete=delete)
 
-    def stop_tracking(self) -> BitMap:
-        """The members re-evaluated since track_real_time(); tracking ends."""
-        touched, self._touched = self._touched, None
-        return touched if touched is not None else BitMap()
+    def tag_since_micros(self, idx: int, tag: str) -> int:
+        """Since when the member has the tag: exact for manual tags, the start of
+        the day for computed ones; 0 if not known."""
+        if (idx, tag) in self.manual_meta:
+            return self.manual_meta[(idx, tag)][1]
+        day = self.since.day_of(tag, idx)
+        return 0 if day is None else self.day_start_micros(day)
+
+    def track_real_time(self, run_id: str) -> None:
+        """From now on remember the members re-evaluated in real time (run_id starts)."""
+        self._touched[run_id] = BitMap()
+
+    def stop_tracking(self, run_id: str) -> BitMap:
+        """The members re-evaluated since track_real_time(run_id); its tracking ends."""
+        return self._touched.pop(run_id, BitMap())
 
     async def rescore_member(self, history: MemberHistory) -> TagChangeSet:
         """Re-evaluates one member from its history (no writes)."""
-        if self._touched is not None:
-            self._touched.add(history.idx)
+        for touched in self._touched.values():
+            touched.add(history.idx)
         frame = self.frame_for([history.to_row()])
         tag_masks, seg_masks = await self.member_masks(frame)
         skip = set(self.manual_names()) | set(self.population_names())

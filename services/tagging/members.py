@@ -3,12 +3,13 @@ path, each event applied once, the member rescored at once) and the profile."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC
 
 from pond.events.v1 import event_pb2
 from pond.events.v1 import member_events_pb2 as mev
 
-from services.runtime.errors import not_found
+from services.runtime.errors import PondError, not_found
 from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import NEVER
@@ -49,7 +50,7 @@ class MemberUseCases(TaggingCore):
                 history.order_paid(
                     engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC)),
                     payload.amount_fen,
-                    {known[n] for n in names},
+                    set(known.values()),  # untracked categories count in totals only
                     today,
                 )
             elif kind == "OrderRefunded":
@@ -91,7 +92,7 @@ class MemberUseCases(TaggingCore):
         engine = self.engine
         idx = engine.index.get(member_id)
         if idx is None:
-            raise not_found("member", member_id, domain=DOMAIN)
+            raise member_not_known_yet(member_id)
         row = await self.store.get_history(idx)
         history = MemberHistory.from_row(row) if row else MemberHistory(idx)
         frame = engine.frame_for([history.to_row()])
@@ -100,7 +101,7 @@ class MemberUseCases(TaggingCore):
             if idx not in bm or name not in engine.tags:
                 continue
             d = engine.tags[name].doc
-            by, at = engine.manual_meta.get((idx, name), ("", 0))
+            by, _at = engine.manual_meta.get((idx, name), ("", 0))
             source = {"manual": f"manual by {by}", "rule": f"rule v{d['version']}"}.get(
                 d["kind"], "score"
             )
@@ -110,7 +111,7 @@ class MemberUseCases(TaggingCore):
                     "display_name": d["display_name"],
                     "kind": d["kind"],
                     "source": source,
-                    "since": at,
+                    "since": engine.tag_since_micros(idx, name),
                 }
             )
         scores = {}
@@ -141,3 +142,16 @@ class MemberUseCases(TaggingCore):
             "features": {k: float(v[0]) for k, v in frame.columns.items()},
             "repurchase": repurchase,
         }
+
+
+def member_not_known_yet(member_id: str) -> PondError:
+    """Tagging knows a member once the member service's events about it arrive: a
+    member registered a moment ago may not be known yet (a caller shows "profile on
+    its way" and asks again); an id that stays unknown is not a member."""
+    return replace(
+        not_found("member", member_id, domain=DOMAIN),
+        reason="MEMBER_NOT_KNOWN_YET",
+        message=f"tagging has not seen member {member_id!r} yet: it learns members from the"
+        " member service's events (MemberRegistered, orders), usually within a second of"
+        " registration; ask again shortly. An id that stays unknown is not a member.",
+    )

@@ -22,7 +22,7 @@ from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.segment_eval import evaluate_bitmap
 from services.tagging.engine import Definition, TagEngine
-from services.tagging.runs import record_segment_version
+from services.tagging.partition import record_segment_version
 from services.tagging.service import TaggingCore
 
 

@@ -111,11 +111,16 @@ async def start_tagging_service(
         relay = OutboxRelay(engine.store, redis, STREAM, poll_seconds=settings.outbox_poll_seconds)
         if settings.outbox_relay_enabled:
             tasks.append(asyncio.create_task(relay.run(stop), name="tagging-outbox"))
-    runner = ScoringRunner(engine, rescore_delay=settings.tagging_rescore_delay_seconds)
+    runner = ScoringRunner(
+        engine,
+        partition_timeout=settings.tagging_partition_timeout_seconds,
+        rescore_delay=settings.tagging_rescore_delay_seconds,
+    )
     app = TaggingApp(
         engine,
         on_commit=relay.notify if relay else (lambda: None),
         on_rules_changed=runner.rescore_soon if runner.rescore_delay > 0 else (lambda: None),
+        max_categories=settings.tagging_max_categories,
     )
     if settings.redis_url:
         consumer = EventConsumer(

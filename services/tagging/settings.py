@@ -20,3 +20,10 @@ class TaggingSettings(RuntimeSettings):
     # After a rule tag is created or changed (or a category cycle set), a scoring run
     # over everyone starts this many seconds later; 0 leaves it to the scheduled runs.
     tagging_rescore_delay_seconds: float = 2.0
+    # A partition of a scoring run that does not report within this many seconds
+    # fails the run (naming it), which frees the run lock.
+    tagging_partition_timeout_seconds: float = 300.0
+    # At most this many order categories are tracked automatically (per-category
+    # statistics and a repurchase_due:<category> tag each); later ones count in the
+    # order features only, until an operator admits one with SetCategoryCycle.
+    tagging_max_categories: int = 200

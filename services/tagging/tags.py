@@ -171,9 +171,10 @@ class CatalogueUseCases(TaggingCore):
             raise invalid_argument([("category", "1-64 characters")], domain=DOMAIN)
         if not 0 <= days <= 3650:
             raise invalid_argument([("days", "0 (clear) to 3650")], domain=DOMAIN)
-        await self._categories([category])
-        await self.store.set_cycle(category, days)
-        self.engine.configured_cycles = await self.store.load_cycles()
+        async with self.engine.lock:
+            await self._categories([category], admit=True)  # past the limit too
+            await self.store.set_cycle(category, days)
+            self.engine.configured_cycles = await self.store.load_cycles()
         self._on_rules_changed()  # repurchase-due tags of the category move
 
 

@@ -311,6 +311,16 @@ async def test_bitmaps_replace_and_queue_events(store):
     assert [e for _, e in await store.outbox_pending(10)] == [b"ev-1", b"ev-2", b"ev-3"]
 
 
+async def test_bitmaps_delete_with_replace_atomically(store):
+    await store.put_bitmaps("since", {"vip@1": b"a", "vip@2": b"b"})
+    await store.put_bitmaps("tag", {"vip@1": b"tag"})
+    await store.put_bitmaps("since", {"vip@3": b"c"}, [b"ev"], delete=["vip@1", "nope"])
+    await store.put_bitmaps("since", {}, delete=["vip@2"])
+    assert await store.load_bitmaps("since") == {"vip@3": b"c"}
+    assert await store.load_bitmaps("tag") == {"vip@1": b"tag"}  # other kinds untouched
+    assert [e for _, e in await store.outbox_pending(10)] == [b"ev"]
+
+
 # -- scoring runs --
 
 
@@ -349,6 +359,21 @@ async def test_runs(store):
     assert await ids("run-001", 10) == []
     assert await ids("run-0035", 10) == ["run-003", "run-002", "run-001"]
     assert await ids("", 0) == []
+
+
+async def test_put_run_compare_and_set(store):
+    doc = {"id": "r1", "state": "running", "stage": "score", "attempt": 0}
+    assert not await store.put_run("r1", doc, expect={"state": "running"})  # none stored
+    assert await store.get_run("r1") is None
+    assert await store.put_run("r1", doc)
+    assert await store.put_run("r1", {**doc, "stage": "write"}, expect={"state": "running"})
+    cancelled = {**doc, "state": "cancelled"}
+    assert not await store.put_run("r1", cancelled, expect={"state": "running", "stage": "score"})
+    assert not await store.put_run("r1", cancelled, expect={"state": "running", "attempt": 1})
+    assert (await store.get_run("r1"))["stage"] == "write"
+    assert await store.put_run("r1", cancelled, expect={"state": "running", "attempt": 0})
+    assert not await store.put_run("r1", doc, expect={"state": "running"})
+    assert await store.get_run("r1") == cancelled
 
 
 async def test_run_stats(store):

@@ -185,7 +185,7 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
     settings = settings_for(data_dir)
     engine = await open_engine(settings)
     try:
-        runner = ScoringRunner(engine, wait_seconds=WORKER_SECONDS)
+        runner = ScoringRunner(engine, partition_timeout=WORKER_SECONDS)
         doc = await runner.begin(partitions=2)
         assert doc["partitions"] == 2
         # What the partitions exchanged, as it stood when the finished run cleared it.

@@ -641,7 +641,7 @@ async def test_profile_of_unknown_member_is_not_found(stack: Stack):
             pb.GetMemberProfileRequest(member_id="m-nobody"), metadata=stack.md()
         ),
         grpc.StatusCode.NOT_FOUND,
-        "MEMBER_NOT_FOUND",
+        "MEMBER_NOT_KNOWN_YET",
     )
 
 
@@ -760,9 +760,9 @@ async def test_a_second_run_is_refused_while_one_runs(stack: Stack, monkeypatch)
     gate = asyncio.Event()
     real_wait = runner._wait_all
 
-    async def held(key: str, partitions: int):
+    async def held(*args):
         await gate.wait()
-        return await real_wait(key, partitions)
+        return await real_wait(*args)
 
     monkeypatch.setattr(runner, "_wait_all", held)
     first = await stack.stub.StartScoringRun(pb.StartScoringRunRequest(), metadata=stack.md())
@@ -798,9 +798,9 @@ async def test_a_run_keeps_real_time_changes_made_while_it_ran(stack: Stack, mon
     gate = asyncio.Event()
     real_wait = runner._wait_all
 
-    async def held(key: str, partitions: int):
+    async def held(*args):
         await gate.wait()
-        return await real_wait(key, partitions)
+        return await real_wait(*args)
 
     monkeypatch.setattr(runner, "_wait_all", held)
     run = await stack.stub.StartScoringRun(pb.StartScoringRunRequest(), metadata=stack.md())
@@ -861,9 +861,9 @@ async def test_resumed_partitioned_run_waits_for_fresh_partitions(stack: Stack, 
     waiting = asyncio.Event()
     real_wait = runner._wait_all
 
-    async def spy(key: str, partitions: int):
+    async def spy(*args):
         waiting.set()
-        return await real_wait(key, partitions)
+        return await real_wait(*args)
 
     monkeypatch.setattr(runner, "_wait_all", spy)
     resumed = await runner.begin(resume_run_id=doc["id"])

@@ -155,16 +155,36 @@ def test_lifecycle_boundaries_at_exact_thresholds() -> None:
     c = frame.columns
     for i in range(len(frame)):
         one = sc.lifecycle_of(int(c["days_since_registered"][i]), int(c["orders_total"][i]),
-                              int(c["days_since_last_order"][i]))
+                              int(c["days_since_last_order"][i]),
+                              days_since_first_order=int(c["days_since_first_order"][i]))
         assert int(one) == got[i]
 
 
-def test_lifecycle_unknown_registration_is_never_new() -> None:
+def test_lifecycle_unknown_registration_counts_from_the_first_order() -> None:
     frame = frame_of([{"reg": None}, {"reg": None, "orders": [(3, 100)]},
-                      {"reg": None, "orders": [(200, 100)]}])
-    assert frame.columns["days_since_registered"].tolist() == [NEVER_DAYS] * 3
-    assert sc.lifecycle(frame).tolist() == [5, 2, 4]
+                      {"reg": None, "orders": [(200, 100)]},
+                      {"reg": None, "orders": [(60, 100)]}])
+    assert frame.columns["days_since_registered"].tolist() == [NEVER_DAYS] * 4
+    # Nothing known: never new; else the first order is the first known activity.
+    assert sc.lifecycle(frame).tolist() == [5, 1, 4, 2]
     assert int(sc.lifecycle_of(NEVER_DAYS, 0, NEVER_DAYS)) == sc.LIFECYCLE_CODE["prospect"]
+
+
+def test_lifecycle_of_imported_history_counts_from_the_first_known_activity() -> None:
+    members = [
+        {"reg": 0, "old": (1, 100, 500)},  # registered today, only order 500 days ago
+        {"reg": 0, "orders": [(100, 100)]},  # registered today, bought 100 days ago
+        {"reg": 0, "orders": [(20, 100), (5, 100)]},  # first order 20 days ago: new
+        {"reg": 500, "orders": [(0, 100)]},  # long registered, first order today: active
+        {"reg": 0},  # registered today, never bought: new
+    ]
+    frame = frame_of(members)
+    assert sc.lifecycle(frame).tolist() == [
+        sc.LIFECYCLE_CODE[k] for k in ("churned", "sleeping", "new", "active", "new")
+    ]
+    code = sc.lifecycle_of(0, 1, 500, days_since_first_order=500)
+    assert int(code) == sc.LIFECYCLE_CODE["churned"]
+    assert int(sc.lifecycle_of(0, 1, 500)) == sc.LIFECYCLE_CODE["new"]  # registration only
 
 
 def test_lifecycle_custom_thresholds() -> None:
@@ -189,10 +209,13 @@ def test_lifecycle_matches_reference_on_random_population() -> None:
     frame = compute_features(random_history(10_000, seed=3), TODAY)
     c = frame.columns
     ref = []
-    for reg, total, last in zip(c["days_since_registered"].tolist(),
-                                c["orders_total"].tolist(),
-                                c["days_since_last_order"].tolist(), strict=True):
-        ref.append(1 if reg < 30 else 5 if total == 0 else 2 if last < 90
+    for reg, total, first, last in zip(c["days_since_registered"].tolist(),
+                                       c["orders_total"].tolist(),
+                                       c["days_since_first_order"].tolist(),
+                                       c["days_since_last_order"].tolist(), strict=True):
+        known = [d for d in (reg, first) if d < NEVER_DAYS]
+        first_seen = max(known) if known else NEVER_DAYS
+        ref.append(1 if first_seen < 30 else 5 if total == 0 else 2 if last < 90
                    else 3 if last < 180 else 4)
     assert sc.lifecycle(frame).tolist() == ref
     assert set(ref) == {1, 2, 3, 4, 5}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.tagging.domain.features import NEVER, FeatureFrame
+from services.tagging.domain.features import NEVER, NEVER_DAYS, FeatureFrame
 
 __all__ = [
     "DEFAULT_LIFECYCLE",
@@ -110,24 +110,34 @@ def lifecycle_of(
     orders_total,
     days_since_last_order,
     thresholds: LifecycleThresholds = DEFAULT_LIFECYCLE,
+    days_since_first_order=NEVER_DAYS,
 ) -> np.ndarray:
     """The lifecycle rule on plain values (arrays or scalars, broadcast): the same
     rule lifecycle() applies to a frame, for re-evaluating one member in real time.
 
-    First match wins:
-      new      days_since_registered < new_days (bought or not; an unknown
-               registration day is NEVER_DAYS ago, so never new)
+    A member's first known activity is the earlier of registration and first order
+    (either may be unknown: NEVER_DAYS ago): a member imported today with an order
+    from 500 days ago is not new. First match wins:
+      new      first known activity < new_days ago (bought or not; nothing known:
+               never new)
       prospect never bought (orders_total == 0)
       active   days_since_last_order < active_days
       sleeping days_since_last_order < sleeping_days
       churned  otherwise
     Returns int8 codes of LIFECYCLE (a 0-d array for scalar input; int() it)."""
     reg = np.asarray(days_since_registered)
+    first_order = np.asarray(days_since_first_order)
     last = np.asarray(days_since_last_order)
     buyer = np.asarray(orders_total) > 0
+    # The larger "days since" is the earlier day; NEVER_DAYS means unknown.
+    first_seen = np.where(
+        reg >= NEVER_DAYS,
+        first_order,
+        np.where(first_order >= NEVER_DAYS, reg, np.maximum(reg, first_order)),
+    )
     t = thresholds
     code = np.select(
-        [reg < t.new_days, ~buyer, last < t.active_days, last < t.sleeping_days],
+        [first_seen < t.new_days, ~buyer, last < t.active_days, last < t.sleeping_days],
         [1, 5, 2, 3],
         default=4,
     )
@@ -141,7 +151,11 @@ def lifecycle(
     no population dependence."""
     c = frame.columns
     return lifecycle_of(
-        c["days_since_registered"], c["orders_total"], c["days_since_last_order"], thresholds
+        c["days_since_registered"],
+        c["orders_total"],
+        c["days_since_last_order"],
+        thresholds,
+        c["days_since_first_order"],
     )
 
 

@@ -92,9 +92,15 @@ class TaggingStore(abc.ABC):
     # -- bitmaps --
     @abc.abstractmethod
     async def put_bitmaps(
-        self, kind: str, bitmaps: dict[str, bytes], events: list[bytes] = ()
+        self,
+        kind: str,
+        bitmaps: dict[str, bytes],
+        events: list[bytes] = (),
+        *,
+        delete: list[str] = (),
     ) -> None:
-        """Replace the named bitmaps and queue `events`, atomically."""
+        """Replace the named bitmaps, delete those named in `delete` and queue
+        `events`, atomically."""
 
     @abc.abstractmethod
     async def load_bitmaps(self, kind: str) -> dict[str, bytes]: ...
@@ -112,7 +118,10 @@ class TaggingStore(abc.ABC):
     async def release_run_lock(self, run_id: str) -> None: ...
 
     @abc.abstractmethod
-    async def put_run(self, run_id: str, doc: dict) -> None: ...
+    async def put_run(self, run_id: str, doc: dict, *, expect: dict | None = None) -> bool:
+        """Writes the run's doc. With `expect` (field -> value, str or int), only if
+        the stored doc has those values (compare-and-set): False, and nothing
+        written, otherwise or if there is no stored doc."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict | None: ...

@@ -331,7 +331,12 @@ class MongoTaggingStore(MongoStore, TaggingStore):
 
     # -- bitmaps --
     async def put_bitmaps(
-        self, kind: str, bitmaps: dict[str, bytes], events: list[bytes] = ()
+        self,
+        kind: str,
+        bitmaps: dict[str, bytes],
+        events: list[bytes] = (),
+        *,
+        delete: list[str] = (),
     ) -> None:
         ops = []
         for name, blob in bitmaps.items():
@@ -345,8 +350,12 @@ class MongoTaggingStore(MongoStore, TaggingStore):
         events = list(events)
         seqs = await self._next_ids("outbox", len(events))
 
+        gone = [f"{kind}{_SEP}{name}" for name in delete]
+
         async def write(s) -> None:
             await self._upsert_many(self._c.bitmaps, ops, replace=True, session=s)
+            if gone:
+                await self._c.bitmaps.delete_many({"_id": {"$in": gone}}, session=s)
             await self._queue(seqs, events, s)
 
         await self._atomically(write)
@@ -387,10 +396,14 @@ class MongoTaggingStore(MongoStore, TaggingStore):
     async def release_run_lock(self, run_id: str) -> None:
         await self._c.run_lock.delete_one({"_id": _LOCK_ID, "run_id": run_id})
 
-    async def put_run(self, run_id: str, doc: dict) -> None:
-        await self._c.runs.replace_one(
-            {"_id": run_id}, {"_id": run_id, "doc": _plain(doc)}, upsert=True
-        )
+    async def put_run(self, run_id: str, doc: dict, *, expect: dict | None = None) -> bool:
+        stored = {"_id": run_id, "doc": _plain(doc)}
+        if not expect:
+            await self._c.runs.replace_one({"_id": run_id}, stored, upsert=True)
+            return True
+        query = {"_id": run_id, **{f"doc.{k}": v for k, v in expect.items()}}
+        result = await self._c.runs.replace_one(query, stored)
+        return result.matched_count == 1
 
     async def get_run(self, run_id: str) -> dict | None:
         doc = await self._c.runs.find_one({"_id": run_id})

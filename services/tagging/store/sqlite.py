@@ -221,7 +221,12 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- bitmaps --
     async def put_bitmaps(
-        self, kind: str, bitmaps: dict[str, bytes], events: list[bytes] = ()
+        self,
+        kind: str,
+        bitmaps: dict[str, bytes],
+        events: list[bytes] = (),
+        *,
+        delete: list[str] = (),
     ) -> None:
         statements: list = [
             (
@@ -229,6 +234,10 @@ class SqliteTaggingStore(TaggingStore):
                 [(kind, name, blob) for name, blob in bitmaps.items()],
             )
         ]
+        if delete:
+            statements.append(
+                ("DELETE FROM bitmaps WHERE kind=? AND name=?", [(kind, n) for n in delete])
+            )
         if events:
             statements.append(("INSERT INTO outbox (event) VALUES (?)", [(e,) for e in events]))
         await self._write(statements)
@@ -259,10 +268,28 @@ class SqliteTaggingStore(TaggingStore):
     async def release_run_lock(self, run_id: str) -> None:
         await self._write([("DELETE FROM run_lock WHERE run_id=?", (run_id,))])
 
-    async def put_run(self, run_id: str, doc: dict) -> None:
-        await self._write(
-            [("INSERT OR REPLACE INTO runs (run_id, doc) VALUES (?,?)", (run_id, json.dumps(doc)))]
-        )
+    async def put_run(self, run_id: str, doc: dict, *, expect: dict | None = None) -> bool:
+        if not expect:
+            await self._write(
+                [
+                    (
+                        "INSERT OR REPLACE INTO runs (run_id, doc) VALUES (?,?)",
+                        (run_id, json.dumps(doc)),
+                    )
+                ]
+            )
+            return True
+        fields = list(expect)
+        where = " AND ".join("json_extract(doc, ?) = ?" for _ in fields)
+        args: list = [json.dumps(doc), run_id]
+        for f in fields:
+            args += [f"$.{f}", expect[f]]
+
+        def work(raw: sqlite3.Connection) -> bool:
+            cur = raw.execute(f"UPDATE runs SET doc=? WHERE run_id=? AND {where}", args)
+            return cur.rowcount == 1
+
+        return await self._writer.transaction(work)
 
     async def get_run(self, run_id: str) -> dict | None:
         rows = await self._all("SELECT doc FROM runs WHERE run_id=?", (run_id,))
