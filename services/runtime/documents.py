@@ -20,7 +20,7 @@ Documents are dicts of JSON-like values (str, int, float, bool, None, lists, dic
 with a key `_id` (str, or int where the collection says so) and a version `_v` the
 store maintains (1 after the insert, +1 per write). A collection may name one `blob`
 field whose value is bytes (bitmaps, packed rows), kept outside the JSON. Times are
-epoch microseconds (services.runtime.clock.to_micros), so both engines compare and
+epoch microseconds (services.runtime.clock.epoch_micros), so both engines compare and
 sort them the same way.
 
 Queries are a small subset of MongoDB's: equality, `$in`, `$nin`, `$ne`, `$lt`,
