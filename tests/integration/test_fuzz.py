@@ -25,16 +25,18 @@ import grpc
 import pytest_asyncio
 from google.protobuf import descriptor, message, message_factory
 from google.protobuf.descriptor import FieldDescriptor as F
+from google.protobuf.timestamp_pb2 import Timestamp
 from pond.member.v1 import member_pb2 as mpb
 from pond.tagging.v1 import tagging_pb2 as tpb
 
 from services.member.server import SERVICE as MEMBER_SERVICE
 from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
+from services.runtime.errors import error_details
 from services.tagging.server import SERVICE as TAGGING_SERVICE
 from services.tagging.server import TaggingService, start_tagging_service
 from services.tagging.settings import TaggingSettings
-from tests.conftest import TEST_SECRET, MemberHarness, token
+from tests.conftest import TEST_SECRET, MemberHarness, eventually, token
 
 SEED = int(os.environ.get("POND_FUZZ_SEED", "20261130"))
 REQUESTS_PER_METHOD = 48
@@ -401,6 +403,19 @@ async def seed(member: MemberHarness, tagging_channel: grpc.aio.Channel) -> Pool
         pool.add("entry", top_up.id, pay.id)
         pool.add("payment", pay.id)
     stub = tagging_pb2_grpc.TaggingServiceStub(tagging_channel)
+
+    async def profiles() -> int:
+        known = 0
+        for member_id in pool.ids["member"]:
+            try:
+                await stub.GetMemberProfile(tpb.GetMemberProfileRequest(member_id=member_id),
+                                            metadata=md)
+                known += 1
+            except grpc.aio.AioRpcError:
+                pass
+        return known
+
+    await eventually(profiles, lambda known: known == 3)  # tagging has their orders
     await stub.CreateTag(tpb.CreateTagRequest(tag=tpb.Tag(name="vip", kind=tpb.TAG_KIND_MANUAL)),
                          metadata=md)
     await stub.CreateSegment(tpb.CreateSegmentRequest(segment=tpb.Segment(
@@ -430,3 +445,93 @@ async def test_no_request_makes_either_service_fail_internally(services: Service
     # method, and a good share of the calls did something.
     assert not answers.keys() & {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
     assert answers[grpc.StatusCode.OK] > sent // 5, answers
+
+
+# -- the crafted inputs that found these bugs (issue 7) -------------------------
+
+# Page tokens that decode to JSON of the wrong shape, or nest deeper than a parser
+# recurses, or are just too long to be one the service issued.
+CRAFTED_TOKENS = [
+    "eyJzIjogIngifQ==",  # {"s": "x"}
+    "eyJiIjogWzFdfQ==",  # {"b": [1]}
+    _b64({"a": 1}), _b64({"b": "x", "zz": 1}), _b64({"s": 10**30}), _b64({"v": True}),
+    base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),
+    base64.urlsafe_b64encode(b'{"a":' * 50_000 + b"1" + b"}" * 50_000).decode(),
+]
+
+
+async def invalid_fields(call) -> list[str]:
+    """The field paths of the INVALID_ARGUMENT `call` ends with."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+        _, violations = error_details(err)
+        return [f for f, _ in violations]
+    raise AssertionError("the call succeeded")
+
+
+async def test_crafted_page_tokens_are_invalid_argument(services: Services):
+    from pond.tagging.v1 import tagging_pb2_grpc
+
+    member_stub, md = services.member.stub, services.member.md()
+    tagging = tagging_pb2_grpc.TaggingServiceStub(services.tagging_channel)
+    member_id = services.pool.ids["member"][0]
+    for page_token in CRAFTED_TOKENS:
+        calls = [
+            member_stub.ListMembers(mpb.ListMembersRequest(page_token=page_token), metadata=md),
+            member_stub.ListTierChanges(mpb.ListTierChangesRequest(
+                member_id=member_id, page_token=page_token), metadata=md),
+            member_stub.ListOrders(mpb.ListOrdersRequest(
+                member_id=member_id, page_token=page_token), metadata=md),
+            tagging.ListTags(tpb.ListTagsRequest(page_token=page_token), metadata=md),
+            tagging.ListSegmentVersions(tpb.ListSegmentVersionsRequest(
+                id="fuzz_seg", page_token=page_token), metadata=md),
+        ]
+        for call in calls:
+            assert await invalid_fields(call) == ["page_token"], page_token[:40]
+
+
+async def test_out_of_range_timestamps_are_invalid_argument(services: Services):
+    stub, md = services.member.stub, services.member.md()
+    member_id = services.pool.ids["member"][0]
+    cases = [
+        (Timestamp(seconds=253_402_300_800), ""),  # 10000-01-01T00:00:00Z
+        (Timestamp(seconds=-62_135_596_801), ""),  # before 0001-01-01
+        (Timestamp(seconds=1_772_330_400, nanos=1_000_000_000), ".nanos"),
+        (Timestamp(seconds=1_772_330_400, nanos=-1), ".nanos"),
+    ]
+    for ts, suffix in cases:
+        order = mpb.RecordOrderRequest(
+            order_id="fuzz-ts", member_id=member_id, channel=4, amount_fen=100, paid_time=ts)
+        assert await invalid_fields(stub.RecordOrder(order, metadata=md)) == [
+            f"paid_time{suffix}"]
+        paid = mpb.SetPaidMembershipRequest(
+            member_id=member_id, paid_until=ts, idempotency_key="fuzz-ts")
+        assert await invalid_fields(stub.SetPaidMembership(paid, metadata=md)) == [
+            f"paid_until{suffix}"]
+    # The edges of the range are times like any other.
+    edge = mpb.SetPaidMembershipRequest(member_id=member_id, idempotency_key="fuzz-edge",
+                                        paid_until=Timestamp(seconds=253_402_300_799))
+    assert (await stub.SetPaidMembership(edge, metadata=md)).paid_until.seconds == 253_402_300_799
+
+
+async def test_a_crafted_stream_cursor_is_invalid_argument(services: Services):
+    from pond.tagging.v1 import tagging_pb2_grpc
+
+    tagging = tagging_pb2_grpc.TaggingServiceStub(services.tagging_channel)
+    md = services.member.md()
+    chunk = await tagging.StreamSegmentMembers(
+        tpb.StreamSegmentMembersRequest(id="fuzz_seg", chunk_size=1), metadata=md).read()
+    assert chunk.member_ids
+    version = chunk.version
+    for cursor in (f"{version}:-5", f"{version}:4294967295", f"{version}:1e3", f"{version}:",
+                   f"{version}:1:2", f"{version}:\u0661", f" {version}:1"):
+        stream = tagging.StreamSegmentMembers(
+            tpb.StreamSegmentMembersRequest(id="fuzz_seg", cursor=cursor), metadata=md)
+        assert await invalid_fields(stream.read()) == ["cursor"], cursor
+    # The cursor a chunk carries still resumes the stream.
+    rest = [c async for c in tagging.StreamSegmentMembers(
+        tpb.StreamSegmentMembersRequest(id="fuzz_seg", cursor=chunk.cursor), metadata=md)]
+    others = [m for c in rest for m in c.member_ids]
+    assert len(others) == 2 and chunk.member_ids[0] not in others
