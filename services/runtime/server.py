@@ -64,6 +64,11 @@ class PondServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", max_receive_bytes),
                 ("grpc.max_concurrent_streams", max_concurrent_streams),
+                # Count open HTTP/2 streams against that cap, as clients do (they wait
+                # for a free one). grpc's default also counts streams of finished calls
+                # until Python releases them, and refuses new ones (UNAVAILABLE) at 64
+                # calls in flight against a cap of 100.
+                ("grpc.http.overload_protection", 0),
             ],
         )
         intercepted = InterceptedServer(self.server, ServiceInterceptor(authorizer))
