@@ -220,6 +220,13 @@ def test_scrub_text() -> None:
     # Longer digit runs are ids, not phones.
     assert scrub_text("order 2026013812345678") == "order 2026013812345678"
     assert scrub_text("no numbers") == "no numbers"
+    # However it is split, and after whatever country code.
+    for written in ("184.9125.9190", "184_9125_9190", "184:9125:9190", "184 9125/9190",
+                    "918491259190", "0086 184 9125 9190", "1-8-4-9-1-2-5-9-1-9-0"):
+        assert scrub_text(f"call {written} now") == "call 184****9190 now", written
+    assert scrub_text("(184) 9125 9190") == "(184****9190"
+    # Dates and times are not phones.
+    assert scrub_text("at 2026-11-30 10:11:08") == "at 2026-11-30 10:11:08"
 
 
 @pytest.mark.parametrize("key", ["token", "auth_token", "client_secret", "Authorization",
