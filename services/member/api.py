@@ -198,7 +198,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         until = timestamp(v, request, "paid_until", required=True)
         idem = val.idem(v, request)
         v.raise_if_any()
-        assert until is not None
+        assert until is not None  # required: raise_if_any ended the call otherwise
         return await self._member_pb(
             await self.app.set_paid_membership(request.member_id, until, idem, val.request_id())
         )

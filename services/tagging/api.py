@@ -372,9 +372,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     ) -> pb.CheckMembershipResponse:
         member_id, seg_ids = request.member_id, request.segment_ids
         # One cheap test on the hot path; the violations are worked out only on failure.
-        if not (0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100) or not ids_fit(
-            seg_ids
-        ):
+        fits = 0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100
+        if not (fits and ids_fit(seg_ids)):
             v = Violations(DOMAIN)
             check_id(v, "member_id", member_id, required=True)
             v.check(1 <= len(seg_ids) <= 100, "segment_ids", "1..100 segment ids")
