@@ -4,8 +4,6 @@ Who may call what: access.py (AUTH_RULES stays importable from here)."""
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
@@ -20,6 +18,7 @@ from services.member.service import DOMAIN, Idem
 from services.member.store import MemberFilter
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
+from services.runtime.fields import timestamp
 from services.runtime.idempotency import fingerprint
 from services.runtime.paging import decode_token, encode_token
 
@@ -33,13 +32,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         program = await self.app.tier_program()
         return convert.member_pb(m, program, self.app.reveal, caller is None or caller.sees_phone)
 
-    async def _member_page(self, request, key: str, fetch, cursor_of) -> tuple[list, str]:
+    async def _member_page(
+        self, request, key: str, fetch, cursor_of, cursor_type: type = str
+    ) -> tuple[list, str]:
         """One page of a member's history list: checks member_id, page size and token,
         fetches one extra item to know whether another page follows."""
         v = Violations(DOMAIN)
         val.text(v, "member_id", request.member_id, required=True)
         limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
+        cursor = decode_token(request.page_token, v, {key: cursor_type}) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         page = await fetch(request.member_id, cursor.get(key), limit + 1)
@@ -96,7 +97,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     async def ListMembers(self, request: pb.ListMembersRequest, context) -> pb.ListMembersResponse:
         v = Violations(DOMAIN)
         limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
+        cursor = decode_token(request.page_token, v, {"a": str}) or {}
         val.enum(v, "kind", request.kind, [k.value for k in dm.MemberKind])
         val.enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
         if not 0 <= request.tier_level <= 3:
@@ -166,11 +167,10 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
     async def SetPaidMembership(self, request: pb.SetPaidMembershipRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
         val.text(v, "member_id", request.member_id, required=True)
-        if not request.HasField("paid_until"):
-            v.add("paid_until", "is required")
+        until = timestamp(v, request, "paid_until", required=True)
         idem = val.idem(v, request)
         v.raise_if_any()
-        until = request.paid_until.ToDatetime(tzinfo=UTC)
+        assert until is not None  # required: raise_if_any ended the call otherwise
         return await self._member_pb(
             await self.app.set_paid_membership(request.member_id, until, idem, val.request_id())
         )
@@ -196,8 +196,9 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         changes, token = await self._member_page(
             request,
             "s",
-            lambda mid, after, n: self.app.list_tier_changes(mid, int(after or 0), n),
+            lambda mid, after, n: self.app.list_tier_changes(mid, after or 0, n),
             lambda item: item[0],
+            cursor_type=int,
         )
         return pb.ListTierChangesResponse(
             changes=[convert.tier_change_pb(c) for _s, c in changes], next_page_token=token
@@ -253,7 +254,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         if not 1 <= request.within_days <= 366:
             v.add("within_days", "must be between 1 and 366")
         limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v) or {}
+        cursor = decode_token(request.page_token, v, {"a": str}) or {}
         v.raise_if_any()
         ensure_acts_for(request.member_id)
         page = await self.app.expiring_points(
@@ -370,9 +371,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             val.positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
             if not 0 <= item.unit_price_fen <= val.MAX_FEN:
                 v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {val.MAX_FEN}")
-        paid_at = (
-            request.paid_time.ToDatetime(tzinfo=UTC) if request.HasField("paid_time") else None
-        )
+        paid_at = timestamp(v, request, "paid_time")
         if paid_at is not None and paid_at > self.app.now() + val.FUTURE_SLACK:
             v.add("paid_time", "is in the future")
         v.raise_if_any()

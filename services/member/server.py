@@ -110,6 +110,8 @@ async def start_member_service(
         host=settings.host,
         port=settings.member_port if port is None else port,
         metrics_port=settings.member_metrics_port if metrics else 0,
+        max_receive_bytes=settings.max_receive_bytes,
+        max_concurrent_streams=settings.max_concurrent_streams,
     )
     await server.start()
     return MemberService(server, store, app, relay, stop, tasks)

@@ -11,6 +11,11 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Largest request a gRPC server takes (a bigger one is RESOURCE_EXHAUSTED before any
+# of it is decoded), and how many calls one client connection may have open at once.
+DEFAULT_MAX_RECEIVE_BYTES = 4 << 20
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+
 
 def _read_secret(inline: str, path: str) -> str:
     if path:
@@ -36,6 +41,8 @@ class RuntimeSettings(BaseSettings):
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "POND_REDIS_URL"))
     auth_secret: str = ""
     auth_secret_file: str = ""
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     # Seconds to finish in-flight calls after SIGTERM.
     shutdown_grace: float = 10.0
     # Outbox relay: publish pending events; poll interval when idle.

@@ -1,4 +1,6 @@
-"""Per-RPC Prometheus metrics: calls by method and status code, and latency.
+"""Per-RPC Prometheus metrics: calls by method and status code, latency, and the
+calls that failed by method and ErrorInfo reason (why INVALID_ARGUMENT: which check,
+or a MALFORMED_REQUEST body; why UNAUTHENTICATED).
 
 The counts live in plain ints updated on the event loop and are turned into
 Prometheus families only when scraped. prometheus_client's Counter and Histogram
@@ -33,6 +35,7 @@ class RpcMetrics(Collector):
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str], int] = {}
         self._latency: dict[str, _Latency] = {}
+        self._errors: dict[tuple[str, str], int] = {}
 
     def record(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)
@@ -43,6 +46,10 @@ class RpcMetrics(Collector):
         latency.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         latency.total += seconds
 
+    def record_error(self, method: str, reason: str) -> None:
+        key = (method, reason)
+        self._errors[key] = self._errors.get(key, 0) + 1
+
     def collect(self) -> Iterator:
         calls = CounterMetricFamily(
             "pond_grpc_requests", "gRPC calls handled", labels=["method", "code"]
@@ -50,6 +57,14 @@ class RpcMetrics(Collector):
         for (method, code), count in list(self._calls.items()):
             calls.add_metric([method, code], count)
         yield calls
+        errors = CounterMetricFamily(
+            "pond_grpc_errors",
+            "gRPC calls that failed, by ErrorInfo reason",
+            labels=["method", "reason"],
+        )
+        for (method, reason), count in list(self._errors.items()):
+            errors.add_metric([method, reason], count)
+        yield errors
         latency = HistogramMetricFamily(
             "pond_grpc_request_seconds", "gRPC call latency", labels=["method"]
         )

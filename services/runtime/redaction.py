@@ -5,8 +5,21 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-# A mainland mobile number, optionally +86 / 86, with optional spaces or dashes.
-_PHONE_RE = re.compile(r"(?<!\d)(?:\+?86[\s-]?)?(1\d{2})[\s-]?\d{4}[\s-]?(\d{4})(?!\d)")
+# A phone number as people and tools write it: a mainland mobile number (11 digits,
+# 1[3-9]xxxxxxxxx) after any country code (+86, 0086, +91, or digits glued on: 86,
+# 91), split by anything that is not a letter or a digit ([\W_]): 138 1234 5678,
+# 138-1234-5678, 138.1234.5678, 138_1234_5678, 138:1234:5678, (138)1234/5678,
+# 918491259190. It is not glued to more digits: 20261130123456 or the digits in a
+# UUID are not one.
+_PHONE_PATTERN = (
+    r"(?<!\d)(?:(?:\+|00)\d{{1,3}}{sep}|86{sep}|\d{{1,3}})?"
+    r"(?P<number>1{sep}[3-9](?:{sep}\d){{9}})(?!\d)"
+)
+# In free text, up to three separators between digits ("138 - 1234 - 5678").
+_PHONE_RE = re.compile(_PHONE_PATTERN.format(sep=r"[\W_]{0,3}"))
+# In an identifier (a request id), any number of them: the id is written to the logs
+# as it is, and one wrongly taken for a phone only costs the caller its own id.
+_PHONE_IN_ID_RE = re.compile(_PHONE_PATTERN.format(sep=r"[\W_]*"))
 _SECRET_KEY_RE = re.compile("token|secret|authorization|password|phone_key", re.IGNORECASE)
 _PLAIN, _PHONE, _SECRET = 0, 1, 2
 
@@ -20,12 +33,17 @@ def mask_phone(phone: str) -> str:
 
 
 def looks_like_phone(text: str) -> bool:
-    return _PHONE_RE.search(text) is not None
+    """Whether an identifier holds a mobile number, however it is split."""
+    return _PHONE_IN_ID_RE.search(text) is not None
 
 
 def scrub_text(text: str) -> str:
     """Mask anything that looks like a mainland mobile number inside free text."""
-    return _PHONE_RE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
+    return _PHONE_RE.sub(_masked, text)
+
+
+def _masked(match: re.Match) -> str:
+    return mask_phone(match["number"])
 
 
 @lru_cache(maxsize=4096)

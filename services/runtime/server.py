@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from services.runtime.auth import Authorizer, Role, TokenVerifier, method_rules
+from services.runtime.config import DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_RECEIVE_BYTES
 from services.runtime.interceptors import InterceptedServer, ServiceInterceptor
 
 log = structlog.get_logger("pond.server")
@@ -61,6 +62,8 @@ class PondServer:
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_port: int = 0,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
     ) -> None:
         if not secret:
             raise RuntimeError("refusing to start without an auth secret (POND_AUTH_SECRET)")
@@ -70,7 +73,16 @@ class PondServer:
             TokenVerifier(secret), registration.full_rules(), registration.full_before_sign_in()
         )
         self.server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_receive_bytes),
+                ("grpc.max_concurrent_streams", max_concurrent_streams),
+                # Count open HTTP/2 streams against that cap, as clients do (they wait
+                # for a free one). grpc's default also counts streams of finished calls
+                # until Python releases them, and refuses new ones (UNAVAILABLE) at 64
+                # calls in flight against a cap of 100.
+                ("grpc.http.overload_protection", 0),
+            ],
         )
         intercepted = InterceptedServer(self.server, ServiceInterceptor(authorizer))
         # The service's own methods first: grpc asks the generic handlers in order.

@@ -11,6 +11,7 @@ from pond.tagging.v1 import tagging_pb2_grpc
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.clock import timestamp_from_micros
 from services.runtime.errors import Violations, invalid_argument, not_found
+from services.runtime.fields import MAX_ID_CHARS, check_id, check_ids, ids_fit
 from services.runtime.paging import decode_token, encode_token, page_size
 from services.tagging.app import TaggingApp
 from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
@@ -107,6 +108,15 @@ def run_pb(doc: dict) -> pb.ScoringRun:
     )
 
 
+def _ids(*fields: tuple[str, str, bool]) -> None:
+    """Checks (path, value, required) ids; INVALID_ARGUMENT for any that is missing
+    or too long, before it is looked up (or echoed in an error)."""
+    v = Violations(DOMAIN)
+    for path, value, required in fields:
+        check_id(v, path, value, required=required)
+    v.raise_if_any()
+
+
 def _paths(mask, allowed: set[str], v: Violations) -> set[str]:
     paths = set(mask.paths)
     if not paths:
@@ -138,12 +148,13 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return tag_pb(d, self.app.tag_count(t.name))
 
     async def GetTag(self, request: pb.GetTagRequest, context) -> pb.Tag:
+        _ids(("name", request.name, True))
         return tag_pb(self.app.tag(request.name), self.app.tag_count(request.name))
 
     async def ListTags(self, request: pb.ListTagsRequest, context) -> pb.ListTagsResponse:
         v = Violations(DOMAIN)
         limit = page_size(request.page_size, v)
-        after = str((decode_token(request.page_token, v) or {}).get("a", ""))
+        after = (decode_token(request.page_token, v, {"a": str}) or {}).get("a", "")
         if request.kind and request.kind not in KINDS:
             v.add("kind", f"unknown value {request.kind}")
         v.raise_if_any()
@@ -162,6 +173,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def UpdateTag(self, request: pb.UpdateTagRequest, context) -> pb.Tag:
         v = Violations(DOMAIN)
+        check_id(v, "tag.name", request.tag.name, required=True)
         paths = _paths(
             request.update_mask, {"display_name", "group", "description", "expression"}, v
         )
@@ -171,6 +183,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return tag_pb(d, self.app.tag_count(d.key))
 
     async def ListTagVersions(self, request, context) -> pb.ListTagVersionsResponse:
+        _ids(("name", request.name, True))
         return pb.ListTagVersionsResponse(
             versions=[
                 pb.TagVersion(
@@ -189,6 +202,10 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return await self._change(request, assign=False)
 
     async def _change(self, request, *, assign: bool) -> pb.ChangeTagsResponse:
+        v = Violations(DOMAIN)
+        check_ids(v, "member_ids", request.member_ids)
+        check_ids(v, "tag_names", request.tag_names)
+        v.raise_if_any()
         caller = current_caller.get()
         by = f"{caller.role}:{caller.subject}" if caller else "unknown"
         changed = await self.app.change_manual(
@@ -197,6 +214,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return pb.ChangeTagsResponse(changed=changed)
 
     async def GetMemberProfile(self, request, context) -> pb.MemberProfile:
+        _ids(("member_id", request.member_id, True))
         p = await self.app.profile(request.member_id)
         return pb.MemberProfile(
             member_id=p["member_id"],
@@ -223,6 +241,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     # -- runs --
     async def StartScoringRun(self, request: pb.StartScoringRunRequest, context) -> pb.ScoringRun:
         v = Violations(DOMAIN)
+        check_id(v, "segment_id", request.segment_id)
+        check_id(v, "resume_run_id", request.resume_run_id)
         partitions = request.partitions or 1
         if not 1 <= partitions <= 64:
             v.add("partitions", "1..64")
@@ -255,6 +275,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return doc
 
     async def WatchScoringRun(self, request: pb.WatchScoringRunRequest, context):
+        _ids(("run_id", request.run_id, True))
         last = None
         while True:
             doc = dict(await self._run(request.run_id))
@@ -266,12 +287,13 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             await asyncio.sleep(0.1)
 
     async def GetScoringRun(self, request, context) -> pb.ScoringRun:
+        _ids(("run_id", request.run_id, True))
         return run_pb(await self._run(request.run_id))
 
     async def ListScoringRuns(self, request, context) -> pb.ListScoringRunsResponse:
         v = Violations(DOMAIN)
         limit = page_size(request.page_size, v)
-        before = str((decode_token(request.page_token, v) or {}).get("b", ""))
+        before = (decode_token(request.page_token, v, {"b": str}) or {}).get("b", "")
         v.raise_if_any()
         docs = await self.app.store.list_runs(before, limit + 1)
         token = encode_token({"b": docs[limit - 1]["id"]}) if len(docs) > limit else ""
@@ -328,12 +350,13 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         return segment_pb(d, self._count(d.key))
 
     async def GetSegment(self, request, context) -> pb.Segment:
+        _ids(("id", request.id, True))
         return segment_pb(self.app.segment(request.id), self._count(request.id))
 
     async def ListSegments(self, request, context) -> pb.ListSegmentsResponse:
         v = Violations(DOMAIN)
         limit = page_size(request.page_size, v)
-        after = str((decode_token(request.page_token, v) or {}).get("a", ""))
+        after = (decode_token(request.page_token, v, {"a": str}) or {}).get("a", "")
         v.raise_if_any()
         chosen = [d for k, d in sorted(self.app.engine.segments.items()) if k > after]
         page = chosen[: limit + 1]
@@ -345,6 +368,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def UpdateSegment(self, request, context) -> pb.Segment:
         v = Violations(DOMAIN)
+        check_id(v, "segment.id", request.segment.id, required=True)
         paths = _paths(request.update_mask, {"display_name", "description", "expression"}, v)
         v.raise_if_any()
         d = await self.app.save_segment(
@@ -358,21 +382,28 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     async def CheckMembership(
         self, request: pb.CheckMembershipRequest, context
     ) -> pb.CheckMembershipResponse:
-        if not request.member_id or not 1 <= len(request.segment_ids) <= 100:
-            raise invalid_argument(
-                [("segment_ids", "1..100 segment ids and a member_id")], domain=DOMAIN
-            )
-        ensure_acts_for(request.member_id)
+        member_id, seg_ids = request.member_id, request.segment_ids
+        # One cheap test on the hot path; the violations are worked out only on failure.
+        fits = 0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100
+        if not (fits and ids_fit(seg_ids)):
+            v = Violations(DOMAIN)
+            check_id(v, "member_id", member_id, required=True)
+            v.check(1 <= len(seg_ids) <= 100, "segment_ids", "1..100 segment ids")
+            check_ids(v, "segment_ids", seg_ids)
+            v.raise_if_any()
+        ensure_acts_for(member_id)
         response = pb.CheckMembershipResponse()
         memberships = response.memberships  # item by item: the map's update() is slower
-        for seg_id, member in self.app.check(request.member_id, request.segment_ids).items():
+        for seg_id, member in self.app.check(member_id, seg_ids).items():
             memberships[seg_id] = member
         return response
 
     async def StreamSegmentMembers(self, request, context):
         chunk = request.chunk_size or 1000
-        if not 1 <= chunk <= 10_000:
-            raise invalid_argument([("chunk_size", "1..10000")], domain=DOMAIN)
+        v = Violations(DOMAIN)
+        check_id(v, "id", request.id, required=True)
+        v.check(1 <= chunk <= 10_000, "chunk_size", "1..10000")
+        v.raise_if_any()
         async for ids, cursor, version in self.app.stream_members(
             request.id, request.cursor, chunk
         ):
@@ -380,8 +411,9 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def ListSegmentVersions(self, request, context) -> pb.ListSegmentVersionsResponse:
         v = Violations(DOMAIN)
+        check_id(v, "id", request.id, required=True)
         limit = page_size(request.page_size, v)
-        before = int((decode_token(request.page_token, v) or {}).get("v", 0))
+        before = (decode_token(request.page_token, v, {"v": int}) or {}).get("v", 0)
         v.raise_if_any()
         docs = [
             d

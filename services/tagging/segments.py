@@ -3,6 +3,7 @@ membership checks and streaming."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
@@ -24,6 +25,11 @@ from services.tagging.domain.segment_eval import evaluate_bitmap
 from services.tagging.engine import Definition, TagEngine
 from services.tagging.partition import record_segment_version
 from services.tagging.service import TaggingCore
+
+# A stream cursor, as the chunks carry it: "<segment version>:<last member index sent>".
+# Member indexes are bitmap positions (uint32), and the stream goes on from index + 1.
+_CURSOR_RE = re.compile(r"([0-9]{1,20}):([0-9]{1,10})")
+_LAST_MEMBER_INDEX = 2**32 - 1
 
 
 class _Bitmaps:
@@ -156,12 +162,12 @@ class SegmentUseCases(TaggingCore):
         version = int(d.doc.get("version", 0))
         after = -1
         if cursor:
-            try:
-                cursor_version, after = (int(x) for x in cursor.split(":"))
-            except ValueError as exc:
+            issued = _CURSOR_RE.fullmatch(cursor)
+            if issued is None or int(issued[2]) >= _LAST_MEMBER_INDEX:
                 raise invalid_argument(
                     [("cursor", "is not a cursor this service issued")], domain=DOMAIN
-                ) from exc
+                )
+            cursor_version, after = int(issued[1]), int(issued[2])
             if cursor_version != version:
                 raise failed_precondition(
                     "SEGMENT_CHANGED",

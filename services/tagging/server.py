@@ -145,6 +145,8 @@ async def start_tagging_service(
         host=settings.host,
         port=settings.tagging_port if port is None else port,
         metrics_port=settings.tagging_metrics_port if metrics else 0,
+        max_receive_bytes=settings.max_receive_bytes,
+        max_concurrent_streams=settings.max_concurrent_streams,
     )
     await server.start()
     return TaggingService(server, engine, app, runner, consumer, stop, tasks, servicer, relay)

@@ -262,6 +262,13 @@ def test_scrub_text() -> None:
     # Longer digit runs are ids, not phones.
     assert scrub_text("order 2026013812345678") == "order 2026013812345678"
     assert scrub_text("no numbers") == "no numbers"
+    # However it is split, and after whatever country code.
+    for written in ("184.9125.9190", "184_9125_9190", "184:9125:9190", "184 9125/9190",
+                    "918491259190", "0086 184 9125 9190", "1-8-4-9-1-2-5-9-1-9-0"):
+        assert scrub_text(f"call {written} now") == "call 184****9190 now", written
+    assert scrub_text("(184) 9125 9190") == "(184****9190"
+    # Dates and times are not phones.
+    assert scrub_text("at 2026-11-30 10:11:08") == "at 2026-11-30 10:11:08"
 
 
 @pytest.mark.parametrize("key", ["token", "auth_token", "client_secret", "Authorization",
@@ -424,23 +431,32 @@ def test_key_must_be_32_bytes(size: int) -> None:
 
 # -- paging --
 
+SHAPE = {"b": str, "s": int}
+
+
 def test_page_token_round_trip() -> None:
     cursor = {"b": "p0193abc", "s": 42}
     v = Violations()
-    assert paging.decode_token(paging.encode_token(cursor), v) == cursor
-    assert paging.decode_token("", v) is None
+    assert paging.decode_token(paging.encode_token(cursor), v, SHAPE) == cursor
+    assert paging.decode_token("", v, SHAPE) is None
     assert v.items == []
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
 @pytest.mark.parametrize("token", [
-    "!!!not-base64!!!", "abc",
-    base64.urlsafe_b64encode(b"not json").decode(),
-    base64.urlsafe_b64encode(b"[1, 2]").decode(),
-    base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    "!!!not-base64!!!", "abc", _b64(b"not json"), _b64(b"[1, 2]"), _b64(b"\xff\xfe"),
+    # JSON, but not the shape this caller's tokens have
+    _b64(b'{"b": "x"}'), _b64(b'{"b": "x", "s": "1"}'), _b64(b'{"b": ["x"], "s": 1}'),
+    _b64(b'{"b": "x", "s": true}'), _b64(b'{"b": "x", "s": 1e400}'),
+    _b64(b'{"b": "x", "s": 99999999999999999999}'), _b64(b'{"b": "x", "s": 1, "t": 2}'),
+    _b64(b"[" * 600 + b"]" * 600), _b64(b'{"b":' * 200 + b"1" + b"}" * 200),
 ])
 def test_garbage_page_token_is_a_violation(token: str) -> None:
     v = Violations()
-    assert paging.decode_token(token, v) is None
+    assert paging.decode_token(token, v, SHAPE) is None
     assert [f for f, _ in v.items] == ["page_token"]
 
 
