@@ -75,10 +75,12 @@ class PondServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind {host}:{port}")
         self.metrics_port = metrics_port
+        self.host = host
 
     async def start(self) -> int:
         if self.metrics_port:
-            start_http_server(self.metrics_port)
+            # On the same address as gRPC: a loopback-only stack exposes nothing else.
+            start_http_server(self.metrics_port, addr=self.host)
         await self.server.start()
         await self.set_serving(True)
         log.info("serving", service=self.name, port=self.port, metrics_port=self.metrics_port)
