@@ -1,0 +1,85 @@
+"""A Redis outage under a running service: the service keeps serving, its metrics
+say Redis is unreachable (pond_redis_up 0, seconds counting) while it is, and once
+the same server is back the events committed meanwhile go out and flow on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import urllib.request
+from pathlib import Path
+
+import grpc
+from pond.events.v1 import event_pb2
+from pond.member.v1 import member_pb2 as mpb
+from pond.member.v1 import member_pb2_grpc
+
+from services.member.server import start_member_service
+from services.runtime.redis_conn import EmbeddedValkey, connect_redis
+from tests.conftest import MemberHarness, eventually, member_settings
+from tests.e2e.test_stack_journey import _free_port
+
+STREAM = "pond.events.member"
+RELAY = 'client="outbox:pond.events.member"'
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def gauge(text: str, name: str) -> float:
+    match = re.search(rf"^{name}{{{re.escape(RELAY)}}} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name} for the member relay in:\n{text}"
+    return float(match.group(1))
+
+
+async def test_outage_is_reported_and_events_flow_once_redis_is_back(tmp_path: Path):
+    valkey = EmbeddedValkey(tmp_path / "valkey").start()
+    metrics_port = _free_port()
+    service = await start_member_service(
+        member_settings(tmp_path / "member", valkey.url, host="127.0.0.1",
+                        member_metrics_port=metrics_port),
+        port=0,
+    )
+    redis = connect_redis(valkey.url)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    stub = member_pb2_grpc.MemberServiceStub(channel)
+    md = MemberHarness.md()
+
+    async def metrics() -> str:
+        return await asyncio.to_thread(scrape, metrics_port)
+
+    async def event_types() -> list[str]:
+        return [event_pb2.Event.FromString(fields[b"e"]).type
+                for _id, fields in await redis.xrange(STREAM)]
+
+    try:
+        reg = await stub.RegisterMember(mpb.RegisterMemberRequest(identities=[
+            mpb.Identity(kind=mpb.IDENTITY_KIND_PHONE, value="13800002222")]), metadata=md)
+        await eventually(event_types, lambda types: len(types) == 1)
+        assert gauge(await metrics(), "pond_redis_up") == 1
+
+        os.kill(valkey.pid, signal.SIGKILL)
+        # The service still takes orders: they wait in its outbox.
+        await stub.RecordOrder(mpb.RecordOrderRequest(
+            order_id="during-outage", member_id=reg.member.id, channel=4, amount_fen=1_000,
+            items=[mpb.OrderItem(sku="s", category="c", quantity=1, unit_price_fen=1_000)]),
+            metadata=md)
+        down = await eventually(metrics, lambda t: gauge(t, "pond_redis_up") == 0)
+        assert gauge(down, "pond_redis_unreachable_seconds") > 0
+
+        valkey.start()  # the same port, password and append-only file
+        await redis.aclose()
+        redis = connect_redis(valkey.url)  # this test's own connection died with the server
+        await eventually(metrics, lambda t: gauge(t, "pond_redis_up") == 1)
+        types = await eventually(event_types, lambda types: len(types) > 1)
+        assert "pond.events.v1.OrderPaid" in types
+        assert gauge(await metrics(), "pond_redis_unreachable_seconds") == 0
+    finally:
+        await channel.close()
+        await service.stop(0)
+        await redis.aclose()
+        valkey.stop()
