@@ -117,8 +117,7 @@ Pond is running (data in {settings.data_dir.resolve()}, Redis at {redis})
   member    gRPC {host}:{member_port}   metrics {host}:{settings.member_metrics_port}
   tagging   gRPC {host}:{tagging_port}   metrics {host}:{tagging_settings.tagging_metrics_port}
 
-Dev operator token (7 days) in {token_file.resolve()}
-  (stack.call uses it; other roles: .venv/bin/python -m stack.token --role guide --subject pos-17)
+Dev operator token (7 days, stack.call uses it): {token_file.resolve()}
 
 Try it (in another terminal):
 {export}  .venv/bin/python -m stack.call RegisterMember \\
@@ -127,6 +126,7 @@ Try it (in another terminal):
   .venv/bin/python -m stack.call ListMembers '{{"page_size": 5}}'
   .venv/bin/python -m stack.call TaggingService.CreateSegment \\
       '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
+  .venv/bin/python -m stack.token --role guide --subject pos-17   # a token for another role
 Ctrl-C stops the stack.
 """,
         flush=True,

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -19,10 +20,15 @@ from pond.member.v1 import member_pb2_grpc
 from services.member.server import start_member_service
 from services.runtime.redis_conn import EmbeddedValkey, connect_redis
 from tests.conftest import MemberHarness, eventually, member_settings
-from tests.e2e.test_stack_journey import _free_port
 
 STREAM = "pond.events.member"
 RELAY = 'client="outbox:pond.events.member"'
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,10 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from services.runtime.redis_conn import connect_redis
-from tests.e2e.test_stack_journey import _free_port
 
 pytestmark = pytest.mark.redis
 PASSWORD = "tls-test-password"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _write_pem(path: Path, data: bytes) -> Path:
