@@ -16,10 +16,14 @@ import grpc
 from pond.events.v1 import event_pb2
 from pond.member.v1 import member_pb2 as mpb
 from pond.member.v1 import member_pb2_grpc
+from pond.tagging.v1 import tagging_pb2 as tpb
+from pond.tagging.v1 import tagging_pb2_grpc
 
 from services.member.server import start_member_service
 from services.runtime.redis_conn import EmbeddedValkey, connect_redis
-from tests.conftest import MemberHarness, eventually, member_settings
+from services.tagging.server import start_tagging_service
+from services.tagging.settings import TaggingSettings
+from tests.conftest import TEST_SECRET, MemberHarness, eventually, member_settings
 
 STREAM = "pond.events.member"
 RELAY = 'client="outbox:pond.events.member"'
@@ -88,4 +92,50 @@ async def test_outage_is_reported_and_events_flow_once_redis_is_back(tmp_path: P
         await channel.close()
         await service.stop(0)
         await redis.aclose()
+        valkey.stop()
+
+
+async def test_services_started_before_redis_catch_up_once_it_is_there(tmp_path: Path):
+    """The consumer and relays never give up: started while Redis is down, they wait
+    and then carry the events committed meanwhile through to tagging."""
+    valkey = EmbeddedValkey(tmp_path / "valkey")  # not started yet
+    member = await start_member_service(
+        member_settings(tmp_path / "member", valkey.url), port=0, metrics=False
+    )
+    tagging = await start_tagging_service(
+        TaggingSettings(data_dir=tmp_path / "tagging", auth_secret=TEST_SECRET, mode="test",
+                        redis_url=valkey.url, outbox_poll_seconds=0.05,
+                        tagging_rescore_delay_seconds=0),
+        port=0, metrics=False,
+    )
+    md = MemberHarness.md()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{member.port}") as mch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{tagging.port}") as tch,
+        ):
+            members = member_pb2_grpc.MemberServiceStub(mch)
+            reg = await members.RegisterMember(mpb.RegisterMemberRequest(identities=[
+                mpb.Identity(kind=mpb.IDENTITY_KIND_PHONE, value="13800003333")]), metadata=md)
+            await members.RecordOrder(mpb.RecordOrderRequest(
+                order_id="before-redis", member_id=reg.member.id, channel=4, amount_fen=1_000,
+                items=[mpb.OrderItem(sku="s", category="c", quantity=1, unit_price_fen=1_000)]),
+                metadata=md)
+            await asyncio.to_thread(valkey.start)
+            profiles = tagging_pb2_grpc.TaggingServiceStub(tch)
+
+            async def orders_seen() -> float:
+                try:
+                    p = await profiles.GetMemberProfile(
+                        tpb.GetMemberProfileRequest(member_id=reg.member.id), metadata=md)
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    return -1
+                return p.features["orders_total"]
+
+            await eventually(orders_seen, lambda n: n == 1)
+    finally:
+        await tagging.stop(0)
+        await member.stop(0)
         valkey.stop()
