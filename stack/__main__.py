@@ -1,14 +1,17 @@
 """`make run`: the whole stack in one process on embedded defaults.
 
-SQLite files and a private Valkey server under ./.pond (POND_DATA_DIR), every
-service on its own port, scheduled jobs (points expiry, tier re-evaluation, paid
-membership lapse), a dev operator token printed for copy-paste calls."""
+SQLite files and a private Valkey server (password, loopback, restarted when it
+dies) under ./.pond (POND_DATA_DIR, owner-only: folders 0700, files 0600), every
+service on its own port on 127.0.0.1, scheduled jobs (points expiry, tier
+re-evaluation, birthday gifts, a scoring run) every POND_JOBS_INTERVAL_SECONDS on the
+clock, and a dev operator token written to a file (never printed) for stack.call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,25 +19,40 @@ from services.member.server import start_member_service
 from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
 from services.runtime.logs import configure_logging, get_logger
-from services.runtime.redis_conn import EmbeddedValkey
+from services.runtime.redis_conn import EmbeddedValkey, redact_url
 from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
 from services.tagging.server import start_tagging_service
 from services.tagging.settings import TaggingSettings
+from stack import config
 from stack.jobs import run_schedule
-from stack.secrets import dev_secret
+from stack.secrets import dev_secret, write_private
 
 log = get_logger("pond.stack")
 
+TOKEN_TTL_SECONDS = 7 * 86400
+
 
 async def main() -> int:
-    data_dir = Path(os.environ.get("POND_DATA_DIR", ".pond"))
+    # What the user set, before the stack's defaults: the banner repeats it for clients.
+    client_env = {name: os.environ[name] for name in config.CLIENT_ENV if name in os.environ}
+    config.apply_stack_defaults()
+    # Everything the stack writes (SQLite and its -wal/-shm, secrets, the token, the
+    # Valkey folder) is the owner's only, whatever the caller's umask.
+    os.umask(0o077)
+    data_dir = config.data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("POND_MODE", "embedded")
+    data_dir.chmod(0o700)
+    if "POND_DATA_DIR" in client_env:
+        client_env["POND_DATA_DIR"] = str(data_dir.resolve())
     os.environ.setdefault("POND_AUTH_SECRET", dev_secret(data_dir, "auth.secret"))
     os.environ.setdefault("POND_PHONE_KEY", dev_secret(data_dir, "phone.key"))
     valkey = None
     if not os.environ.get("REDIS_URL"):
-        valkey = EmbeddedValkey(data_dir / "valkey", int(os.environ.get("POND_VALKEY_PORT", "0")))
+        valkey = EmbeddedValkey(
+            data_dir / "valkey",
+            int(os.environ.get("POND_VALKEY_PORT", "0")),
+            password=dev_secret(data_dir, "valkey.password"),
+        )
         valkey.start()
         os.environ["REDIS_URL"] = valkey.url
     settings = MemberSettings()
@@ -43,18 +61,35 @@ async def main() -> int:
     tagging_settings = TaggingSettings()
     tagging = await start_tagging_service(tagging_settings)
     freeze_startup_heap()
-    token = mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=7 * 86400)
-    (data_dir / "dev-operator.token").write_text(token)
+    token_file = config.token_path(data_dir)
+    write_private(
+        token_file,
+        mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=TOKEN_TTL_SECONDS),
+    )
     stop = asyncio.Event()
-    jobs = asyncio.create_task(run_schedule(member.app, tagging.runner, stop))
-    _banner(settings, tagging_settings, member.port, tagging.port, token)
+    tasks = [
+        asyncio.create_task(
+            run_schedule(
+                member.app,
+                tagging.runner,
+                stop,
+                interval=float(os.environ.get("POND_JOBS_INTERVAL_SECONDS", "3600")),
+                timezone=settings.timezone,
+            ),
+            name="stack-jobs",
+        )
+    ]
+    if valkey is not None:
+        tasks.append(asyncio.create_task(valkey.supervise(stop), name="stack-valkey"))
+    _banner(settings, tagging_settings, member.port, tagging.port, token_file, client_env)
     try:
         await wait_for_termination_signal()
     finally:
         stop.set()
-        jobs.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await jobs
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await tagging.stop(settings.shutdown_grace)
         await member.stop(settings.shutdown_grace)
         if valkey:
@@ -67,24 +102,31 @@ def _banner(
     tagging_settings: TaggingSettings,
     member_port: int,
     tagging_port: int,
-    token: str,
+    token_file: Path,
+    client_env: dict[str, str],
 ) -> None:
+    host = settings.host
+    redis = redact_url(os.environ["REDIS_URL"])
+    export = ""
+    if client_env:
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in client_env.items())
+        export = f"  export {assignments}\n"
     print(
         f"""
-Pond is running (data in {settings.data_dir.resolve()}, Redis at {os.environ["REDIS_URL"]})
-  member    gRPC 127.0.0.1:{member_port}   metrics :{settings.member_metrics_port}
-  tagging   gRPC 127.0.0.1:{tagging_port}   metrics :{tagging_settings.tagging_metrics_port}
+Pond is running (data in {settings.data_dir.resolve()}, Redis at {redis})
+  member    gRPC {host}:{member_port}   metrics {host}:{settings.member_metrics_port}
+  tagging   gRPC {host}:{tagging_port}   metrics {host}:{tagging_settings.tagging_metrics_port}
 
-Dev operator token (7 days), also in {settings.data_dir / "dev-operator.token"}:
-  {token}
+Dev operator token (7 days, stack.call uses it): {token_file.resolve()}
 
 Try it (in another terminal):
-  .venv/bin/python -m stack.call RegisterMember \\
+{export}  .venv/bin/python -m stack.call RegisterMember \\
       '{{"identities": [{{"kind": "IDENTITY_KIND_PHONE", "value": "13812345678"}}], \\
         "acquisition_channel": "CHANNEL_STORE_POS"}}'
   .venv/bin/python -m stack.call ListMembers '{{"page_size": 5}}'
   .venv/bin/python -m stack.call TaggingService.CreateSegment \\
       '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
+  .venv/bin/python -m stack.token --role guide --subject pos-17   # a token for another role
 Ctrl-C stops the stack.
 """,
         flush=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -35,11 +36,14 @@ configure_logging("warning", "json")
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """REDIS_URL when given (CI runs the Redis tests against Debian's redis-server),
-    otherwise a private embedded Valkey for the session."""
+    otherwise a private embedded Valkey for the session, with a password like the
+    one `make run` starts (the URL carries it)."""
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey")).start()
+    server = EmbeddedValkey(
+        tmp_path_factory.mktemp("valkey"), password=secrets.token_urlsafe(24)
+    ).start()
     try:
         yield server.url
     finally:

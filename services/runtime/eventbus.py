@@ -11,6 +11,7 @@ idempotent by event id, since a crash between effect and ack redelivers the even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from google.protobuf import any_pb2, message
 from pond.events.v1 import event_pb2
 
 from services.runtime.clock import timestamp_pb
+from services.runtime.redis_health import RedisLink
 
 STREAM_PREFIX = "pond.events."
 DEAD_SUFFIX = ".dead"
@@ -89,8 +91,11 @@ class EventConsumer:
         claim_idle_ms: int = 30_000,
         block_ms: int = 1000,
         batch: int = 100,
+        name: str = "",
     ) -> None:
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
+        # How this consumer is named in the Redis-health metrics and logs.
+        self.link = RedisLink(name or f"consumer:{group}:{stream}")
         self.handler = handler
         self.max_deliveries, self.claim_idle_ms = max_deliveries, claim_idle_ms
         self.block_ms, self.batch = block_ms, batch
@@ -124,17 +129,33 @@ class EventConsumer:
         return done
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.ensure_group()
+        """Polls until `stop`; never ends over a Redis outage or a bad round: each
+        failure is reported on the Redis link (metrics, error log) and retried with
+        backoff, and the group is (re)created whenever Redis does not have it."""
+        group_ready = False
         while not stop.is_set():
             try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
                 await self.poll()
+                self.link.ok()
             except aioredis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_group()  # Redis lost the group (restart without AOF)
-            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
-                log.warning("event bus unreachable; retrying", stream=self.stream)
-                await asyncio.sleep(1)
+                if "NOGROUP" in str(exc):
+                    group_ready = False  # Redis lost the group (restart without AOF)
+                    continue
+                log.exception("event consumer round failed; will retry", stream=self.stream)
+                await self._pause(stop, self.link.backoff.next())
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                await self._pause(stop, self.link.failed(exc))
+            except Exception:
+                log.exception("event consumer round failed; will retry", stream=self.stream)
+                await self._pause(stop, self.link.backoff.next())
+
+    @staticmethod
+    async def _pause(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
 
     async def _reclaim(self) -> int:
         _next, messages, *_ = await self.redis.xautoclaim(

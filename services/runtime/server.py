@@ -100,10 +100,13 @@ class PondServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind {host}:{port}")
         self.metrics_port = metrics_port
+        self.host = host
+        self._metrics_http = None
 
     async def start(self) -> int:
         if self.metrics_port:
-            start_http_server(self.metrics_port)
+            # On the same address as gRPC: a loopback-only stack exposes nothing else.
+            self._metrics_http, _thread = start_http_server(self.metrics_port, addr=self.host)
         await self.server.start()
         await self.set_serving(True)
         log.info("serving", service=self.name, port=self.port, metrics_port=self.metrics_port)
@@ -117,6 +120,10 @@ class PondServer:
     async def stop(self, grace: float = 5.0) -> None:
         await self.set_serving(False)
         await self.server.stop(grace)
+        if self._metrics_http is not None:
+            await asyncio.to_thread(self._metrics_http.shutdown)  # waits out its poll
+            self._metrics_http.server_close()
+            self._metrics_http = None
         log.info("stopped", service=self.name)
 
 

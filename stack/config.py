@@ -1,0 +1,54 @@
+"""What `make run`, `stack.call` and `stack.token` agree on: the same environment
+variables mean the same things to all three (POND_DATA_DIR, POND_HOST, the ports,
+the auth secret), so a command copied from the banner reaches the stack it came from.
+
+`make run` differs from production only in these defaults: embedded mode and
+loopback-only listening (production keeps POND_HOST=0.0.0.0)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from services.member.settings import MemberSettings
+from services.runtime.config import RuntimeSettings
+from services.tagging.settings import TaggingSettings
+
+STACK_DEFAULTS = {"POND_MODE": "embedded", "POND_HOST": "127.0.0.1"}
+# What someone may have set for `make run` that a client in another terminal needs too.
+CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT")
+TOKEN_FILE = "dev-operator.token"
+_ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
+
+
+def apply_stack_defaults() -> None:
+    for name, value in STACK_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def data_dir() -> Path:
+    return RuntimeSettings().data_dir
+
+
+def token_path(folder: Path | None = None) -> Path:
+    return (folder or data_dir()) / TOKEN_FILE
+
+
+def client_host() -> str:
+    """Where a client on this machine reaches the stack: its bind address, or
+    loopback when it listens on every address."""
+    host = os.environ.get("POND_HOST", STACK_DEFAULTS["POND_HOST"])
+    return "127.0.0.1" if host in _ANY_ADDRESS else host
+
+
+def member_target() -> tuple[str, str]:
+    """(target, where it came from) for the member service."""
+    if os.environ.get("POND_MEMBER_TARGET"):
+        return os.environ["POND_MEMBER_TARGET"], "POND_MEMBER_TARGET"
+    return f"{client_host()}:{MemberSettings().member_port}", "POND_HOST and POND_MEMBER_PORT"
+
+
+def tagging_target() -> tuple[str, str]:
+    if os.environ.get("POND_TAGGING_TARGET"):
+        return os.environ["POND_TAGGING_TARGET"], "POND_TAGGING_TARGET"
+    return f"{client_host()}:{TaggingSettings().tagging_port}", "POND_HOST and POND_TAGGING_PORT"
