@@ -46,6 +46,7 @@ from services.runtime.documents import (
 from services.runtime.documents_query import (
     check_limit,
     check_schema,
+    guard_version,
     parse_order,
     parse_where,
 )
@@ -65,13 +66,6 @@ _SEQUENCE_NEXT = (
     'INSERT INTO "_sequences" (name, n) VALUES (?, ?)'
     " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n RETURNING n"
 )
-
-
-def _version(collection: str, doc: Doc) -> int:
-    version = doc.get("_v")
-    if type(version) is not int:
-        raise ValueError(f"{collection}/{doc.get('_id')}: a guarded write needs the _v it read")
-    return version
 
 
 class SqliteDocumentStore(DocumentStore):
@@ -282,7 +276,7 @@ class SqliteDocumentStore(DocumentStore):
                 versions.append(1)
             elif op == "replace":
                 row = t.row(arg)
-                version = _version(collection, arg)
+                version = guard_version(collection, arg)
                 try:
                     cur = raw.execute(t.replace_sql, (*row, arg["_id"], version))
                 except sqlite3.IntegrityError as exc:

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from services.runtime.documents import Collection, Conflict, Doc, DuplicateKey
-from services.runtime.documents_query import DocumentRules, Term, parse_where
+from services.runtime.documents_query import DocumentRules, Term, index_fields, parse_where
 
 _RESERVED = frozenset({"_id", "_v", "_doc", "_blob"})
 
@@ -140,10 +140,6 @@ class Table:
         self.partial_terms = frozenset(
             term for i in c.indexes if i.partial for term in parse_where(c, i.partial)
         )
-        # What an IntegrityError's column list names -> the index's fields as declared.
-        self.unique = {
-            tuple(f.lstrip("-") for f in i.fields): i.fields for i in c.indexes if i.unique
-        }
         # Equality on one of these seeks an index (see SqliteDocumentStore.find).
         self.seek: list[tuple[str, frozenset[Term]]] = [("_id", frozenset())] + [
             (i.fields[0].lstrip("-"),
@@ -181,7 +177,7 @@ class Table:
         )
         if columns == ("_id",):
             return DuplicateKey(self.name, key)
-        return DuplicateKey(self.name, key, self.unique.get(columns, columns))
+        return DuplicateKey(self.name, key, index_fields(self.c, columns))
 
     def conflict(self, key: Any) -> Conflict:
         return Conflict(self.name, key)
