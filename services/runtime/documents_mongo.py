@@ -406,14 +406,15 @@ class MongoDocumentStore(DocumentStore):
 
     async def _duplicate(self, collection: str, doc: Doc, exc: DuplicateKeyError, *,
                          inserting: bool = False) -> DuplicateKey:
-        """DuplicateKey naming the index: from the server's keyPattern, or (mongomock)
+        """DuplicateKey naming the index: from the server's keyPattern, or (mongomock,
+        whose keyPattern, made up by mongomock-motor, ignores `_id` and partial filters)
         by looking for the document that holds the values."""
-        pattern = (exc.details or {}).get("keyPattern")
-        if pattern:
-            return DuplicateKey(collection, doc["_id"], self._index_of(collection, pattern))
         coll, rules = self._c[collection], self._rules[collection]
         if inserting and await coll.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
-            return DuplicateKey(collection, doc["_id"])
+            return DuplicateKey(collection, doc["_id"])  # `_id` first, as on SQLite
+        pattern = (exc.details or {}).get("keyPattern")
+        if pattern and self._full:
+            return DuplicateKey(collection, doc["_id"], self._index_of(collection, pattern))
         for index in rules.collection.indexes:
             if not index.unique:
                 continue

@@ -272,7 +272,7 @@ class SqliteDocumentStore(DocumentStore):
                 try:
                     raw.execute(t.insert_sql, (arg["_id"], *row))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=True) from exc
                 versions.append(1)
             elif op == "replace":
                 row = t.row(arg)
@@ -280,7 +280,7 @@ class SqliteDocumentStore(DocumentStore):
                 try:
                     cur = raw.execute(t.replace_sql, (*row, arg["_id"], version))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=False) from exc
                 if cur.rowcount != 1:
                     raise Conflict(collection, arg["_id"])
                 versions.append(version + 1)
@@ -302,7 +302,7 @@ class SqliteDocumentStore(DocumentStore):
         try:
             return int(raw.execute(t.put_sql, (doc["_id"], *row)).fetchone()[0])
         except sqlite3.IntegrityError as exc:
-            raise t.duplicate(doc["_id"], exc) from exc
+            raise t.duplicate(raw, doc["_id"], exc, inserting=False) from exc
 
     @staticmethod
     def _apply_records(raw: sqlite3.Connection, uow: UnitOfWork) -> None:
