@@ -27,13 +27,13 @@ from typing import Any, NoReturn
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
-from grpc_status import rpc_status
 
 from services.runtime.auth import Authorizer, current_caller
-from services.runtime.errors import PondError
+from services.runtime.errors import InvalidArgument, PondError
 from services.runtime.logs import log_rpc, request_id_var
 from services.runtime.metrics import RPC_METRICS
 from services.runtime.redaction import looks_like_phone
+from services.runtime.status import grpc_code, to_rpc_status
 
 REQUEST_ID_METADATA = "x-request-id"
 
@@ -173,8 +173,7 @@ def _raw(data: bytes) -> bytes:
 
 def _malformed(method: str, raw: bytes) -> PondError:
     _log.warning("malformed request", method=method, size=len(raw))
-    return PondError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+    return InvalidArgument(
         "MALFORMED_REQUEST",
         "the request body is not a valid message of this method's request type",
         domain="pond.rpc",
@@ -200,7 +199,7 @@ def _accepted_request_id(request_id: str) -> bool:
 
 def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     if isinstance(exc, PondError):
-        return exc.code
+        return grpc_code(exc)
     if isinstance(exc, grpc.aio.AbortError):
         return context.code() or grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.INTERNAL
@@ -210,7 +209,7 @@ async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception)
     """Ends the call with the status `exc` stands for (always raises)."""
     if isinstance(exc, PondError):
         RPC_METRICS.record_error(method, exc.reason)
-        await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        await context.abort_with_status(to_rpc_status(exc))
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     _log.exception("unhandled error", method=method)

@@ -43,6 +43,7 @@ from services.runtime.errors import (
 from services.runtime.idempotency import IdempotencyRecord, fingerprint, replay
 from services.runtime.logs import RpcLog, configure_logging, log_rpc, request_id_var
 from services.runtime.redaction import mask_phone, redact_value, scrub_text
+from services.runtime.status import grpc_code, to_status
 from tests.conftest import eventually
 
 SECRET = "unit-secret-" + "y" * 20
@@ -50,7 +51,7 @@ SERVICE = "pond.member.v1.MemberService"
 
 
 def _code(exc: pytest.ExceptionInfo[PondError]) -> grpc.StatusCode:
-    return exc.value.code
+    return grpc_code(exc.value)
 
 
 # -- tokens --
@@ -510,7 +511,7 @@ def test_replay_returns_the_first_response_or_rejects_the_key() -> None:
 
 def _details(err: PondError) -> tuple[int, error_details_pb2.ErrorInfo,
                                        error_details_pb2.BadRequest | None]:
-    status = err.to_status()
+    status = to_status(err)
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     bad = None
