@@ -43,7 +43,7 @@ async def main() -> int:
     tagging_settings = TaggingSettings()
     tagging = await start_tagging_service(tagging_settings)
     freeze_startup_heap()
-    token = mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=7 * 86400)
+    token = mint_token(settings.auth_config(), "dev-operator", Role.OPERATOR, ttl_seconds=7 * 86400)
     (data_dir / "dev-operator.token").write_text(token)
     stop = asyncio.Event()
     jobs = asyncio.create_task(run_schedule(member.app, tagging.runner, stop))

@@ -13,7 +13,6 @@ from services.member.service import Idem, NewIdentity
 from services.runtime.errors import Violations
 from services.runtime.idempotency import fingerprint
 from services.runtime.logs import current_request_id
-from services.runtime.paging import page_size
 
 MAX_ID = 128
 MAX_TEXT = 256
@@ -102,7 +101,3 @@ def consents(v: Violations, consents, now: datetime) -> dict[int, tuple[bool, da
         enum(v, f"consents[{i}].channel", c.channel, dm.VALID_CONTACT_CHANNELS, required=True)
         out[c.channel] = (c.granted, now)
     return out
-
-
-def limit(v: Violations, size: int) -> int:
-    return page_size(size, v)

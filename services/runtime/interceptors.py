@@ -1,5 +1,7 @@
-"""What every RPC of every service goes through: request id, auth, decoding the
-request, error mapping, one canonical log line and Prometheus metrics.
+"""What every RPC of every service goes through: request id, auth, the service's
+page key (paging.py), decoding the request, error mapping (the application errors of
+errors.py to status codes and google.rpc.Status details, status.py), one canonical
+log line and Prometheus metrics.
 
 It is applied when the handlers are registered, not through grpc.aio's interceptor
 pipeline: `InterceptedServer` stands in for the server in the generated
@@ -32,6 +34,7 @@ from services.runtime.auth import Authorizer, current_caller
 from services.runtime.errors import InvalidArgument, PondError
 from services.runtime.logs import log_rpc, request_id_var
 from services.runtime.metrics import RPC_METRICS
+from services.runtime.paging import page_key
 from services.runtime.redaction import looks_like_phone
 from services.runtime.status import grpc_code, to_rpc_status
 
@@ -43,8 +46,9 @@ _log = structlog.get_logger("pond.rpc")
 class ServiceInterceptor:
     """Wraps method handlers with the per-call work; each handler is wrapped once."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, page_key: bytes = b"") -> None:
         self._authorizer = authorizer
+        self._page_key = page_key
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
@@ -84,6 +88,8 @@ class ServiceInterceptor:
             request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
         request_id_var.set(request_id)
         current_caller.set(self._authorizer.authorize(method, metadata))
+        if self._page_key:
+            page_key.set(self._page_key)
         return request_id
 
     def _wrap_unary(self, method: str, behavior: Callable, decode: Callable) -> Callable:

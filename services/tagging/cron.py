@@ -23,7 +23,9 @@ async def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("pond.tagging.cron")
     target = os.environ.get("POND_TAGGING_TARGET", f"127.0.0.1:{settings.tagging_port}")
-    md = call_metadata(mint_token(settings.secret(), "tagging-cron", Role.SERVICE, 3600))
+    md = call_metadata(mint_token(
+        settings.auth_config(), "tagging-cron", Role.SERVICE, 3600, audience="pond.tagging"
+    ))
     stub = tagging_pb2_grpc.TaggingServiceStub(channel(target))
     try:
         run = await call(stub.StartScoringRun, pb.StartScoringRunRequest(), metadata=md, timeout=30)
