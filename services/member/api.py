@@ -14,8 +14,7 @@ from services.member.access import GATEWAY_UPDATABLE, identity_trust
 from services.member.app import MemberApp
 from services.member.domain import members as dm
 from services.member.domain.orders import OrderItem
-from services.member.service import DOMAIN, Idem
-from services.member.store import MemberFilter
+from services.member.service import DOMAIN, Idem, MemberFilter  # (its use case's type)
 from services.runtime import paging
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
@@ -90,6 +89,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v = Violations(DOMAIN)
         ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
+        assert ident is not None  # a violation otherwise, and raise_if_any ended the call
         return await self._member_pb(await self.app.find(ident))
 
     async def ListMembers(self, request: pb.ListMembersRequest, context) -> pb.ListMembersResponse:
@@ -155,6 +155,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id, required=True)
         ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
+        assert ident is not None  # a violation otherwise, and raise_if_any ended the call
         ensure_acts_for(request.member_id)
         trust = identity_trust(current_caller.get())
         return await self._member_pb(

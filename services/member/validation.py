@@ -83,7 +83,8 @@ def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -
         out["name"] = p.name.strip()
     if wanted("gender"):
         enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
-        out["gender"] = Gender(p.gender) if p.gender in iter(Gender) else Gender.UNSPECIFIED
+        known = p.gender in Gender._value2member_map_
+        out["gender"] = Gender(p.gender) if known else Gender.UNSPECIFIED
     if wanted("birthday"):
         problem = dm.birthday_problem(p.birthday)
         if problem:

@@ -18,6 +18,7 @@ from services.runtime.status import from_rpc_error
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 _channels: dict[str, grpc.aio.Channel] = {}
+Metadata = tuple[tuple[str, str], ...]
 
 
 def channel(target: str) -> grpc.aio.Channel:
@@ -36,7 +37,7 @@ async def close_channels() -> None:
     _channels.clear()
 
 
-def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> tuple:
+def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> Metadata:
     md = [("authorization", f"Bearer {token}")]
     if request_id:
         md.append((REQUEST_ID_METADATA, request_id))
@@ -49,7 +50,7 @@ async def call(
     method: Callable[..., Awaitable[Any]],
     request: Any,
     *,
-    metadata: tuple,
+    metadata: Metadata,
     timeout: float = DEFAULT_DEADLINE_SECONDS,
     idempotent: bool = False,
     attempts: int = 3,

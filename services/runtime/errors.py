@@ -255,22 +255,26 @@ class _FailedCall(Protocol):
 STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 
 
-def error_details(rpc_error: object) -> tuple[str, list[tuple[str, str]]]:
-    """Client side: (ErrorInfo reason, field violations) from a failed call (a
-    grpc.RpcError), read from the google.rpc.Status in its trailing metadata."""
-    reason, violations = "", []
+def rpc_error_details(rpc_error: object) -> tuple[Any, Any]:
+    """Client side: the (ErrorInfo, BadRequest) of a failed call (a grpc.RpcError),
+    each None when absent, read from the google.rpc.Status in its trailing metadata."""
+    info = bad = None
     trailing = rpc_error.trailing_metadata() if isinstance(rpc_error, _FailedCall) else None
     for key, value in trailing or ():
         if key != STATUS_DETAILS_METADATA:
             continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
+        for detail in status_pb2.Status.FromString(value).details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
-                reason = info.reason
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                violations = [(v.field, v.description) for v in bad.field_violations]
-    return reason, violations
+    return info, bad
+
+
+def error_details(rpc_error: object) -> tuple[str, list[tuple[str, str]]]:
+    """Client side: (ErrorInfo reason, field violations) from a failed call."""
+    info, bad = rpc_error_details(rpc_error)
+    violations = [(v.field, v.description) for v in bad.field_violations] if bad else []
+    return (info.reason if info else ""), violations

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 import structlog
@@ -40,6 +40,10 @@ from services.runtime.status import grpc_code, to_rpc_status
 
 REQUEST_ID_METADATA = "x-request-id"
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Behavior: TypeAlias = Callable[..., Any]
+
 _log = structlog.get_logger("pond.rpc")
 
 
@@ -49,9 +53,9 @@ class ServiceInterceptor:
     def __init__(self, authorizer: Authorizer, page_key: bytes = b"") -> None:
         self._authorizer = authorizer
         self._page_key = page_key
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+    def wrap(self, method: str, handler: Handler | None) -> Handler | None:
         if handler is None:
             return None
         # The generic lookup returns the same handler for a method on every call.
@@ -62,7 +66,7 @@ class ServiceInterceptor:
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         # The wrappers get the raw bytes and decode them once the caller is known.
         decode = handler.request_deserializer or _raw
         if handler.unary_unary:
@@ -81,8 +85,9 @@ class ServiceInterceptor:
             return handler
         raise RuntimeError(f"{method}: streaming requests are not supported by the interceptor")
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> str:
-        metadata = dict(context.invocation_metadata())
+    def _begin(self, method: str, context: Context) -> str:
+        # Only `-bin` keys carry bytes, and none of those is read here.
+        metadata = cast(dict[str, str], dict(context.invocation_metadata() or ()))
         request_id = metadata.get(REQUEST_ID_METADATA)
         if not request_id or not _accepted_request_id(request_id):
             request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
@@ -92,8 +97,8 @@ class ServiceInterceptor:
             page_key.set(self._page_key)
         return request_id
 
-    def _wrap_unary(self, method: str, behavior: Callable, decode: Callable) -> Callable:
-        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(self, method: str, behavior: Behavior, decode: Behavior) -> Behavior:
+        async def wrapper(raw: bytes, context: Context) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -113,8 +118,8 @@ class ServiceInterceptor:
 
         return wrapper
 
-    def _wrap_stream(self, method: str, behavior: Callable, decode: Callable) -> Callable:
-        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(self, method: str, behavior: Behavior, decode: Behavior) -> Behavior:
+        async def wrapper(raw: bytes, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -159,7 +164,7 @@ class InterceptedServer:
         )
 
     def add_registered_method_handlers(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: Mapping[str, Handler]
     ) -> None:
         """Served through the generic handlers registered alongside (see above)."""
 
@@ -169,7 +174,7 @@ class _InterceptedGenericHandler(grpc.GenericRpcHandler):
         self._inner = inner
         self._interceptor = interceptor
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
         return self._interceptor.wrap(details.method, self._inner.service(details))
 
 
@@ -203,7 +208,7 @@ def _accepted_request_id(request_id: str) -> bool:
     return bool(_REQUEST_ID_RE.fullmatch(request_id)) and not looks_like_phone(request_id)
 
 
-def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _status_code(exc: Exception, context: Context) -> grpc.StatusCode:
     if isinstance(exc, PondError):
         return grpc_code(exc)
     if isinstance(exc, grpc.aio.AbortError):
@@ -211,7 +216,7 @@ def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.Stat
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def _abort(method: str, context: Context, exc: Exception) -> NoReturn:
     """Ends the call with the status `exc` stands for (always raises)."""
     if isinstance(exc, PondError):
         RPC_METRICS.record_error(method, exc.reason)

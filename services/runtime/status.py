@@ -19,6 +19,7 @@ from services.runtime.errors import (
     PondError,
     check_reason,
     listed_violations,
+    rpc_error_details,
     shorten,
 )
 
@@ -73,20 +74,15 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> PondError | grpc.aio.AioRpcErro
     kind = _KINDS_BY_CODE.get(err.code())
     if kind is None:
         return err
-    reason, domain, metadata, violations = kind.value, "", {}, []
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if _well_formed(info.reason):
-                reason = info.reason
-            domain, metadata = info.domain, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [(v.field, v.description) for v in bad.field_violations]
-    return KINDS[kind](reason, err.details() or "", domain or "pond", metadata, violations)
+    info, bad = rpc_error_details(err)
+    reason = info.reason if info is not None and _well_formed(info.reason) else kind.value
+    return KINDS[kind](
+        reason,
+        err.details() or "",
+        (info.domain if info is not None else "") or "pond",
+        dict(info.metadata) if info is not None else {},
+        [(v.field, v.description) for v in bad.field_violations] if bad is not None else [],
+    )
 
 
 def _well_formed(reason: str) -> bool:
