@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 import jwt
+import pytest
 import pytest_asyncio
 from pond.member.v1 import member_pb2 as mpb
 from pond.member.v1 import member_pb2_grpc
@@ -108,6 +109,7 @@ def _forged(algorithm: str, key: str | None) -> str:
                       headers={"kid": key_id_of(TEST_SECRET)})
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # (HS512 below)
 async def test_only_allowed_algorithms_are_accepted(services: Services):
     assert await member_code(services, _forged("HS256", TEST_SECRET)) == OK
     # alg "none": no signature at all.
