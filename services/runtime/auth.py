@@ -127,7 +127,8 @@ class AuthConfig:
 
 def previous_keys_from(text: str) -> tuple[SigningKey, ...]:
     """POND_AUTH_PREVIOUS_KEYS: one key a line, `<key id>:<secret>`, or a bare
-    secret whose id is derived (key_id_of); blank lines and `#` comments skipped."""
+    secret whose id is derived (key_id_of; a secret holding `:` needs its id written
+    out); blank lines and `#` comments skipped."""
     keys = []
     for line in text.splitlines():
         line = line.strip()

@@ -132,6 +132,23 @@ def test_malformed_tokens_are_unauthenticated(token: str) -> None:
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_auth_settings_read_previous_keys_and_refuse_other_algorithms(tmp_path) -> None:
+    from services.runtime.config import RuntimeSettings
+
+    previous = tmp_path / "previous-keys"
+    previous.write_text("# rotated 2026-11\nk1:old-secret\n\nbare-secret\n")
+    config = RuntimeSettings(auth_secret="new-secret", auth_key_id="k2",
+                             auth_previous_keys_file=str(previous)).auth_config()
+    assert [k.key_id for k in config.keys()] == ["k2", "k1", auth.key_id_of("bare-secret")]
+    assert config.keys()[1].secret == "old-secret" and "old-secret" not in repr(config)
+    for algorithms in ("none", "HS256,RS256", ""):
+        with pytest.raises(ValueError):
+            RuntimeSettings(auth_secret="s", auth_algorithms=algorithms).auth_config()
+    with pytest.raises(ValueError):  # two keys under one id
+        RuntimeSettings(auth_secret="s", auth_key_id="k1",
+                        auth_previous_keys="k1:other").auth_config()
+
+
 # -- the authorizer --
 
 RULES = method_rules(SERVICE, {"GetMember": STAFF, "AdjustPoints": BACK_OFFICE,
