@@ -64,7 +64,9 @@ async def main() -> int:
     token_file = config.token_path(data_dir)
     write_private(
         token_file,
-        mint_token(settings.secret(), "dev-operator", Role.OPERATOR, ttl_seconds=TOKEN_TTL_SECONDS),
+        mint_token(
+            settings.auth_config(), "dev-operator", Role.OPERATOR, ttl_seconds=TOKEN_TTL_SECONDS
+        ),
     )
     stop = asyncio.Event()
     tasks = [

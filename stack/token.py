@@ -55,7 +55,9 @@ def main(argv: list[str]) -> int:
     except LookupError as exc:
         print(f"stack.token: {exc}", file=sys.stderr)
         return 2
-    print(mint_token(secret, args.subject, Role(args.role), ttl_seconds=args.ttl))
+    # The deployment's key id, issuer and algorithm (POND_AUTH_*), with the secret found.
+    auth = RuntimeSettings(auth_secret=secret, auth_secret_file="").auth_config()
+    print(mint_token(auth, args.subject, Role(args.role), ttl_seconds=args.ttl))
     return 0
 
 

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 from services.member.domain.members import WECHAT_KINDS, IdentityTrust
-from services.runtime.auth import BACK_OFFICE, Caller, Role
+from services.runtime.auth import BACK_OFFICE, EVERYONE, OPERATORS, STAFF, Caller, Role
 
-OPS = frozenset({Role.OPERATOR, Role.SERVICE})
-STAFF = OPS | {Role.GUIDE}
-EVERYONE = STAFF | {Role.GATEWAY}
-# Which roles may call which method. The gateway is further limited to the member
-# it verified: every gateway method below checks it (ensure_acts_for), apart from
-# GATEWAY_BEFORE_SIGN_IN. Guides work the POS and the WeCom sidebar.
+# Which roles may call which method (the role sets are the runtime's). The gateway is
+# further limited to the member it verified: every gateway method below checks it
+# (ensure_acts_for), apart from GATEWAY_BEFORE_SIGN_IN. Guides work the POS and the
+# WeCom sidebar. OPERATORS only: the brand's tier program and manual points
+# corrections, decisions a person answers for; a service token (another service, a
+# scheduled job) cannot make them. The scheduled runs and the order system's refunds
+# are BACK_OFFICE: operators and services.
 AUTH_RULES: dict[str, frozenset[Role]] = {
     "RegisterMember": EVERYONE,
     "GetMember": EVERYONE,
@@ -19,23 +20,23 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "ListMembers": STAFF,
     "UpdateMember": EVERYONE,
     "AddMemberIdentity": EVERYONE,
-    "SetPaidMembership": OPS,
+    "SetPaidMembership": BACK_OFFICE,
     "GetTierProgram": EVERYONE,
-    "UpdateTierProgram": OPS,
-    "EvaluateTiers": OPS,
+    "UpdateTierProgram": OPERATORS,
+    "EvaluateTiers": BACK_OFFICE,
     "ListTierChanges": EVERYONE,
     "RedeemPoints": EVERYONE,
-    "AdjustPoints": OPS,
+    "AdjustPoints": OPERATORS,
     "ListPointsEntries": EVERYONE,
     "ListExpiringPoints": EVERYONE,
-    "RunPointsExpiry": OPS,
-    "GrantBirthdayGifts": OPS,
+    "RunPointsExpiry": BACK_OFFICE,
+    "GrantBirthdayGifts": BACK_OFFICE,
     "TopUpStoredValue": STAFF,
     "PayWithStoredValue": EVERYONE,
-    "RefundStoredValuePayment": OPS,
+    "RefundStoredValuePayment": BACK_OFFICE,
     "ListStoredValueEntries": EVERYONE,
     "RecordOrder": STAFF,
-    "RefundOrder": OPS,
+    "RefundOrder": BACK_OFFICE,
     "GetOrder": EVERYONE,
     "ListOrders": EVERYONE,
 }

@@ -14,13 +14,12 @@ from services.member.access import GATEWAY_UPDATABLE, identity_trust
 from services.member.app import MemberApp
 from services.member.domain import members as dm
 from services.member.domain.orders import OrderItem
-from services.member.service import DOMAIN, Idem
-from services.member.store import MemberFilter
+from services.member.service import DOMAIN, Idem, MemberFilter  # (its use case's type)
+from services.runtime import paging
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
 from services.runtime.fields import timestamp
 from services.runtime.idempotency import fingerprint
-from services.runtime.paging import decode_token, encode_token
 
 
 class MemberServicer(member_pb2_grpc.MemberServiceServicer):
@@ -39,13 +38,11 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         fetches one extra item to know whether another page follows."""
         v = Violations(DOMAIN)
         val.text(v, "member_id", request.member_id, required=True)
-        limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v, {key: cursor_type}) or {}
+        page = paging.begin(request, v, {key: cursor_type})
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        page = await fetch(request.member_id, cursor.get(key), limit + 1)
-        token = encode_token({key: cursor_of(page[limit - 1])}) if len(page) > limit else ""
-        return page[:limit], token
+        items = await fetch(request.member_id, page.get(key, None), page.fetch)
+        return page.finish(items, lambda item: {key: cursor_of(item)})
 
     # -- members --
     async def RegisterMember(
@@ -92,12 +89,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v = Violations(DOMAIN)
         ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
+        assert ident is not None  # a violation otherwise, and raise_if_any ended the call
         return await self._member_pb(await self.app.find(ident))
 
     async def ListMembers(self, request: pb.ListMembersRequest, context) -> pb.ListMembersResponse:
         v = Violations(DOMAIN)
-        limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v, {"a": str}) or {}
+        page = paging.begin(request, v, {"a": str})
         val.enum(v, "kind", request.kind, [k.value for k in dm.MemberKind])
         val.enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
         if not 0 <= request.tier_level <= 3:
@@ -112,10 +109,10 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             kind=request.kind,
             channel=request.acquisition_channel,
         )
-        page = await self.app.list(flt, str(cursor.get("a", "")), limit + 1)
-        token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
+        found = await self.app.list(flt, page.get("a", ""), page.fetch)
+        members, token = page.finish(found, lambda m: {"a": m.id})
         return pb.ListMembersResponse(
-            members=[await self._member_pb(m) for m in page[:limit]], next_page_token=token
+            members=[await self._member_pb(m) for m in members], next_page_token=token
         )
 
     async def UpdateMember(self, request: pb.UpdateMemberRequest, context) -> pb.Member:
@@ -158,6 +155,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id, required=True)
         ident = val.identity(v, "identity", request.identity)
         v.raise_if_any()
+        assert ident is not None  # a violation otherwise, and raise_if_any ended the call
         ensure_acts_for(request.member_id)
         trust = identity_trust(current_caller.get())
         return await self._member_pb(
@@ -253,16 +251,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id)
         if not 1 <= request.within_days <= 366:
             v.add("within_days", "must be between 1 and 366")
-        limit = val.limit(v, request.page_size)
-        cursor = decode_token(request.page_token, v, {"a": str}) or {}
+        page = paging.begin(request, v, {"a": str})
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        page = await self.app.expiring_points(
-            request.member_id, request.within_days, str(cursor.get("a", "")), limit + 1
+        found = await self.app.expiring_points(
+            request.member_id, request.within_days, page.get("a", ""), page.fetch
         )
-        token = encode_token({"a": page[limit - 1].id}) if len(page) > limit else ""
+        lots, token = page.finish(found, lambda lot: {"a": lot.id})
         return pb.ListExpiringPointsResponse(
-            expiring=[convert.expiring_pb(lot) for lot in page[:limit]], next_page_token=token
+            expiring=[convert.expiring_pb(lot) for lot in lots], next_page_token=token
         )
 
     async def RunPointsExpiry(

@@ -23,7 +23,9 @@ async def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("pond.member.cron")
     target = os.environ.get("POND_MEMBER_TARGET", f"127.0.0.1:{settings.member_port}")
-    md = call_metadata(mint_token(settings.secret(), "member-cron", Role.SERVICE, 600))
+    md = call_metadata(mint_token(
+        settings.auth_config(), "member-cron", Role.SERVICE, 600, audience="pond.member"
+    ))
     stub = member_pb2_grpc.MemberServiceStub(channel(target))
     expiry = await call(
         stub.RunPointsExpiry, pb.RunPointsExpiryRequest(), metadata=md, timeout=600, idempotent=True

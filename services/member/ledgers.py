@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -152,7 +153,7 @@ class LedgerUseCases(MemberCore):
             expired_now = 0
             for member_id in due:
                 expired_now += await self.retrying(
-                    member_id, lambda mid=member_id: self._expire_member(mid)
+                    member_id, partial(self._expire_member, member_id)
                 )
                 members += 1
             points += expired_now
@@ -173,7 +174,7 @@ class LedgerUseCases(MemberCore):
                 by_member.setdefault(lot.member_id, set()).add(lot.id)
             for member_id, lot_ids in by_member.items():
                 announced += await self.retrying(
-                    member_id, lambda mid=member_id, ids=lot_ids: self._announce(mid, ids)
+                    member_id, partial(self._announce, member_id, lot_ids)
                 )
         return members, points, announced
 

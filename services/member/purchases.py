@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from services.member.domain import orders as do
 from services.member.domain import points as dp
@@ -22,6 +23,10 @@ from services.runtime.ids import new_id
 
 
 class PurchaseUseCases(MemberCore):
+    if TYPE_CHECKING:  # MemberUseCases', beside this in MemberApp
+
+        async def get(self, member_id: str) -> Member: ...
+
     async def order(self, order_id: str) -> Order:
         o = await self.store.get_order(order_id)
         if o is None:

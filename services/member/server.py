@@ -106,7 +106,8 @@ async def start_member_service(
     )
     server = PondServer(
         registration(MemberServicer(app)),
-        secret=settings.secret(),
+        auth=settings.auth_config(),
+        page_key=settings.page_key(),
         host=settings.host,
         port=settings.member_port if port is None else port,
         metrics_port=settings.member_metrics_port if metrics else 0,

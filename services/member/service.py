@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-import grpc
 import structlog
 
 from services.member.domain import members as dm
@@ -41,6 +40,7 @@ from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
 from services.runtime.errors import (
     PondError,
+    conflict,
     failed_precondition,
     not_found,
 )
@@ -131,12 +131,7 @@ class MemberCore:
                 return await attempt()
             except StoreConflict:
                 continue
-        raise PondError(
-            grpc.StatusCode.ABORTED,
-            "CONCURRENT_UPDATE",
-            "the member changed concurrently; retry",
-            DOMAIN,
-        )
+        raise conflict("CONCURRENT_UPDATE", "the member changed concurrently; retry", domain=DOMAIN)
 
     async def idempotent(
         self,

@@ -3,6 +3,9 @@ re-evaluation that moves members down (after retention) or up."""
 
 from __future__ import annotations
 
+from functools import partial
+from typing import TYPE_CHECKING
+
 from services.member.domain.tiers import TierChange, TierProgram, program_problems, reevaluate
 from services.member.events import EventWriter
 from services.member.service import DOMAIN, MemberCore
@@ -11,6 +14,10 @@ from services.runtime.errors import invalid_argument
 
 
 class TierUseCases(MemberCore):
+    if TYPE_CHECKING:  # MemberUseCases', beside this in MemberApp
+
+        async def lapse_paid_memberships(self, batch: int = 500) -> int: ...
+
     async def get_program(self) -> TierProgram:
         return await self.tier_program()
 
@@ -39,7 +46,7 @@ class TierUseCases(MemberCore):
                 return evaluated, downgraded
             for m in page:
                 evaluated += 1
-                downgraded += await self.retrying(m.id, lambda mid=m.id: self._reevaluate(mid))
+                downgraded += await self.retrying(m.id, partial(self._reevaluate, m.id))
             after = page[-1].id
 
     async def _reevaluate(self, member_id: str) -> int:

@@ -13,7 +13,6 @@ from services.member.service import Idem, NewIdentity
 from services.runtime.errors import Violations
 from services.runtime.idempotency import fingerprint
 from services.runtime.logs import current_request_id
-from services.runtime.paging import page_size
 
 MAX_ID = 128
 MAX_TEXT = 256
@@ -84,7 +83,8 @@ def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -
         out["name"] = p.name.strip()
     if wanted("gender"):
         enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
-        out["gender"] = Gender(p.gender) if p.gender in iter(Gender) else Gender.UNSPECIFIED
+        known = p.gender in Gender._value2member_map_
+        out["gender"] = Gender(p.gender) if known else Gender.UNSPECIFIED
     if wanted("birthday"):
         problem = dm.birthday_problem(p.birthday)
         if problem:
@@ -102,7 +102,3 @@ def consents(v: Violations, consents, now: datetime) -> dict[int, tuple[bool, da
         enum(v, f"consents[{i}].channel", c.channel, dm.VALID_CONTACT_CHANNELS, required=True)
         out[c.channel] = (c.granted, now)
     return out
-
-
-def limit(v: Violations, size: int) -> int:
-    return page_size(size, v)

@@ -1,5 +1,13 @@
-"""Internal auth: HS256-signed bearer tokens (JWT format) with a subject, a role and
-an expiry, and one table per service saying which roles may call which method.
+"""Internal auth: signed bearer tokens (JWT, PyJWT) and one table per service saying
+which roles may call which method.
+
+A token names its subject (`sub`), its role, its issuer (`iss`, the deployment's
+POND_AUTH_ISSUER), the services it is for (`aud`: `pond.member`, `pond.tagging`...;
+a service refuses a token that does not name it) and its expiry (`exp`, required,
+with a small leeway for clock skew). Its header names the key it was signed with
+(`kid`): a service accepts its current signing key and the previous keys it is
+given, so a key can be rotated without refusing the tokens already out. Only the
+allowed algorithms are accepted (HS256 unless configured: HMAC only, never `none`).
 
 The gateway calls on behalf of a member: its token has role "gateway" and the member
 id it verified travels in the `x-pond-member-id` metadata. A gateway call without that
@@ -10,30 +18,39 @@ data). Health and reflection are the only anonymous methods.
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
-import hmac
-import json
 import time
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+
+import jwt
 
 from services.runtime.errors import permission_denied, unauthenticated
 
 
 class Role(StrEnum):
-    OPERATOR = "operator"
-    GUIDE = "guide"
-    SERVICE = "service"
-    GATEWAY = "gateway"
+    OPERATOR = "operator"  # a person running the brand (consoles)
+    GUIDE = "guide"  # a shop guide (POS, WeCom sidebar)
+    SERVICE = "service"  # a machine: another service, a scheduled job
+    GATEWAY = "gateway"  # the mini-program's gateway, acting for one member
 
 
+# The role sets every service's rule table is written with (defined only here).
 ALL_ROLES = frozenset(Role)
-STAFF = frozenset({Role.OPERATOR, Role.GUIDE, Role.SERVICE})
+# Decisions a person answers for: the brand's configuration (tier program, tag and
+# segment definitions) and manual corrections (points adjustments). Machines
+# (services, scheduled jobs) never hold this role.
+OPERATORS = frozenset({Role.OPERATOR})
+# Back office: operators and machines (scheduled runs, refunds from the order system).
 BACK_OFFICE = frozenset({Role.OPERATOR, Role.SERVICE})
+STAFF = BACK_OFFICE | {Role.GUIDE}
+EVERYONE = STAFF | {Role.GATEWAY}
 # Roles that see phone numbers in clear; everyone else gets 138****5678.
-PHONE_VISIBLE_ROLES = frozenset({Role.OPERATOR, Role.SERVICE})
+PHONE_VISIBLE_ROLES = BACK_OFFICE
 
 PUBLIC_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -41,6 +58,13 @@ PUBLIC_METHOD_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 MEMBER_ID_METADATA = "x-pond-member-id"
+
+DEFAULT_ISSUER = "pond"
+# HMAC only: the keys are shared secrets. `none` and public-key algorithms are refused.
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+DEFAULT_ALGORITHMS = ("HS256",)
+DEFAULT_LEEWAY_SECONDS = 10.0
+_REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,35 +82,125 @@ class Caller:
 current_caller: ContextVar[Caller | None] = ContextVar("pond_caller", default=None)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def key_id_of(secret: str) -> str:
+    """The key id of a secret configured without one: the first 12 hex digits of a
+    hash of it (stable, and different for every secret)."""
+    return hashlib.sha256(b"pond auth key id\0" + secret.encode()).hexdigest()[:12]
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    secret: str = field(repr=False)
 
 
-_HEADER = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+@dataclass(frozen=True)
+class AuthConfig:
+    """How a deployment signs and checks tokens: the current signing key, the
+    previous keys still accepted (rotation), the issuer, the allowed algorithms and
+    the leeway on expiry."""
+
+    signing_key: SigningKey
+    previous_keys: tuple[SigningKey, ...] = ()
+    issuer: str = DEFAULT_ISSUER
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: float = DEFAULT_LEEWAY_SECONDS
+
+    def __post_init__(self) -> None:
+        if not self.signing_key.secret:
+            raise ValueError("an auth secret is required (POND_AUTH_SECRET)")
+        wrong = [a for a in self.algorithms if a not in HMAC_ALGORITHMS]
+        if wrong or not self.algorithms:
+            raise ValueError(f"token algorithms must be some of {sorted(HMAC_ALGORITHMS)}")
+        ids = [k.key_id for k in self.keys()]
+        if len(set(ids)) != len(ids) or not all(ids):
+            raise ValueError("every auth key needs its own, non-empty key id")
+
+    @classmethod
+    def from_secret(cls, secret: str, key_id: str = "") -> AuthConfig:
+        """One key (its id derived from it unless given), the default issuer."""
+        return cls(SigningKey(key_id or key_id_of(secret), secret))
+
+    def keys(self) -> tuple[SigningKey, ...]:
+        return (self.signing_key, *self.previous_keys)
 
 
-def mint_token(secret: str, subject: str, role: Role | str, ttl_seconds: float = 3600) -> str:
-    if not secret:
-        raise ValueError("an auth secret is required to mint tokens")
-    claims = {"sub": subject, "role": str(Role(role)), "exp": int(time.time() + ttl_seconds)}
-    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{_HEADER}.{payload}".encode()
-    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
-    return f"{_HEADER}.{payload}.{_b64(signature)}"
+def previous_keys_from(text: str) -> tuple[SigningKey, ...]:
+    """POND_AUTH_PREVIOUS_KEYS: one key a line, `<key id>:<secret>`, or a bare
+    secret whose id is derived (key_id_of; a secret holding `:` needs its id written
+    out); blank lines and `#` comments skipped."""
+    keys = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key_id, sep, secret = line.partition(":")
+        keys.append(SigningKey(key_id.strip(), secret.strip()) if sep else
+                    SigningKey(key_id_of(line), line))
+    return tuple(keys)
+
+
+def audience_of(service_full_name: str) -> str:
+    """A service's token audience, from its proto package:
+    `pond.member.v1.MemberService` -> `pond.member` (the domain of its errors too)."""
+    parts = service_full_name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else service_full_name
+
+
+@functools.cache
+def installed_audiences() -> tuple[str, ...]:
+    """Every service of this installation (`pond.<name>` per package under
+    services/, the runtime apart): the audience of a token minted without naming
+    one, as `make run`'s operator token and `python -m stack.token` do."""
+    root = Path(__file__).resolve().parents[1]
+    return tuple(
+        f"pond.{p.name}"
+        for p in sorted(root.iterdir())
+        if p.is_dir() and p.name != "runtime" and (p / "__init__.py").is_file()
+    )
+
+
+def mint_token(
+    signer: str | AuthConfig,
+    subject: str,
+    role: Role | str,
+    ttl_seconds: float = 3600,
+    *,
+    audience: str | Iterable[str] | None = None,
+) -> str:
+    """A token for `subject` in `role`, valid `ttl_seconds`, for `audience` (one
+    service's, e.g. `pond.member`, or several; default: every installed service).
+    `signer` is the deployment's AuthConfig (its current key and issuer), or a bare
+    secret (its derived key id, the default issuer)."""
+    config = AuthConfig.from_secret(signer) if isinstance(signer, str) else signer
+    now = int(time.time())
+    aud = installed_audiences() if audience is None else audience
+    claims = {
+        "iss": config.issuer,
+        "sub": subject,
+        "aud": aud if isinstance(aud, str) else list(aud),
+        "role": str(Role(role)),
+        "iat": now,
+        "exp": int(now + ttl_seconds),
+    }
+    key = config.signing_key
+    return jwt.encode(
+        claims, key.secret, algorithm=config.algorithms[0], headers={"kid": key.key_id}
+    )
 
 
 class TokenVerifier:
-    """Verifies tokens; remembers verified ones (until expiry) so a hot caller pays
-    the HMAC once, not on every call."""
+    """Verifies tokens meant for one service (`audience`); remembers verified ones
+    (until expiry) so a hot caller pays for the signature once, not on every call."""
 
     _CACHE_LIMIT = 10_000
 
-    def __init__(self, secret: str) -> None:
-        self._key = secret.encode()
+    def __init__(self, config: AuthConfig | str, *, audience: str) -> None:
+        self._config = AuthConfig.from_secret(config) if isinstance(config, str) else config
+        self._keys: Mapping[str, SigningKey] = {k.key_id: k for k in self._config.keys()}
+        self._algorithms = list(self._config.algorithms)
+        self._audience = audience
+        self._leeway = self._config.leeway_seconds
         self._cache: dict[str, tuple[Caller, float]] = {}
 
     def verify(self, token: str) -> Caller:
@@ -97,22 +211,45 @@ class TokenVerifier:
                 return hit[0]
             del self._cache[token]
             raise unauthenticated("token expired")
-        try:
-            header, payload, signature = token.split(".")
-            expected = hmac.new(self._key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-            if not hmac.compare_digest(expected, _unb64(signature)):
-                raise unauthenticated("bad token signature")
-            claims = json.loads(_unb64(payload))
-            caller = Caller(subject=str(claims["sub"]), role=Role(claims["role"]))
-            expires = float(claims["exp"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise unauthenticated("malformed token") from exc
-        if expires <= now:
-            raise unauthenticated("token expired")
+        caller, expires = self._verified(token)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
         self._cache[token] = (caller, expires)
         return caller
+
+    def _verified(self, token: str) -> tuple[Caller, float]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise unauthenticated("malformed token") from exc
+        if header.get("alg") not in self._algorithms:
+            raise unauthenticated("token algorithm not allowed")
+        key = self._keys.get(header.get("kid") or "")
+        if key is None:
+            raise unauthenticated("token signed with an unknown key (kid)")
+        try:
+            claims = jwt.decode(
+                token,
+                key.secret,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._config.issuer,
+                leeway=self._leeway,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+            caller = Caller(subject=str(claims["sub"]), role=Role(claims["role"]))
+            expires = float(claims["exp"]) + self._leeway
+        except jwt.ExpiredSignatureError as exc:
+            raise unauthenticated("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise unauthenticated(f"token not meant for this service ({self._audience})") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise unauthenticated("token from another issuer") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise unauthenticated("bad token signature") from exc
+        except (jwt.InvalidTokenError, ValueError, KeyError, TypeError) as exc:
+            raise unauthenticated("malformed token") from exc
+        return caller, expires
 
 
 class Authorizer:

@@ -1,6 +1,8 @@
 """gRPC clients: one channel per target, reused; a deadline on every call; the
 caller's token and request id in metadata; retries only on UNAVAILABLE and only
-for calls the caller marks idempotent."""
+for calls the caller marks idempotent. A call that fails raises the application
+error it stands for (errors.py: NotFound, FailedPrecondition...), so the caller
+needs no grpc."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import grpc
 
 from services.runtime.auth import MEMBER_ID_METADATA
 from services.runtime.interceptors import REQUEST_ID_METADATA
+from services.runtime.status import from_rpc_error
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 _channels: dict[str, grpc.aio.Channel] = {}
+Metadata = tuple[tuple[str, str], ...]
 
 
 def channel(target: str) -> grpc.aio.Channel:
@@ -33,7 +37,7 @@ async def close_channels() -> None:
     _channels.clear()
 
 
-def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> tuple:
+def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> Metadata:
     md = [("authorization", f"Bearer {token}")]
     if request_id:
         md.append((REQUEST_ID_METADATA, request_id))
@@ -46,7 +50,7 @@ async def call(
     method: Callable[..., Awaitable[Any]],
     request: Any,
     *,
-    metadata: tuple,
+    metadata: Metadata,
     timeout: float = DEFAULT_DEADLINE_SECONDS,
     idempotent: bool = False,
     attempts: int = 3,
@@ -57,6 +61,6 @@ async def call(
         except grpc.aio.AioRpcError as err:
             retry = idempotent and err.code() == grpc.StatusCode.UNAVAILABLE and attempt < attempts
             if not retry:
-                raise
+                raise from_rpc_error(err) from err
             await asyncio.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -123,7 +124,9 @@ class EventConsumer:
             count=self.batch,
             block=self.block_ms if block_ms is None else block_ms,
         )
-        for _stream, messages in reply or []:
+        # redis-py types replies loosely: [(stream, [(id, {field: value})])].
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
+        for _stream, messages in streams:
             for msg_id, fields in messages:
                 done += await self._deliver(msg_id, fields)
         return done
@@ -171,7 +174,9 @@ class EventConsumer:
             count=len(messages) * 2,
             consumername=self.consumer,
         )
-        deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
+        deliveries = cast(
+            dict[bytes, int], {p["message_id"]: p["times_delivered"] for p in pending}
+        )
         done = 0
         for msg_id, fields in messages:
             if fields is None:  # trimmed away while pending
@@ -184,7 +189,7 @@ class EventConsumer:
             done += await self._deliver(msg_id, fields)
         return done
 
-    async def _deliver(self, msg_id: bytes, fields: dict) -> int:
+    async def _deliver(self, msg_id: bytes, fields: dict[bytes, bytes]) -> int:
         raw = fields.get(b"e", b"")
         event = event_pb2.Event()
         try:
@@ -216,7 +221,7 @@ class EventConsumer:
         self.stats.handled += 1
         return 1
 
-    async def _dead_letter(self, msg_id: bytes, fields: dict, why: str) -> None:
+    async def _dead_letter(self, msg_id: bytes, fields: dict[bytes, bytes], why: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(
             self.stream + DEAD_SUFFIX,

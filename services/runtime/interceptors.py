@@ -1,5 +1,7 @@
-"""What every RPC of every service goes through: request id, auth, decoding the
-request, error mapping, one canonical log line and Prometheus metrics.
+"""What every RPC of every service goes through: request id, auth, the service's
+page key (paging.py), decoding the request, error mapping (the application errors of
+errors.py to status codes and google.rpc.Status details, status.py), one canonical
+log line and Prometheus metrics.
 
 It is applied when the handlers are registered, not through grpc.aio's interceptor
 pipeline: `InterceptedServer` stands in for the server in the generated
@@ -22,20 +24,25 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
-from grpc_status import rpc_status
 
 from services.runtime.auth import Authorizer, current_caller
-from services.runtime.errors import PondError
+from services.runtime.errors import InvalidArgument, PondError
 from services.runtime.logs import log_rpc, request_id_var
 from services.runtime.metrics import RPC_METRICS
+from services.runtime.paging import page_key
 from services.runtime.redaction import looks_like_phone
+from services.runtime.status import grpc_code, to_rpc_status
 
 REQUEST_ID_METADATA = "x-request-id"
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Behavior: TypeAlias = Callable[..., Any]
 
 _log = structlog.get_logger("pond.rpc")
 
@@ -43,11 +50,12 @@ _log = structlog.get_logger("pond.rpc")
 class ServiceInterceptor:
     """Wraps method handlers with the per-call work; each handler is wrapped once."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, page_key: bytes = b"") -> None:
         self._authorizer = authorizer
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._page_key = page_key
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+    def wrap(self, method: str, handler: Handler | None) -> Handler | None:
         if handler is None:
             return None
         # The generic lookup returns the same handler for a method on every call.
@@ -58,7 +66,7 @@ class ServiceInterceptor:
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         # The wrappers get the raw bytes and decode them once the caller is known.
         decode = handler.request_deserializer or _raw
         if handler.unary_unary:
@@ -77,17 +85,20 @@ class ServiceInterceptor:
             return handler
         raise RuntimeError(f"{method}: streaming requests are not supported by the interceptor")
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> str:
-        metadata = dict(context.invocation_metadata())
+    def _begin(self, method: str, context: Context) -> str:
+        # Only `-bin` keys carry bytes, and none of those is read here.
+        metadata = cast(dict[str, str], dict(context.invocation_metadata() or ()))
         request_id = metadata.get(REQUEST_ID_METADATA)
         if not request_id or not _accepted_request_id(request_id):
             request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
         request_id_var.set(request_id)
         current_caller.set(self._authorizer.authorize(method, metadata))
+        if self._page_key:
+            page_key.set(self._page_key)
         return request_id
 
-    def _wrap_unary(self, method: str, behavior: Callable, decode: Callable) -> Callable:
-        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(self, method: str, behavior: Behavior, decode: Behavior) -> Behavior:
+        async def wrapper(raw: bytes, context: Context) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -107,8 +118,8 @@ class ServiceInterceptor:
 
         return wrapper
 
-    def _wrap_stream(self, method: str, behavior: Callable, decode: Callable) -> Callable:
-        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(self, method: str, behavior: Behavior, decode: Behavior) -> Behavior:
+        async def wrapper(raw: bytes, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -153,7 +164,7 @@ class InterceptedServer:
         )
 
     def add_registered_method_handlers(
-        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+        self, service: str, handlers: Mapping[str, Handler]
     ) -> None:
         """Served through the generic handlers registered alongside (see above)."""
 
@@ -163,7 +174,7 @@ class _InterceptedGenericHandler(grpc.GenericRpcHandler):
         self._inner = inner
         self._interceptor = interceptor
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
         return self._interceptor.wrap(details.method, self._inner.service(details))
 
 
@@ -173,8 +184,7 @@ def _raw(data: bytes) -> bytes:
 
 def _malformed(method: str, raw: bytes) -> PondError:
     _log.warning("malformed request", method=method, size=len(raw))
-    return PondError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+    return InvalidArgument(
         "MALFORMED_REQUEST",
         "the request body is not a valid message of this method's request type",
         domain="pond.rpc",
@@ -198,19 +208,19 @@ def _accepted_request_id(request_id: str) -> bool:
     return bool(_REQUEST_ID_RE.fullmatch(request_id)) and not looks_like_phone(request_id)
 
 
-def _status_code(exc: Exception, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _status_code(exc: Exception, context: Context) -> grpc.StatusCode:
     if isinstance(exc, PondError):
-        return exc.code
+        return grpc_code(exc)
     if isinstance(exc, grpc.aio.AbortError):
         return context.code() or grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def _abort(method: str, context: Context, exc: Exception) -> NoReturn:
     """Ends the call with the status `exc` stands for (always raises)."""
     if isinstance(exc, PondError):
         RPC_METRICS.record_error(method, exc.reason)
-        await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        await context.abort_with_status(to_rpc_status(exc))
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     _log.exception("unhandled error", method=method)

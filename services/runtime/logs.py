@@ -9,12 +9,14 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
+from structlog.typing import EventDict, Processor
 
 from services.runtime.redaction import redact_value
 
@@ -27,7 +29,7 @@ def current_request_id() -> str:
     return request_id_var.get()
 
 
-def _add_request_id(_logger: object, _name: str, event_dict: dict) -> dict:
+def _add_request_id(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
     request_id = request_id_var.get()
     if request_id:
         event_dict["request_id"] = request_id
@@ -37,7 +39,7 @@ def _add_request_id(_logger: object, _name: str, event_dict: dict) -> dict:
 _second_text: tuple[int, str] = (-1, "")
 
 
-def _add_timestamp(_logger: object, _name: str, event_dict: dict) -> dict:
+def _add_timestamp(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
     """2026-11-22T10:11:08.123456Z, as structlog's TimeStamper(fmt="iso", utc=True)
     writes it, at a fraction of the cost: the date and time are formatted once a
     second, only the microseconds on every line."""
@@ -53,7 +55,7 @@ def _timestamp(now: float) -> str:
     return f"{_second_text[1]}.{int((now - second) * 1e6):06d}Z"
 
 
-def _redact(_logger: object, _name: str, event_dict: dict) -> dict:
+def _redact(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
     for key, value in event_dict.items():
         if key in ("event", "timestamp", "level", "logger", "request_id", "method"):
             continue
@@ -145,8 +147,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     _rpc_log = structlog.get_logger("pond.rpc")  # a proxy made before keeps its first config
     if json_output:
         # orjson renders ~10x faster than json: this line is written on every RPC.
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        renderer: Processor = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory: Callable[..., Any] = structlog.BytesLoggerFactory(sys.stdout.buffer)
         if threshold <= logging.INFO:
             _rpc_log_batch = RpcLog(sys.stdout.buffer)
     else:
@@ -168,4 +170,5 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 def get_logger(name: str = "pond") -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

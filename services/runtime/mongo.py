@@ -43,7 +43,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from pymongo import DESCENDING, ReplaceOne, ReturnDocument, UpdateOne, WriteConcern
 from pymongo.errors import CollectionInvalid, PyMongoError
@@ -53,7 +53,7 @@ from services.runtime.storage import open_mongo
 T = TypeVar("T")
 
 # collection -> [(keys, options)], each passed to create_index
-Indexes = Mapping[str, Iterable[tuple[list[tuple[str, int]], dict]]]
+Indexes = Mapping[str, Iterable[tuple[list[tuple[str, int]], dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class MongoSchema:
     repair_counters: bool = False
 
 
-async def _server_info(db) -> tuple[bool, bool]:
+async def _server_info(db: Any) -> tuple[bool, bool]:
     """(transactions, full query language); the module docstring explains both."""
     try:
         hello = await db.command("hello")
@@ -91,7 +91,7 @@ class MongoStore:
     SCHEMA: ClassVar[MongoSchema]
 
     def __init__(
-        self, db, *, transactions: bool, full_query_language: bool, owns_client: bool
+        self, db: Any, *, transactions: bool, full_query_language: bool, owns_client: bool
     ) -> None:
         self._db = db
         self._c = SimpleNamespace(**{name: db[name] for name in self.SCHEMA.collections})
@@ -100,7 +100,7 @@ class MongoStore:
         self._owns_client = owns_client
 
     @classmethod
-    async def open(cls, *, uri: str, db_name: str, database=None) -> Self:
+    async def open(cls, *, uri: str, db_name: str, database: Any = None) -> Self:
         """`database` is used as given and left open by close(); without it a client is
         opened on `uri` and closed by close()."""
         owns_client = database is None
@@ -169,7 +169,7 @@ class MongoStore:
         majority = WriteConcern(w="majority")
         if on_transient_error is None:
             async with await self._db.client.start_session() as s:
-                return await s.with_transaction(write, write_concern=majority)
+                return cast(T, await s.with_transaction(write, write_concern=majority))
         try:
             async with (
                 await self._db.client.start_session() as s,
@@ -183,11 +183,11 @@ class MongoStore:
 
     async def _upsert_many(
         self,
-        collection,
-        ops: list[tuple[dict, dict]],
+        collection: Any,
+        ops: list[tuple[dict[str, Any], dict[str, Any]]],
         *,
         replace: bool,
-        session=None,
+        session: Any = None,
         ordered: bool = True,
     ) -> int:
         """Upsert each (filter, replacement or update); returns how many were inserted.
@@ -199,7 +199,8 @@ class MongoStore:
             result = await collection.bulk_write(
                 [make(f, d, upsert=True) for f, d in ops], ordered=ordered, session=session
             )
-            return result.upserted_count
+            upserted: int = result.upserted_count
+            return upserted
         write = collection.replace_one if replace else collection.update_one
         inserted = 0
         for f, d in ops:
@@ -210,12 +211,12 @@ class MongoStore:
 
 # -- reads --
 async def find_docs(
-    collection,
-    query: dict,
+    collection: Any,
+    query: dict[str, Any],
     sort: list[tuple[str, int]] | None,
     limit: int,
-    projection: dict | None = None,
-) -> list[dict]:
+    projection: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Like SQL's LIMIT: 0 returns nothing, a negative limit everything."""
     if limit == 0:
         return []
@@ -224,4 +225,5 @@ async def find_docs(
         cursor = cursor.sort(sort)
     if limit > 0:
         cursor = cursor.limit(limit)
-    return await cursor.to_list(None)
+    docs: list[dict[str, Any]] = await cursor.to_list(None)
+    return docs

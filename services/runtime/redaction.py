@@ -42,7 +42,7 @@ def scrub_text(text: str) -> str:
     return _PHONE_RE.sub(_masked, text)
 
 
-def _masked(match: re.Match) -> str:
+def _masked(match: re.Match[str]) -> str:
     return mask_phone(match["number"])
 
 

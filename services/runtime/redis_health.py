@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import structlog
 from prometheus_client import REGISTRY
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = structlog.get_logger("pond.redis")
@@ -100,7 +100,7 @@ class RedisHealth(Collector):
         # A restarted component replaces its predecessor under the same name.
         self._links[link.client] = link
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "pond_redis_up", "1 while the client reaches Redis, 0 while it cannot",
             labels=["client"],

@@ -10,6 +10,7 @@ import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -18,8 +19,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
-from services.runtime.auth import Authorizer, Role, TokenVerifier, method_rules
-from services.runtime.config import DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_RECEIVE_BYTES
+from services.runtime.auth import (
+    AuthConfig,
+    Authorizer,
+    Role,
+    TokenVerifier,
+    audience_of,
+    method_rules,
+)
+from services.runtime.config import (
+    DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_RECEIVE_BYTES,
+    page_key_from,
+)
 from services.runtime.interceptors import InterceptedServer, ServiceInterceptor
 
 log = structlog.get_logger("pond.server")
@@ -58,20 +70,32 @@ class PondServer:
         self,
         registration: ServiceRegistration,
         *,
-        secret: str,
+        auth: AuthConfig | None = None,
+        secret: str = "",
+        page_key: bytes = b"",
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_port: int = 0,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
     ) -> None:
-        if not secret:
-            raise RuntimeError("refusing to start without an auth secret (POND_AUTH_SECRET)")
+        """`auth`: how tokens are checked (settings.auth_config()); or just the auth
+        `secret` (one key, its id derived, the default issuer). `page_key` signs page
+        tokens (settings.page_key(); default: derived from the signing secret). The
+        service's token audience comes from its proto package (`pond.member`)."""
+        if auth is None:
+            if not secret:
+                raise RuntimeError("refusing to start without an auth secret (POND_AUTH_SECRET)")
+            auth = AuthConfig.from_secret(secret)
         self.registration = registration
         self.name = registration.descriptor.full_name
+        self.audience = audience_of(self.name)
         authorizer = Authorizer(
-            TokenVerifier(secret), registration.full_rules(), registration.full_before_sign_in()
+            TokenVerifier(auth, audience=self.audience),
+            registration.full_rules(),
+            registration.full_before_sign_in(),
         )
+        page_key = page_key or page_key_from("", auth.signing_key.secret)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -84,13 +108,15 @@ class PondServer:
                 ("grpc.http.overload_protection", 0),
             ],
         )
-        intercepted = InterceptedServer(self.server, ServiceInterceptor(authorizer))
+        intercepted = InterceptedServer(self.server, ServiceInterceptor(authorizer, page_key))
         # The service's own methods first: grpc asks the generic handlers in order.
         registration.add_to_server(intercepted)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, intercepted)
+        # (InterceptedServer stands in for the server: see interceptors.py)
+        as_server = cast(grpc.aio.Server, intercepted)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, as_server)
         # (enable_server_reflection would pick the sync servicer for a non-aio server)
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
             reflection.aio.ReflectionServicer(
                 (self.name, health.SERVICE_NAME, reflection.SERVICE_NAME)
             ),
@@ -101,7 +127,7 @@ class PondServer:
             raise RuntimeError(f"cannot bind {host}:{port}")
         self.metrics_port = metrics_port
         self.host = host
-        self._metrics_http = None
+        self._metrics_http: Any = None  # prometheus_client's WSGI server, once started
 
     async def start(self) -> int:
         if self.metrics_port:

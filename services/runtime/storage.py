@@ -15,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -59,11 +59,11 @@ def open_point_reader(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def open_mongo(uri: str, db_name: str):  # -> motor AsyncIOMotorDatabase
+def open_mongo(uri: str, db_name: str) -> Any:  # motor's AsyncIOMotorDatabase
     from motor.motor_asyncio import AsyncIOMotorClient
     from pymongo import WriteConcern
 
-    client = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
+    client: Any = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
     return client.get_database(db_name, write_concern=WriteConcern(w="majority"))
 
 
@@ -82,16 +82,16 @@ class SqliteWriter:
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
-        self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future]] = []
-        self._writing: asyncio.Task | None = None  # the task writing the queue, if any
+        self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[Any]]] = []
+        self._writing: asyncio.Task[None] | None = None  # the task writing the queue, if any
 
     async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((work, future))
         if self._writing is None:
             self._writing = loop.create_task(self._write_queued())
-        return await future
+        return cast(T, await future)
 
     async def _write_queued(self) -> None:
         try:
@@ -106,7 +106,9 @@ class SqliteWriter:
                 works = [w for w, _ in batch]
                 try:
                     outcomes = await asyncio.shield(
-                        self.conn._execute(_run_transactions, self.conn._conn, works)
+                        self.conn._execute(  # type: ignore[no-untyped-call]
+                            _run_transactions, self.conn._conn, works
+                        )
                     )
                 except BaseException as exc:  # the thread itself failed, or we are cancelled
                     for _, future in batch:

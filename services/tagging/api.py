@@ -8,41 +8,49 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pond.tagging.v1 import tagging_pb2 as pb
 from pond.tagging.v1 import tagging_pb2_grpc
 
-from services.runtime.auth import Role, current_caller, ensure_acts_for
+from services.runtime import paging
+from services.runtime.auth import (
+    BACK_OFFICE,
+    EVERYONE,
+    OPERATORS,
+    STAFF,
+    current_caller,
+    ensure_acts_for,
+)
 from services.runtime.clock import timestamp_from_micros
 from services.runtime.errors import Violations, invalid_argument, not_found
 from services.runtime.fields import MAX_ID_CHARS, check_id, check_ids, ids_fit
-from services.runtime.paging import decode_token, encode_token, page_size
 from services.tagging.app import TaggingApp
 from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
 from services.tagging.engine import Definition
 from services.tagging.runs import ScoringRunner
 
-OPS = frozenset({Role.OPERATOR, Role.SERVICE})
-STAFF = OPS | {Role.GUIDE}
-AUTH_RULES: dict[str, frozenset[Role]] = {
-    "CreateTag": OPS,
+# Who may call what (the role sets are the runtime's). OPERATORS only: the tag and
+# segment definitions and category cycles, the brand's decisions, which a service
+# token cannot make; runs (the nightly job) and reads are BACK_OFFICE or wider.
+AUTH_RULES = {
+    "CreateTag": OPERATORS,
     "GetTag": STAFF,
     "ListTags": STAFF,
-    "UpdateTag": OPS,
+    "UpdateTag": OPERATORS,
     "ListTagVersions": STAFF,
     "AssignTags": STAFF,
     "RemoveTags": STAFF,
     "GetMemberProfile": STAFF,
-    "StartScoringRun": OPS,
-    "WatchScoringRun": OPS,
-    "GetScoringRun": OPS,
-    "ListScoringRuns": OPS,
-    "CancelScoringRun": OPS,
-    "SetCategoryCycle": OPS,
+    "StartScoringRun": BACK_OFFICE,
+    "WatchScoringRun": BACK_OFFICE,
+    "GetScoringRun": BACK_OFFICE,
+    "ListScoringRuns": BACK_OFFICE,
+    "CancelScoringRun": BACK_OFFICE,
+    "SetCategoryCycle": OPERATORS,
     "ListCategoryCycles": STAFF,
-    "PreviewSegment": OPS,
-    "CreateSegment": OPS,
+    "PreviewSegment": BACK_OFFICE,
+    "CreateSegment": OPERATORS,
     "GetSegment": STAFF,
     "ListSegments": STAFF,
-    "UpdateSegment": OPS,
-    "CheckMembership": STAFF | {Role.GATEWAY},
-    "StreamSegmentMembers": OPS,
+    "UpdateSegment": OPERATORS,
+    "CheckMembership": EVERYONE,
+    "StreamSegmentMembers": BACK_OFFICE,
     "ListSegmentVersions": STAFF,
 }
 RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3, "cancelled": 4}
@@ -153,22 +161,21 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def ListTags(self, request: pb.ListTagsRequest, context) -> pb.ListTagsResponse:
         v = Violations(DOMAIN)
-        limit = page_size(request.page_size, v)
-        after = (decode_token(request.page_token, v, {"a": str}) or {}).get("a", "")
+        page = paging.begin(request, v, {"a": str})
         if request.kind and request.kind not in KINDS:
             v.add("kind", f"unknown value {request.kind}")
         v.raise_if_any()
+        after = page.get("a", "")
         chosen = [
             d
             for k, d in sorted(self.app.engine.tags.items())
             if k > after
             and (not request.kind or d.doc["kind"] == KINDS[request.kind])
             and (not request.group or d.doc["group"] == request.group)
-        ][: limit + 1]
-        token = encode_token({"a": chosen[limit - 1].key}) if len(chosen) > limit else ""
+        ][: page.fetch]
+        tags, token = page.finish(chosen, lambda d: {"a": d.key})
         return pb.ListTagsResponse(
-            tags=[tag_pb(d, self.app.tag_count(d.key)) for d in chosen[:limit]],
-            next_page_token=token,
+            tags=[tag_pb(d, self.app.tag_count(d.key)) for d in tags], next_page_token=token
         )
 
     async def UpdateTag(self, request: pb.UpdateTagRequest, context) -> pb.Tag:
@@ -292,14 +299,11 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def ListScoringRuns(self, request, context) -> pb.ListScoringRunsResponse:
         v = Violations(DOMAIN)
-        limit = page_size(request.page_size, v)
-        before = (decode_token(request.page_token, v, {"b": str}) or {}).get("b", "")
+        page = paging.begin(request, v, {"b": str})
         v.raise_if_any()
-        docs = await self.app.store.list_runs(before, limit + 1)
-        token = encode_token({"b": docs[limit - 1]["id"]}) if len(docs) > limit else ""
-        return pb.ListScoringRunsResponse(
-            runs=[run_pb(d) for d in docs[:limit]], next_page_token=token
-        )
+        found = await self.app.store.list_runs(page.get("b", ""), page.fetch)
+        docs, token = page.finish(found, lambda d: {"b": d["id"]})
+        return pb.ListScoringRunsResponse(runs=[run_pb(d) for d in docs], next_page_token=token)
 
     async def CancelScoringRun(
         self, request: pb.CancelScoringRunRequest, context
@@ -355,14 +359,13 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def ListSegments(self, request, context) -> pb.ListSegmentsResponse:
         v = Violations(DOMAIN)
-        limit = page_size(request.page_size, v)
-        after = (decode_token(request.page_token, v, {"a": str}) or {}).get("a", "")
+        page = paging.begin(request, v, {"a": str})
         v.raise_if_any()
+        after = page.get("a", "")
         chosen = [d for k, d in sorted(self.app.engine.segments.items()) if k > after]
-        page = chosen[: limit + 1]
-        token = encode_token({"a": page[limit - 1].key}) if len(page) > limit else ""
+        segments, token = page.finish(chosen[: page.fetch], lambda d: {"a": d.key})
         return pb.ListSegmentsResponse(
-            segments=[segment_pb(d, self._count(d.key)) for d in page[:limit]],
+            segments=[segment_pb(d, self._count(d.key)) for d in segments],
             next_page_token=token,
         )
 
@@ -412,15 +415,15 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     async def ListSegmentVersions(self, request, context) -> pb.ListSegmentVersionsResponse:
         v = Violations(DOMAIN)
         check_id(v, "id", request.id, required=True)
-        limit = page_size(request.page_size, v)
-        before = (decode_token(request.page_token, v, {"v": int}) or {}).get("v", 0)
+        page = paging.begin(request, v, {"v": int})
         v.raise_if_any()
-        docs = [
+        before = page.get("v", 0)
+        found = [
             d
             for d in await self.app.segment_versions(request.id)
             if not before or d["version"] < before
-        ][: limit + 1]
-        token = encode_token({"v": docs[limit - 1]["version"]}) if len(docs) > limit else ""
+        ][: page.fetch]
+        docs, token = page.finish(found, lambda d: {"v": d["version"]})
         return pb.ListSegmentVersionsResponse(
             versions=[
                 pb.SegmentVersion(
@@ -433,7 +436,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     reason=d["reason"],
                     create_time=ts(d["create_time"]),
                 )
-                for d in docs[:limit]
+                for d in docs
             ],
             next_page_token=token,
         )

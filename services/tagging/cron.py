@@ -8,12 +8,12 @@ import asyncio
 import os
 import sys
 
-import grpc
 from pond.tagging.v1 import tagging_pb2 as pb
 from pond.tagging.v1 import tagging_pb2_grpc
 
 from services.runtime.auth import Role, mint_token
-from services.runtime.clients import call_metadata, channel
+from services.runtime.clients import call, call_metadata, channel
+from services.runtime.errors import FailedPrecondition
 from services.runtime.logs import configure_logging, get_logger
 from services.tagging.settings import TaggingSettings
 
@@ -23,15 +23,15 @@ async def main() -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("pond.tagging.cron")
     target = os.environ.get("POND_TAGGING_TARGET", f"127.0.0.1:{settings.tagging_port}")
-    md = call_metadata(mint_token(settings.secret(), "tagging-cron", Role.SERVICE, 3600))
+    md = call_metadata(mint_token(
+        settings.auth_config(), "tagging-cron", Role.SERVICE, 3600, audience="pond.tagging"
+    ))
     stub = tagging_pb2_grpc.TaggingServiceStub(channel(target))
     try:
-        run = await stub.StartScoringRun(pb.StartScoringRunRequest(), metadata=md, timeout=30)
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-            log.info("a scoring run is already in progress", details=err.details())
-            return 0
-        raise
+        run = await call(stub.StartScoringRun, pb.StartScoringRunRequest(), metadata=md, timeout=30)
+    except FailedPrecondition as err:
+        log.info("a scoring run is already in progress", details=err.message)
+        return 0
     last = run
     async for progress in stub.WatchScoringRun(
         pb.WatchScoringRunRequest(run_id=run.id), metadata=md, timeout=3600

@@ -10,6 +10,7 @@ computed tag is kept with them (services.tagging.since)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -147,8 +148,8 @@ class TagEngine:
             self.since = TagSince.from_blobs(await self.store.load_bitmaps(SINCE_KIND))
 
     # -- helpers used by the use cases --
-    def member_ids_of(self, bitmap: BitMap) -> list[str]:
-        return [self.ids[i] for i in bitmap]
+    def member_ids_of(self, indexes: Iterable[int]) -> list[str]:
+        return [self.ids[i] for i in indexes]
 
     def cycles_by_id(self, learned: dict[int, float] | None = None) -> dict[int, float]:
         """Repurchase cycles by category id: learned ones (the last run's, unless

@@ -32,7 +32,8 @@ SAMPLE = 20
 
 def _pack(bitmaps: dict[str, BitMap]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.frombuffer(v.serialize(), dtype=np.uint8) for k, v in bitmaps.items()})
+    arrays = {k: np.frombuffer(v.serialize(), dtype=np.uint8) for k, v in bitmaps.items()}
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # (numpy's stub: allow_pickle in **kwds)
     return buf.getvalue()
 
 

@@ -24,11 +24,10 @@ import asyncio
 import contextlib
 import time
 
-import grpc
 import structlog
 
 from services.runtime.clock import epoch_micros
-from services.runtime.errors import PondError, failed_precondition, not_found
+from services.runtime.errors import FailedPrecondition, failed_precondition, not_found
 from services.runtime.ids import new_id
 from services.tagging.catalogue import DOMAIN
 from services.tagging.engine import TagEngine
@@ -88,9 +87,7 @@ class ScoringRunner(PartitionWork):
                 return  # a run over everyone began meanwhile
             try:
                 doc = await self.begin()
-            except PondError as exc:
-                if exc.code != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
+            except FailedPrecondition:
                 delay = max(self.rescore_delay, 5.0)  # another run holds the lock
                 continue
             delay = self.rescore_delay

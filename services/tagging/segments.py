@@ -134,7 +134,9 @@ class SegmentUseCases(TaggingCore):
 
     async def _materialise(self, seg_id: str, reason: str) -> None:
         engine = self.engine
-        members = await self.evaluate_everyone(engine.segments[seg_id].expr)
+        expr = engine.segments[seg_id].expr
+        assert expr is not None  # a segment always has its expression
+        members = await self.evaluate_everyone(expr)
         async with engine.lock:
             before = engine.segment_bitmaps.get(seg_id, BitMap())
             engine.segment_bitmaps[seg_id] = members

@@ -3,6 +3,8 @@ repurchase cycles."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pyroaring import BitMap
 
 from services.runtime.clock import epoch_micros
@@ -24,6 +26,10 @@ from services.tagging.store import AlreadyExists, ManualTag
 
 
 class CatalogueUseCases(TaggingCore):
+    if TYPE_CHECKING:  # MemberUseCases', beside this in TaggingApp
+
+        async def _rescore_indexes(self, indexes: list[int]) -> None: ...
+
     # -- catalogue --
     def tag(self, name: str) -> Definition:
         d = self.engine.tags.get(name)

@@ -392,7 +392,7 @@ async def test_auth_rules(member: MemberHarness):
     m = await register(member)
     req = pb.GetMemberRequest(member_id=m.id)
     await fails(member.stub.GetMember(req), grpc.StatusCode.UNAUTHENTICATED)
-    await fails(member.stub.GetMember(req, metadata=call_metadata(token(Role.OPERATOR, ttl=-5))),
+    await fails(member.stub.GetMember(req, metadata=call_metadata(token(Role.OPERATOR, ttl=-60))),
                 grpc.StatusCode.UNAUTHENTICATED)
     await fails(member.stub.GetMember(req, metadata=(("authorization", "Bearer a.b.c"),)),
                 grpc.StatusCode.UNAUTHENTICATED)

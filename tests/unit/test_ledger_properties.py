@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 from google.protobuf import message
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -45,7 +44,7 @@ from services.member.service import Idem, LoyaltyRules, NewIdentity
 from services.member.store.sqlite import SqliteMemberStore
 from services.runtime.clock import ManualClock
 from services.runtime.crypto import FieldCipher
-from services.runtime.errors import PondError
+from services.runtime.errors import FailedPrecondition, PondError
 from services.runtime.idempotency import fingerprint
 
 VALID_DAYS = 30
@@ -228,7 +227,7 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             self.run(self.invoke(request))
         except PondError as exc:
-            assert exc.code is grpc.StatusCode.FAILED_PRECONDITION, exc
+            assert isinstance(exc, FailedPrecondition), exc
             assert exc.reason == reason, exc
             event(f"refused {reason}")
         else:
@@ -420,8 +419,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for result in results:
             # Contention is never a failure (ABORTED): only the rules refuse a call.
             if isinstance(result, BaseException) and not (
-                    isinstance(result, PondError)
-                    and result.code is grpc.StatusCode.FAILED_PRECONDITION):
+                    isinstance(result, FailedPrecondition)):
                 raise result
         return results
 

@@ -43,23 +43,29 @@ from services.runtime.errors import (
 from services.runtime.idempotency import IdempotencyRecord, fingerprint, replay
 from services.runtime.logs import RpcLog, configure_logging, log_rpc, request_id_var
 from services.runtime.redaction import mask_phone, redact_value, scrub_text
+from services.runtime.status import grpc_code, to_status
 from tests.conftest import eventually
 
 SECRET = "unit-secret-" + "y" * 20
 SERVICE = "pond.member.v1.MemberService"
+AUDIENCE = "pond.member"
 
 
 def _code(exc: pytest.ExceptionInfo[PondError]) -> grpc.StatusCode:
-    return exc.value.code
+    return grpc_code(exc.value)
 
 
 # -- tokens --
 
+def _verifier() -> TokenVerifier:
+    return TokenVerifier(SECRET, audience=AUDIENCE)
+
+
 def test_token_round_trip() -> None:
-    caller = TokenVerifier(SECRET).verify(mint_token(SECRET, "ops-1", Role.OPERATOR))
+    caller = _verifier().verify(mint_token(SECRET, "ops-1", Role.OPERATOR))
     assert caller == Caller("ops-1", Role.OPERATOR)
     assert caller.sees_phone
-    guide = TokenVerifier(SECRET).verify(mint_token(SECRET, "g-1", "guide"))
+    guide = _verifier().verify(mint_token(SECRET, "g-1", "guide"))
     assert guide.role is Role.GUIDE and not guide.sees_phone
 
 
@@ -71,15 +77,16 @@ def test_minting_needs_a_secret_and_a_known_role() -> None:
 
 
 def test_expired_token() -> None:
-    token = mint_token(SECRET, "ops-1", Role.OPERATOR, ttl_seconds=-5)
+    # Past the leeway that allows for clock skew.
+    token = mint_token(SECRET, "ops-1", Role.OPERATOR, ttl_seconds=-auth.DEFAULT_LEEWAY_SECONDS - 5)
     with pytest.raises(PondError) as exc:
-        TokenVerifier(SECRET).verify(token)
+        _verifier().verify(token)
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
     assert "expired" in exc.value.message
 
 
 def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    verifier = TokenVerifier(SECRET)
+    verifier = _verifier()
     token = mint_token(SECRET, "svc", Role.SERVICE, ttl_seconds=60)
     assert verifier.verify(token).subject == "svc"
     later = time.time() + 120
@@ -99,7 +106,7 @@ def test_tampered_claims_are_rejected() -> None:
     claims["role"] = "operator"
     forged = f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
     with pytest.raises(PondError) as exc:
-        TokenVerifier(SECRET).verify(forged)
+        _verifier().verify(forged)
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -107,22 +114,39 @@ def test_tampered_signature_is_rejected() -> None:
     header, payload, signature = mint_token(SECRET, "g-1", Role.GUIDE).split(".")
     flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
     with pytest.raises(PondError) as exc:
-        TokenVerifier(SECRET).verify(f"{header}.{payload}.{flipped}")
+        _verifier().verify(f"{header}.{payload}.{flipped}")
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_wrong_secret_is_rejected() -> None:
     token = mint_token("another-secret-" + "z" * 20, "ops-1", Role.OPERATOR)
     with pytest.raises(PondError) as exc:
-        TokenVerifier(SECRET).verify(token)
+        _verifier().verify(token)
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c.d", "a.b.c", "...", "x.y.!!!"])
 def test_malformed_tokens_are_unauthenticated(token: str) -> None:
     with pytest.raises(PondError) as exc:
-        TokenVerifier(SECRET).verify(token)
+        _verifier().verify(token)
     assert _code(exc) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_auth_settings_read_previous_keys_and_refuse_other_algorithms(tmp_path) -> None:
+    from services.runtime.config import RuntimeSettings
+
+    previous = tmp_path / "previous-keys"
+    previous.write_text("# rotated 2026-11\nk1:old-secret\n\nbare-secret\n")
+    config = RuntimeSettings(auth_secret="new-secret", auth_key_id="k2",
+                             auth_previous_keys_file=str(previous)).auth_config()
+    assert [k.key_id for k in config.keys()] == ["k2", "k1", auth.key_id_of("bare-secret")]
+    assert config.keys()[1].secret == "old-secret" and "old-secret" not in repr(config)
+    for algorithms in ("none", "HS256,RS256", ""):
+        with pytest.raises(ValueError):
+            RuntimeSettings(auth_secret="s", auth_algorithms=algorithms).auth_config()
+    with pytest.raises(ValueError):  # two keys under one id
+        RuntimeSettings(auth_secret="s", auth_key_id="k1",
+                        auth_previous_keys="k1:other").auth_config()
 
 
 # -- the authorizer --
@@ -132,7 +156,7 @@ RULES = method_rules(SERVICE, {"GetMember": STAFF, "AdjustPoints": BACK_OFFICE,
 
 
 def authorizer() -> Authorizer:
-    return Authorizer(TokenVerifier(SECRET), RULES)
+    return Authorizer(_verifier(), RULES)
 
 
 def bearer(role: Role, subject: str = "tester") -> dict[str, str]:
@@ -192,7 +216,7 @@ def test_gateway_carries_the_member_it_verified() -> None:
 
 def test_gateway_without_a_member_is_refused_unless_signing_in() -> None:
     sign_in = f"/{SERVICE}/GetMember"
-    authz = Authorizer(TokenVerifier(SECRET), RULES | method_rules(SERVICE, {
+    authz = Authorizer(_verifier(), RULES | method_rules(SERVICE, {
         "GetMember": frozenset({Role.GATEWAY})}), frozenset({sign_in}))
     with pytest.raises(PondError) as exc:
         authz.authorize(f"/{SERVICE}/RedeemPoints", bearer(Role.GATEWAY, "gw"))
@@ -432,14 +456,44 @@ def test_key_must_be_32_bytes(size: int) -> None:
 # -- paging --
 
 SHAPE = {"b": str, "s": int}
+PAGE_KEY = b"unit-page-key-" + b"p" * 18
 
 
-def test_page_token_round_trip() -> None:
+@pytest.fixture
+def page_key():
+    reset = paging.page_key.set(PAGE_KEY)
+    yield PAGE_KEY
+    paging.page_key.reset(reset)
+
+
+def _listing(token: str = "", member_id: str = "m1") -> pb.ListPointsEntriesRequest:
+    return pb.ListPointsEntriesRequest(member_id=member_id, page_size=2, page_token=token)
+
+
+def _signed(body: object, request: pb.ListPointsEntriesRequest | None = None) -> str:
+    """A token signed with the page key whose content is `body` (as issued, bound
+    to `request`, when body is a cursor dict)."""
+    page = paging.begin(request or _listing(), Violations(), SHAPE)
+    if isinstance(body, dict):
+        return page._token(body)
+    payload = json.dumps(body).encode()
+    return f"{paging._b64(payload)}.{paging._b64(paging._tag(PAGE_KEY, payload))}"
+
+
+def test_page_token_round_trip(page_key) -> None:
     cursor = {"b": "p0193abc", "s": 42}
     v = Violations()
-    assert paging.decode_token(paging.encode_token(cursor), v, SHAPE) == cursor
-    assert paging.decode_token("", v, SHAPE) is None
+    first = paging.begin(_listing(), v, SHAPE)
+    assert first.cursor is None and first.size == 2 and first.fetch == 3
+    items, token = first.finish(["x", "y", "z"], lambda item: cursor)
+    assert items == ["x", "y"] and token
+    assert paging.begin(_listing(token), v, SHAPE).cursor == cursor
+    # Another page size is the same request (AIP-158).
+    other_size = _listing(token)
+    other_size.page_size = 7
+    assert paging.begin(other_size, v, SHAPE).get("s", 0) == 42
     assert v.items == []
+    assert first.finish(["x", "y"], lambda item: cursor) == (["x", "y"], "")
 
 
 def _b64(raw: bytes) -> str:
@@ -448,16 +502,43 @@ def _b64(raw: bytes) -> str:
 
 @pytest.mark.parametrize("token", [
     "!!!not-base64!!!", "abc", _b64(b"not json"), _b64(b"[1, 2]"), _b64(b"\xff\xfe"),
-    # JSON, but not the shape this caller's tokens have
-    _b64(b'{"b": "x"}'), _b64(b'{"b": "x", "s": "1"}'), _b64(b'{"b": ["x"], "s": 1}'),
-    _b64(b'{"b": "x", "s": true}'), _b64(b'{"b": "x", "s": 1e400}'),
-    _b64(b'{"b": "x", "s": 99999999999999999999}'), _b64(b'{"b": "x", "s": 1, "t": 2}'),
-    _b64(b"[" * 600 + b"]" * 600), _b64(b'{"b":' * 200 + b"1" + b"}" * 200),
+    # unsigned JSON: what page tokens were before they were signed
+    _b64(b'{"b": "x", "s": 1}'), "a.b", "a.b.c", "." * 5, "x" * 2000,
 ])
-def test_garbage_page_token_is_a_violation(token: str) -> None:
+def test_garbage_page_token_is_a_violation(page_key, token: str) -> None:
     v = Violations()
-    assert paging.decode_token(token, v, SHAPE) is None
+    assert paging.begin(_listing(token), v, SHAPE).cursor is None
+    assert v.items == [("page_token", "is not a token this service issued")]
+
+
+@pytest.mark.parametrize("body", [
+    # signed, but not the shape this caller's tokens have
+    {"b": "x"}, {"b": "x", "s": "1"}, {"b": ["x"], "s": 1}, {"b": "x", "s": True},
+    {"b": "x", "s": 99999999999999999999}, {"b": "x", "s": 1, "t": 2},
+    [1, 2], {"c": {"b": "x", "s": 1}}, "text",
+])
+def test_signed_token_of_another_shape_is_a_violation(page_key, body: object) -> None:
+    v = Violations()
+    assert paging.begin(_listing(_signed(body)), v, SHAPE).cursor is None
     assert [f for f, _ in v.items] == ["page_token"]
+
+
+def test_page_token_is_bound_to_the_filter_method_and_key(page_key) -> None:
+    token = _signed({"b": "x", "s": 1})
+    v = Violations()
+    paging.begin(_listing(token, member_id="m2"), v, SHAPE)
+    assert v.items and "another request" in v.items[0][1]
+    v = Violations()
+    other_method = pb.ListStoredValueEntriesRequest(member_id="m1", page_token=token)
+    paging.begin(other_method, v, SHAPE)
+    assert [f for f, _ in v.items] == ["page_token"]
+    reset = paging.page_key.set(b"another deployment's page key")
+    try:
+        v = Violations()
+        paging.begin(_listing(token), v, SHAPE)
+        assert v.items == [("page_token", "is not a token this service issued")]
+    finally:
+        paging.page_key.reset(reset)
 
 
 @pytest.mark.parametrize(("requested", "size", "bad"), [
@@ -510,7 +591,7 @@ def test_replay_returns_the_first_response_or_rejects_the_key() -> None:
 
 def _details(err: PondError) -> tuple[int, error_details_pb2.ErrorInfo,
                                        error_details_pb2.BadRequest | None]:
-    status = err.to_status()
+    status = to_status(err)
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
     bad = None
@@ -569,7 +650,7 @@ def test_violations_raise_only_when_there_are_any() -> None:
 def test_handlers_are_wrapped_once_and_unchecked_streams_refused() -> None:
     from services.runtime.interceptors import ServiceInterceptor
 
-    interceptor = ServiceInterceptor(Authorizer(TokenVerifier(SECRET), {}))
+    interceptor = ServiceInterceptor(Authorizer(_verifier(), {}))
 
     async def unary(request, context):  # pragma: no cover - never called here
         return request

@@ -5,6 +5,7 @@ SQLite and MongoDB."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import overload
 
 from services.member.domain.members import Gender, Identity, IdentityKind, Member, MemberKind
 from services.member.domain.orders import Order, OrderItem, Refund
@@ -18,6 +19,10 @@ def ts(when: datetime | None) -> int | None:
     return None if when is None else epoch_micros(when)
 
 
+@overload
+def dt(micros: int) -> datetime: ...
+@overload
+def dt(micros: int | None) -> datetime | None: ...
 def dt(micros: int | None) -> datetime | None:
     return None if micros is None else from_epoch_micros(micros)
 

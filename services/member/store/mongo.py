@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import re
 from datetime import datetime
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -141,7 +142,7 @@ class MongoMemberStore(MongoStore, MemberStore):
             found = await self._c.members.find_one({"_id": m.id}, {"version": 1}, session=s)
             if (None if found is None else found["version"]) != change.expected_version:
                 raise StoreConflict(m.id)
-        inserted: list[tuple[object, str]] = []  # (collection, _id), undone on refusal
+        inserted: list[tuple[Any, str]] = []  # (collection, _id), undone on refusal
         replaced_order: dict | None = None  # the order as it was, put back on refusal
         try:
             for lookup, member_id in change.new_identities:

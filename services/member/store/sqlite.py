@@ -185,13 +185,13 @@ class SqliteMemberStore(MemberStore):
         if change.order is not None:
             o = change.order
             doc = codec.order_to_doc(o)
-            row = (o.member_id, codec.ts(o.paid_at), doc["net_growth"], _dump(doc), o.id)
+            order_row = (o.member_id, codec.ts(o.paid_at), doc["net_growth"], _dump(doc), o.id)
             if change.new_order:
                 try:
                     w.execute(
                         "INSERT INTO orders (member_id, paid_at, net_growth, doc, id)"
                         " VALUES (?,?,?,?,?)",
-                        row,
+                        order_row,
                     )
                 except sqlite3.IntegrityError as exc:
                     raise DuplicateKey(o.id) from exc
@@ -199,7 +199,7 @@ class SqliteMemberStore(MemberStore):
                 cur = w.execute(
                     "UPDATE orders SET member_id=?, paid_at=?, net_growth=?, doc=? WHERE id=?"
                     " AND json_array_length(doc, '$.refunds')=?",
-                    (*row, expected_order_refunds(change)),
+                    (*order_row, expected_order_refunds(change)),
                 )
                 if cur.rowcount != 1:
                     raise StoreConflict(o.id)
@@ -245,7 +245,8 @@ class SqliteMemberStore(MemberStore):
         return row[0] if row else None
 
     async def list_members(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
-        where, args = ["id > ?"], [after_id]
+        where = ["id > ?"]
+        args: list[object] = [after_id]
         for column, value, unset in (
             ("store_id", flt.store_id, ""),
             ("guide_id", flt.guide_id, ""),
@@ -344,6 +345,7 @@ class SqliteMemberStore(MemberStore):
             "SELECT COALESCE(SUM(delta_fen), 0) FROM sv_entries WHERE payment_entry_id=?",
             (payment_entry_id,),
         )
+        assert row is not None  # an aggregate always has its row
         return int(row[0])
 
     async def list_stored_value_entries(
@@ -386,6 +388,7 @@ class SqliteMemberStore(MemberStore):
             "SELECT COALESCE(SUM(net_growth), 0) FROM orders WHERE member_id=? AND paid_at >= ?",
             (member_id, codec.ts(since)),
         )
+        assert row is not None  # an aggregate always has its row
         return int(row[0])
 
     async def get_tier_program(self) -> TierProgram | None:

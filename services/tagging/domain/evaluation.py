@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,7 +117,8 @@ def _eval(e: Expr, ctx: EvalContext) -> np.ndarray:
         case Bool(value):
             return np.bool_(value)  # type: ignore[return-value]
         case Feature(name):
-            return np.asarray(ctx.feature(name), dtype=np.float64)
+            values: np.ndarray = np.asarray(ctx.feature(name), dtype=np.float64)
+            return values
         case Not(operand):
             return ~_eval(operand, ctx)
         case Neg(operand):
@@ -131,8 +132,8 @@ def _eval(e: Expr, ctx: EvalContext) -> np.ndarray:
             return _COMPARE[op](_eval(left, ctx), _eval(right, ctx))
         case Arith(ops, operands):
             acc = _eval(operands[0], ctx)
-            for op, x in zip(ops, operands[1:], strict=True):
-                acc = _ARITH[op](acc, _eval(x, ctx))
+            for arith, x in zip(ops, operands[1:], strict=True):
+                acc = _ARITH[arith](acc, _eval(x, ctx))
             return acc
         case Call():
             return _call(e, ctx)
@@ -146,7 +147,7 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out if out.ndim else out[()]
 
 
-_COMPARE = {
+_COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "<": np.less,
     "<=": np.less_equal,
     ">": np.greater,
@@ -154,7 +155,12 @@ _COMPARE = {
     "==": np.equal,
     "!=": np.not_equal,
 }
-_ARITH = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": _divide}
+_ARITH: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "+": np.add,
+    "-": np.subtract,
+    "*": np.multiply,
+    "/": _divide,
+}
 
 
 def _call(e: Call, ctx: EvalContext) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 HISTORY_DAYS = 400  # orders older than this only count in lifetime totals
 NEVER = -1
@@ -48,7 +49,7 @@ FEATURES: dict[str, FeatureSpec] = {
 }
 
 
-def _empty(dtype) -> np.ndarray:
+def _empty(dtype: npt.DTypeLike) -> np.ndarray:
     return np.zeros(0, dtype=dtype)
 
 

@@ -8,6 +8,7 @@ million rows and assemble them with a handful of numpy calls."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class MemberHistory:
         self.interactions = [d for d in self.interactions if d >= oldest]
 
     # -- rows --
-    def to_row(self) -> tuple:
+    def to_row(self) -> tuple[Any, ...]:
         orders = np.array(self.orders or np.zeros((0, 3)), dtype=np.int64).reshape(-1, 3)
         cats = np.array(
             [[c, *v] for c, v in sorted(self.categories.items())] or np.zeros((0, 4)),
@@ -100,7 +101,7 @@ class MemberHistory:
         )
 
     @classmethod
-    def from_row(cls, row: tuple) -> MemberHistory:
+    def from_row(cls, row: tuple[Any, ...]) -> MemberHistory:
         (idx, reg, tier, points, n_orders, spend, first, last, o_day, o_fen, o_cnt, cat, act) = row
         days = np.frombuffer(o_day, "<i4").tolist()
         fens = np.frombuffer(o_fen, "<i8").tolist()
@@ -130,10 +131,10 @@ def _csr(blobs: list[bytes], dtype: str, width: int = 1) -> tuple[np.ndarray, np
     return offsets, data.reshape(-1, width) if width > 1 else data
 
 
-def assemble(rows: list[tuple]) -> History:
+def assemble(rows: list[tuple[Any, ...]]) -> History:
     """Rows (ROW_COLUMNS order, ascending idx) -> one columnar History."""
     if not rows:
-        cols: list = [[] for _ in ROW_COLUMNS]
+        cols: list[Any] = [[] for _ in ROW_COLUMNS]
     else:
         cols = list(zip(*rows, strict=True))
     scalars = [np.array(c, dtype=np.int64) for c in cols[:8]]

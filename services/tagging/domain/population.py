@@ -61,7 +61,8 @@ def money_bucket(fen: np.ndarray) -> np.ndarray:
     """int64 monetary bucket of an amount in fen: floor(20 * ln(1 + yuan)), 0 for
     amounts <= 0. Monotone, so bucketing only merges near-equal amounts into ties."""
     yuan = np.maximum(np.asarray(fen, dtype=np.float64), 0.0) / 100.0
-    return np.floor(np.log1p(yuan) * _M_STEPS_PER_E).astype(np.int64)
+    buckets: np.ndarray = np.floor(np.log1p(yuan) * _M_STEPS_PER_E).astype(np.int64)
+    return buckets
 
 
 def _slot(values: np.ndarray, size: int) -> np.ndarray:
@@ -78,7 +79,8 @@ def mean_gap_days(first_day: np.ndarray, last_day: np.ndarray, count: np.ndarray
     Meaningful for count >= 2 and last > first only (see PopulationStats.of)."""
     span = np.asarray(last_day, dtype=np.int64) - np.asarray(first_day, dtype=np.int64)
     k = np.maximum(np.asarray(count, dtype=np.int64) - 1, 1)
-    return np.maximum(1, (2 * span + k) // (2 * k))
+    gaps: np.ndarray = np.maximum(1, (2 * span + k) // (2 * k))
+    return gaps
 
 
 @dataclass(eq=False)
@@ -101,7 +103,8 @@ class PopulationStats:
 
     @classmethod
     def empty(cls) -> PopulationStats:
-        return cls(*(np.zeros(size, dtype=np.int64) for size in cls._SIZES.values()))
+        r, f, m, i = (np.zeros(size, dtype=np.int64) for size in cls._SIZES.values())
+        return cls(r, f, m, i)
 
     @classmethod
     def of(cls, frame: FeatureFrame) -> PopulationStats:
@@ -184,7 +187,8 @@ class PopulationStats:
             gaps = {
                 int(k[4:]): data[k].astype(np.int64) for k in data.files if k.startswith("gap_")
             }
-            stats = cls(*(data[name].astype(np.int64) for name in cls._SIZES), gaps=gaps)
+            r, f, m, i = (data[name].astype(np.int64) for name in cls._SIZES)
+            stats = cls(r, f, m, i, gaps=gaps)
         stats.check()
         return stats
 
@@ -290,7 +294,8 @@ def rfm(frame: FeatureFrame, stats: PopulationStats) -> Rfm:
     r_hi, f_hi, m_hi = highs
     # 1 + 4*(M low) + 2*(R low) + (F low): the code order of RFM_CLASSES.
     code = np.where(buyer, 1 + 4 * ~m_hi + 2 * ~r_hi + ~f_hi, 0).astype(np.int8)
-    return Rfm(*scored, code, *means, n_pop)
+    (r, f, m), (r_mean, f_mean, m_mean) = scored, means
+    return Rfm(r, f, m, code, r_mean, f_mean, m_mean, n_pop)
 
 
 # --------------------------------------------------------------- value quadrant

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from services.tagging.domain.features import NEVER, NEVER_DAYS, FeatureFrame
 
@@ -106,11 +107,11 @@ DEFAULT_LIFECYCLE = LifecycleThresholds()
 
 
 def lifecycle_of(
-    days_since_registered,
-    orders_total,
-    days_since_last_order,
+    days_since_registered: npt.ArrayLike,
+    orders_total: npt.ArrayLike,
+    days_since_last_order: npt.ArrayLike,
     thresholds: LifecycleThresholds = DEFAULT_LIFECYCLE,
-    days_since_first_order=NEVER_DAYS,
+    days_since_first_order: npt.ArrayLike = NEVER_DAYS,
 ) -> np.ndarray:
     """The lifecycle rule on plain values (arrays or scalars, broadcast): the same
     rule lifecycle() applies to a frame, for re-evaluating one member in real time.

@@ -10,7 +10,7 @@ outbox."""
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 
@@ -60,7 +60,7 @@ class TaggingStore(abc.ABC):
     # -- manual tags --
     @abc.abstractmethod
     async def set_manual_tags(
-        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: Sequence[bytes] = ()
     ) -> int:
         """Adds and removes (member, tag) pairs and queues `events`, atomically.
         Returns how many pairs actually changed."""
@@ -95,9 +95,9 @@ class TaggingStore(abc.ABC):
         self,
         kind: str,
         bitmaps: dict[str, bytes],
-        events: list[bytes] = (),
+        events: Sequence[bytes] = (),
         *,
-        delete: list[str] = (),
+        delete: Sequence[str] = (),
     ) -> None:
         """Replace the named bitmaps, delete those named in `delete` and queue
         `events`, atomically."""

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -258,7 +258,7 @@ class MongoTaggingStore(MongoStore, TaggingStore):
 
     # -- manual tags --
     async def set_manual_tags(
-        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: Sequence[bytes] = ()
     ) -> int:
         adds = [
             (
@@ -334,9 +334,9 @@ class MongoTaggingStore(MongoStore, TaggingStore):
         self,
         kind: str,
         bitmaps: dict[str, bytes],
-        events: list[bytes] = (),
+        events: Sequence[bytes] = (),
         *,
-        delete: list[str] = (),
+        delete: Sequence[str] = (),
     ) -> None:
         ops = []
         for name, blob in bitmaps.items():

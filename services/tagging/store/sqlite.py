@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -61,7 +62,7 @@ class SqliteTaggingStore(TaggingStore):
         await self._r.close()
         await self._writer.close()
 
-    async def _write(self, statements: list[tuple[str, object]]) -> None:
+    async def _write(self, statements: list[tuple[str, Any]]) -> None:
         """Run (sql, params-or-list-of-params) pairs in one IMMEDIATE transaction."""
 
         def work(raw: sqlite3.Connection) -> None:
@@ -147,7 +148,7 @@ class SqliteTaggingStore(TaggingStore):
 
     # -- manual tags --
     async def set_manual_tags(
-        self, add: list[ManualTag], remove: list[tuple[int, str]], events: list[bytes] = ()
+        self, add: list[ManualTag], remove: list[tuple[int, str]], events: Sequence[bytes] = ()
     ) -> int:
         def work(raw: sqlite3.Connection) -> int:
             # executemany's rowcount is the rows actually inserted or deleted.
@@ -224,9 +225,9 @@ class SqliteTaggingStore(TaggingStore):
         self,
         kind: str,
         bitmaps: dict[str, bytes],
-        events: list[bytes] = (),
+        events: Sequence[bytes] = (),
         *,
-        delete: list[str] = (),
+        delete: Sequence[str] = (),
     ) -> None:
         statements: list = [
             (
