@@ -22,13 +22,13 @@ async def run_schedule(member: MemberApp, scoring: ScoringRunner, stop: asyncio.
             evaluated = await member.evaluate_tiers()
             gifted, _points = await member.grant_birthday_gifts()
             run = await scoring.begin()
-            await scoring.execute(run["id"])
+            await scoring.execute(run.id)
             log.info(
                 "scheduled jobs ran",
                 points_expiry=expired,
                 tiers=evaluated,
                 birthday_gifts=gifted,
-                scoring_run=run["id"],
+                scoring_run=run.id,
             )
         except Exception:
             log.exception("scheduled jobs failed; will retry next interval")

@@ -2,7 +2,7 @@
 consumer would have built it, and cached.
 
 Definitions go through the service's use cases (TaggingApp.create_tag and
-save_segment, on an empty population, so segments materialise empty); the member
+create_segment, on an empty population, so segments materialise empty); the member
 index through index_members, histories through put_histories in batches, manual
 tags through set_manual_tags. None of that is timed. A SQLite database is built once
 per (members, anchor day, seed, GENERATION) under the cache directory and copied for
@@ -71,7 +71,7 @@ async def define_catalogue(store: TaggingStore, now: datetime, data_dir: Path) -
     for name, expression in RULES:
         await app.create_tag(name, "rule", "bench", name, "", expression)
     for seg_id, expression in SEGMENTS:
-        await app.save_segment(seg_id, {"expression": expression}, create=True)
+        await app.create_segment(seg_id, expression)
 
 
 async def load_members(store: TaggingStore, brand: synth.Brand) -> None:

@@ -43,7 +43,6 @@ _MODULE_STAGES = [
     (sc, "bitmap_of", "score / masks to bitmaps"),
     (partition, "tags_changed_payloads", "write / TagsChanged payloads"),
     (partition, "make_event", "write / event envelopes"),
-    (partition, "record_segment_version", "write / segment versions"),
 ]
 _STORE_STAGES = [
     ("scan_histories", "load rows (store.scan_histories)"),
@@ -63,6 +62,7 @@ def install(stages: st.Stages, engine: TagEngine, runner: ScoringRunner) -> None
     for attr, label in _STORE_STAGES:
         stages.wrap(engine.store, attr, label)
     stages.wrap(engine, "frame_for", "features")
+    stages.wrap(engine, "record_segment_version", "write / segment versions")
     stages.wrap(engine, "masks_from_bitmaps", "score / manual tag masks")
     stages.wrap(runner, "_score", "score")
     stages.wrap(runner, "_write", "write")
@@ -91,19 +91,19 @@ async def scoring_run(engine: TagEngine) -> dict:
     reset = st.reset_peak_rss()
     try:
         with st.Window() as total:
-            doc = await runner.begin()
-            await runner.execute(doc["id"])
+            run = await runner.begin()
+            await runner.execute(run.id)
     finally:
         stages.unwrap()
     return {
-        "members": doc["members_total"],
+        "members": run.members_total,
         **total.as_dict(),
         "stages": stages.table(),
         "unwrapped": stages.missing,
-        "tags_gained": doc["tags_gained"],
-        "tags_lost": doc["tags_lost"],
-        "events_published": doc["events_published"],
-        "state": doc["state"],
+        "tags_gained": run.tags_gained,
+        "tags_lost": run.tags_lost,
+        "events_published": run.events_published,
+        "state": run.state,
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(st.peak_rss_mb(), 1),
         "peak_is_run_only": reset,

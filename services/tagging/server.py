@@ -71,8 +71,7 @@ class TaggingService:
         # Scoring runs still going stop before the store closes; like a crash, they
         # keep the run lock and are resumed with StartScoringRun(resume_run_id).
         await self.runner.close()
-        runs = list(self.servicer.run_tasks) if self.servicer else []
-        for task in [*runs, *self._tasks]:
+        for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -125,7 +126,7 @@ async def build_data_dir(data_dir: Path) -> None:
         for name, expression in RULE_TAGS.items():
             await app.create_tag(name, "rule", "rules", "", "", expression)
         for seg_id, expression in SEGMENTS.items():
-            await app.save_segment(seg_id, {"expression": expression}, create=True)
+            await app.create_segment(seg_id, expression)
         await app.set_cycle("makeup", 45)
         await engine.flush()
     finally:
@@ -137,13 +138,11 @@ async def change_definitions(data_dir: Path) -> None:
     engine = await open_engine(settings_for(data_dir))
     try:
         app = TaggingApp(engine)
-        await app.update_tag("repeat_buyer", {"expression": "orders_90d >= 3"})
+        await app.update_tag("repeat_buyer", expression="orders_90d >= 3")
         vips = sorted(engine.tag_bitmaps["vip"])[::2]
         assert await engine.store.set_manual_tags([], [(i, "vip") for i in vips]) == len(vips)
-        await app.save_segment(
-            "sleepers",
-            {"expression": 'has_tag("lifecycle:sleeping") and aov > 10000'},
-            create=False,
+        await app.update_segment(
+            "sleepers", expression='has_tag("lifecycle:sleeping") and aov > 10000'
         )
         await engine.flush()
     finally:
@@ -154,8 +153,8 @@ async def run_one_partition(data_dir: Path) -> dict:
     engine = await open_engine(settings_for(data_dir))
     try:
         runner = ScoringRunner(engine)
-        doc = await runner.begin()
-        return await runner.execute(doc["id"], 0)
+        run = await runner.begin()
+        return asdict(await runner.execute(run.id, 0))
     finally:
         await engine.store.close()
 
@@ -186,7 +185,8 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
     engine = await open_engine(settings)
     try:
         runner = ScoringRunner(engine, partition_timeout=WORKER_SECONDS)
-        doc = await runner.begin(partitions=2)
+        run = await runner.begin(partitions=2)
+        doc = asdict(run)
         assert doc["partitions"] == 2
         # What the partitions exchanged, as it stood when the finished run cleared it.
         exchanged: dict[str, list[int]] = {}
@@ -217,7 +217,7 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
                 if code != 0:
                     partition0.cancel()
                 assert code == 0, log_path.read_text()
-                done = await asyncio.wait_for(partition0, WORKER_SECONDS)
+                done = asdict(await asyncio.wait_for(partition0, WORKER_SECONDS))
             finally:
                 if worker.returncode is None:
                     worker.kill()

@@ -11,19 +11,34 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from services.tagging.domain.definitions import (
+    ManualTag,
+    SegmentDefinition,
+    SegmentVersion,
+    TagDefinition,
+    TagVersion,
+)
+from services.tagging.domain.scoring_runs import Run
+
+__all__ = ["AlreadyExists", "ManualTag", "TaggingStore", "open_store"]
+R = TypeVar("R")
 
 
 class AlreadyExists(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class ManualTag:
-    idx: int
-    tag: str
-    by: str
-    at: int  # epoch microseconds
+def _doc(record: Any) -> dict:
+    """A typed record as the document the backends store (its fields but `expr`)."""
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != "expr"}
+
+
+def _record(cls: type[R], doc: dict) -> R:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 class TaggingStore(abc.ABC):
@@ -155,6 +170,59 @@ class TaggingStore(abc.ABC):
 
     @abc.abstractmethod
     async def load_cycles(self) -> dict[str, float]: ...
+
+    # -- typed records over the documents above --
+    async def list_tags(self) -> list[TagDefinition]:
+        return [_record(TagDefinition, d) for d in await self.list_definitions("tag")]
+
+    async def put_tag(self, tag: TagDefinition, *, create: bool = False) -> None:
+        await self.put_definition("tag", tag.name, _doc(tag), create=create)
+
+    async def list_segments(self) -> list[SegmentDefinition]:
+        return [_record(SegmentDefinition, d) for d in await self.list_definitions("segment")]
+
+    async def put_segment(self, segment: SegmentDefinition) -> None:
+        await self.put_definition("segment", segment.id, _doc(segment))
+
+    async def add_tag_version(self, name: str, version: TagVersion) -> None:
+        await self.add_version("tag", name, version.version, _doc(version))
+
+    async def tag_versions(self, name: str) -> list[TagVersion]:
+        return [_record(TagVersion, d) for d, _ in await self.list_versions("tag", name)]
+
+    async def add_segment_version(
+        self, seg_id: str, version: SegmentVersion, bitmap: bytes
+    ) -> None:
+        await self.add_version("segment", seg_id, version.version, _doc(version), bitmap)
+
+    async def segment_versions(self, seg_id: str) -> list[SegmentVersion]:
+        return [_record(SegmentVersion, d) for d, _ in await self.list_versions("segment", seg_id)]
+
+    async def save_run(self, run: Run, *, expect: dict | None = None) -> bool:
+        return await self.put_run(run.id, _doc(run), expect=expect)
+
+    async def load_run(self, run_id: str) -> Run | None:
+        doc = await self.get_run(run_id)
+        return _record(Run, doc) if doc else None
+
+    async def recent_runs(self, before_id: str, limit: int) -> list[Run]:
+        return [_record(Run, d) for d in await self.list_runs(before_id, limit)]
+
+    async def learned_cycles(self) -> dict[int, float]:
+        doc = await self.get_definition("state", "learned_cycles")
+        return {int(k): v for k, v in (doc or {}).get("cycles", {}).items()}
+
+    async def save_learned_cycles(self, cycles: dict[int, float]) -> None:
+        doc = {"id": "learned_cycles", "cycles": {str(k): v for k, v in cycles.items()}}
+        await self.put_definition("state", "learned_cycles", doc)
+
+    async def untracked_categories(self) -> list[str]:
+        doc = await self.get_definition("state", "untracked_categories")
+        return list((doc or {}).get("names", []))
+
+    async def save_untracked_categories(self, names: list[str]) -> None:
+        doc = {"id": "untracked_categories", "names": names}
+        await self.put_definition("state", "untracked_categories", doc)
 
     # -- outbox (services.runtime.outbox.OutboxStore) --
     @abc.abstractmethod
