@@ -31,7 +31,8 @@ from services.tagging.runs import ScoringRunner
 
 # (owner, attribute, stage label); labels with " / " are children of the part before.
 _MODULE_STAGES = [
-    (engine_mod, "assemble", "features / assemble rows"),
+    (engine_mod, "assemble_packed", "assemble rows (each batch read)"),
+    (engine_mod, "concatenate", "features / join the batches"),
     (engine_mod, "compute_features", "features / compute_features"),
     (pop.PopulationStats, "of", "population stats"),
     (partition, "_pack", "partition results / pack"),
@@ -49,7 +50,8 @@ _STORE_STAGES = [
     ("put_run_stats", "partition results / store"),
     ("load_run_stats", "partition results / store"),
     ("put_bitmaps", "write / put_bitmaps (bitmaps + outbox)"),
-    ("put_run", "run bookkeeping"),
+    ("create_run", "run bookkeeping"),
+    ("update_run", "run bookkeeping"),
     ("refresh_run_lock", "run bookkeeping"),
     ("acquire_run_lock", "run bookkeeping"),
     ("release_run_lock", "run bookkeeping"),
@@ -61,7 +63,7 @@ def install(stages: st.Stages, engine: TagEngine, runner: ScoringRunner) -> None
         stages.wrap(owner, attr, label)
     for attr, label in _STORE_STAGES:
         stages.wrap(engine.store, attr, label)
-    stages.wrap(engine, "frame_for", "features")
+    stages.wrap(engine, "frame_of", "features")
     stages.wrap(engine, "record_segment_version", "write / segment versions")
     stages.wrap(engine, "masks_from_bitmaps", "score / manual tag masks")
     stages.wrap(runner, "_score", "score")
@@ -156,8 +158,7 @@ async def realtime_probe(engine: TagEngine, samples: int = 50, seed: int = 7) ->
     picks = rng.choice(len(engine.ids), size=min(samples, len(engine.ids)), replace=False)
     histories = []
     for idx in picks.tolist():
-        row = await engine.store.get_history(idx)
-        histories.append(MemberHistory.from_row(row) if row else MemberHistory(idx))
+        histories.append(await engine.store.get_history(idx) or MemberHistory(idx))
     stages = st.Stages()
     stages.wrap(engine, "masks_from_bitmaps", "masks_from_bitmaps")
     times, alt_times, payload_times, same = [], [], [], True

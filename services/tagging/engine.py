@@ -10,6 +10,8 @@ computed tag is kept with them (services.tagging.since)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -31,8 +33,9 @@ from services.tagging.domain.definitions import (
     TagDefinition,
     parsed,
 )
-from services.tagging.domain.features import FeatureFrame, compute_features
+from services.tagging.domain.features import FeatureFrame, History, compute_features
 from services.tagging.domain.history import MemberHistory, assemble
+from services.tagging.domain.packed import assemble_packed, concatenate
 from services.tagging.domain.scoring import in_dependency_order
 from services.tagging.since import KIND as SINCE_KIND
 from services.tagging.since import TagSince
@@ -175,8 +178,28 @@ class TagEngine:
     def population_names(self) -> list[str]:
         return [k for k in self.tags if k.startswith(sc.POPULATION_PREFIXES)]
 
-    def frame_for(self, rows: list[tuple]) -> FeatureFrame:
-        return compute_features(assemble(rows), self.today())
+    def frame_for(self, histories: Sequence[MemberHistory]) -> FeatureFrame:
+        """Features of a few members (one, usually)."""
+        return compute_features(assemble([h.to_row() for h in histories]), self.today())
+
+    def frame_of(self, parts: list[History]) -> FeatureFrame:
+        """Features of consecutive parts of the members."""
+        return compute_features(concatenate(parts), self.today())
+
+    async def load_frame(self, partition: int = 0, partitions: int = 1) -> FeatureFrame:
+        """Features of every member with idx % partitions == partition, from the store
+        (each batch read is assembled at once: see services.tagging.domain.packed)."""
+        # A million history objects would set off cyclic-GC passes that find nothing
+        # to free (none of this is cyclic): the collector pauses while they load.
+        gc.disable()
+        try:
+            parts = [
+                assemble_packed(idx, packed)
+                async for idx, packed in self.store.scan_histories(partition, partitions)
+            ]
+            return self.frame_of(parts)
+        finally:
+            gc.enable()
 
     # -- real time --
     def score(
@@ -314,7 +337,7 @@ class TagEngine:
         """Re-evaluates one member from its history (no writes)."""
         for touched in self._touched.values():
             touched.add(history.idx)
-        frame = self.frame_for([history.to_row()])
+        frame = self.frame_for([history])
         tag_masks, seg_masks = await self.member_masks(frame)
         skip = set(self.manual_names()) | set(self.population_names())
         return self.diff_rows(frame.idx, tag_masks, seg_masks, skip)

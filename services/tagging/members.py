@@ -57,6 +57,8 @@ class MemberUseCases(TaggingCore):
     async def handle_member_event(self, event: event_pb2.Event) -> None:
         """Applies one member-service event, once, and re-evaluates the member."""
         engine = self.engine
+        if await self.store.event_applied(event.id):  # a redelivery: nothing to redo
+            return
         kind = event.type.rsplit(".", 1)[-1]
         if kind not in MEMBER_EVENT_TYPES or not event.subject_id:
             await self.store.apply_event(event.id, None, [])
@@ -65,8 +67,7 @@ class MemberUseCases(TaggingCore):
         event.payload.Unpack(payload)
         async with engine.lock:
             idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
-            row = await self.store.get_history(idx)
-            history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+            history = await self.store.get_history(idx) or MemberHistory(idx)
             today = engine.today()
             if kind == "MemberRegistered":
                 history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
@@ -94,7 +95,7 @@ class MemberUseCases(TaggingCore):
                 history.registered_day = today
             changes = await engine.rescore_member(history)
             events = self._events(changes)
-            if await self.store.apply_event(event.id, history.to_row(), events):
+            if await self.store.apply_event(event.id, history, events):
                 engine.apply_changes(changes)
                 if events:
                     self._on_commit()
@@ -104,8 +105,7 @@ class MemberUseCases(TaggingCore):
         engine = self.engine
         for idx in sorted(set(indexes)):
             async with engine.lock:
-                row = await self.store.get_history(idx)
-                history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+                history = await self.store.get_history(idx) or MemberHistory(idx)
                 changes = await engine.rescore_member(history)
                 events = self._events(changes)
                 if changes.tags or changes.segments:
@@ -119,9 +119,8 @@ class MemberUseCases(TaggingCore):
         idx = engine.index.get(member_id)
         if idx is None:
             raise member_not_known_yet(member_id)
-        row = await self.store.get_history(idx)
-        history = MemberHistory.from_row(row) if row else MemberHistory(idx)
-        frame = engine.frame_for([history.to_row()])
+        history = await self.store.get_history(idx) or MemberHistory(idx)
+        frame = engine.frame_for([history])
         tags = []
         for name, bm in sorted(engine.tag_bitmaps.items()):
             if idx not in bm or name not in engine.tags:

@@ -3,12 +3,11 @@ compute features and population statistics, exchange them with the other
 partitions through the store, score every rule and score tag and segment, and
 (partition 0) merge every partition's result, diff it against the bitmaps and
 write only the changes with their TagsChanged events. The run's bookkeeping (the
-lock, its doc, waiting, cancelling) is services.tagging.runs.ScoringRunner, which
+lock, its record, waiting, cancelling) is services.tagging.runs.ScoringRunner, which
 is a PartitionWork."""
 
 from __future__ import annotations
 
-import gc
 import io
 import time
 
@@ -85,17 +84,7 @@ class PartitionWork:
         engine, run_id, partitions = self.engine, run.id, run.partitions
         if partition == 0:
             engine.track_real_time(run_id)  # before reading: see _write
-        # A million row tuples would set off thousands of cyclic-GC passes that find
-        # nothing to free (none of this is cyclic): pause the collector while loading.
-        gc.disable()
-        try:
-            rows: list[tuple] = []
-            async for batch in self.store.scan_histories(partition, partitions):
-                rows.extend(batch)
-            frame = engine.frame_for(rows)
-            del rows
-        finally:
-            gc.enable()
+        frame = await engine.load_frame(partition, partitions)
         if run.segment_id:
             members = engine.segment_bitmaps.get(run.segment_id, BitMap())
             frame = _subset(frame, np.isin(frame.idx, np.asarray(members.to_array())))

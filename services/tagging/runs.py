@@ -12,11 +12,12 @@ resumed by starting it again with its id: the diff is against what was written,
 so nothing is applied twice. Members re-evaluated in real time while the run is
 under way keep their fresher real-time result (the run read an older history).
 
-An operator may cancel a run (`cancel`, from any replica): the run's doc is marked
-cancelled and the lock released at once. Every write a partition makes to the run's
-doc is a compare-and-set on "still running", and the waits poll the doc, so each
-partition stops at its next step; the one step a cancel is refused in is "write"
-(partition 0 applying the merged result, seconds), so a cancelled run never writes."""
+An operator may cancel a run (`cancel`, from any replica): the run's record is marked
+cancelled and the lock released at once. Every write to the run's record is guarded by
+the version it was read at (a cancel or a resume in between wins; the partition then
+finds the run no longer running), and the waits poll the record, so each partition
+stops at its next step; the one step a cancel is refused in is "write" (partition 0
+applying the merged result, seconds), so a cancelled run never writes."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from dataclasses import replace
 import structlog
 
 from services.runtime.clock import epoch_micros
+from services.runtime.documents import Conflict
 from services.runtime.errors import failed_precondition, not_found
 from services.runtime.ids import new_id
 from services.tagging.catalogue import DOMAIN
@@ -44,7 +46,7 @@ WATCH_POLL_SECONDS = 0.1
 
 class RunStopped(Exception):
     """The run was cancelled (or resumed or ended elsewhere) while this partition
-    worked on it: the partition stops without touching the run's doc."""
+    worked on it: the partition stops without touching the run's record."""
 
 
 class _LockHeld(Exception):
@@ -224,7 +226,7 @@ class ScoringRunner(PartitionWork):
             start_time=self._now(),
             attempt=attempt,
         )
-        await self.store.save_run(run)
+        await self.store.create_run(run)
         self.progress[run_id] = run
         return run
 
@@ -254,10 +256,11 @@ class ScoringRunner(PartitionWork):
                 end_time=now,
                 duration_seconds=round(max(0, now - run.start_time) / 1e6, 3),
             )
-            # The stage too: a partition moving on to "write" meanwhile wins.
-            expect = {"state": "running", "stage": run.stage}
-            if await self.store.save_run(cancelled, expect=expect):
+            try:  # a partition moving on (to "write", say) meanwhile wins
+                await self.store.update_run(cancelled)
                 break
+            except Conflict:
+                continue
         else:
             raise failed_precondition(
                 "RUN_CHANGING", f"scoring run {run_id} keeps changing; try again", domain=DOMAIN
@@ -272,11 +275,21 @@ class ScoringRunner(PartitionWork):
     async def _save(self, run: Run, **changes) -> None:
         """Writes the run's record with `changes` if the run is still this attempt
         and running; else raises RunStopped (the record in memory is left as it was)."""
-        new = replace(run, **changes)
-        expect = {"state": "running", "attempt": run.attempt}
-        if not await self.store.save_run(new, expect=expect):
+        if not run.running:  # cancelled here: `run` is the live record cancel updated
             raise RunStopped(run.id)
-        _assign(run, new)
+        new = replace(run, **changes)
+        for _ in range(2):
+            try:
+                await self.store.update_run(new)
+            except Conflict:
+                stored = await self.store.load_run(run.id)
+                if stored is None or not stored.running or stored.attempt != run.attempt:
+                    raise RunStopped(run.id) from None
+                new.revision = stored.revision  # written meanwhile, still ours: again
+                continue
+            _assign(run, new)
+            return
+        raise RunStopped(run.id)
 
     async def _stage(self, run: Run, stage: str, **counts) -> None:
         await self._save(run, stage=stage, **counts)

@@ -50,10 +50,7 @@ class SegmentUseCases(TaggingCore):
         engine = self.engine
         if ex.uses_only_bitmaps(expr):
             return evaluate_bitmap(expr, _Bitmaps(engine))
-        rows: list[tuple] = []
-        async for batch in self.store.scan_histories():
-            rows.extend(batch)
-        frame = engine.frame_for(rows)
+        frame = await engine.load_frame()
         names = list(engine.tags)
         masks = engine.masks_from_bitmaps(frame.idx, names)
         seg_masks = {

@@ -23,11 +23,12 @@ from pyroaring import BitMap
 
 from services.runtime.clock import SystemClock, epoch_micros
 from services.tagging.app import TaggingApp
+from services.tagging.domain.definitions import ManualTag
 from services.tagging.domain.history import MemberHistory
 from services.tagging.runs import ScoringRunner
 from services.tagging.server import open_engine
 from services.tagging.settings import TaggingSettings
-from services.tagging.store import ManualTag, open_store
+from services.tagging.store import SQLITE_FILE, open_store
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,7 @@ def synthetic_rows(index: dict[str, int], categories: dict[str, int], today: int
 
 async def build_data_dir(data_dir: Path) -> None:
     """History, manual tags, rule tags and segments, written before any run."""
-    store = await open_store(sqlite_path=str(data_dir / "tagging.db"))
+    store = await open_store(sqlite_path=str(data_dir / SQLITE_FILE))
     try:
         today = local_today(settings_for(data_dir).timezone)
         index = await store.index_members([f"m{i:05d}" for i in range(MEMBERS)])
@@ -233,13 +234,13 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
 
 
 async def outcome(data_dir: Path) -> dict:
-    store = await open_store(sqlite_path=str(data_dir / "tagging.db"))
+    store = await open_store(sqlite_path=str(data_dir / SQLITE_FILE))
     try:
         versions = {}
         for seg_id in SEGMENTS:
             versions[seg_id] = [
-                {k: v for k, v in doc.items() if k not in ("reason", "create_time")}
-                for doc, _ in await store.list_versions("segment", seg_id)
+                {k: v for k, v in asdict(version).items() if k not in ("reason", "create_time")}
+                for version in await store.segment_versions(seg_id)
             ]
         return {
             "tags": {
@@ -248,9 +249,9 @@ async def outcome(data_dir: Path) -> dict:
             "segments": {
                 k: BitMap.deserialize(v) for k, v in (await store.load_bitmaps("segment")).items()
             },
-            "cycles": await store.get_definition("state", "learned_cycles"),
+            "cycles": {"cycles": await store.learned_cycles()},
             "versions": versions,
-            "outbox": len(await store.outbox_pending(1_000_000)),
+            "outbox": len(await store.docs.outbox_pending(1_000_000)),
         }
     finally:
         await store.close()

@@ -28,6 +28,9 @@ class Run:
     # Partitions share statistics per attempt: a resumed run never merges what a
     # partition computed in an earlier, failed attempt.
     attempt: int = 0
+    # The stored record's version as read: the store writes it back only over that
+    # version (a cancel from another replica in between wins).
+    revision: int = 0
 
     @property
     def running(self) -> bool:
