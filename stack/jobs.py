@@ -40,13 +40,13 @@ async def run_jobs(member: MemberApp, scoring: ScoringRunner) -> None:
         evaluated = await member.evaluate_tiers()
         gifted, _points = await member.grant_birthday_gifts()
         run = await scoring.begin()
-        await scoring.execute(run["id"])
+        await scoring.execute(run.id)
         log.info(
             "scheduled jobs ran",
             points_expiry=expired,
             tiers=evaluated,
             birthday_gifts=gifted,
-            scoring_run=run["id"],
+            scoring_run=run.id,
         )
     except Exception:
         log.exception("scheduled jobs failed; will retry at the next occurrence")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from services.runtime.logs import configure_logging
+from services.tagging.store import SQLITE_FILE
 
 
 def _write(path: str, payload: dict) -> None:
@@ -50,8 +51,8 @@ async def _run(args: argparse.Namespace) -> dict:
             out["boolean"] = fullrun.boolean_probe(engine)
     finally:
         await engine.store.close()
-    with sqlite3.connect(data_dir / "tagging.db") as conn:
-        out["outbox_rows"] = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    with sqlite3.connect(data_dir / SQLITE_FILE) as conn:  # the runtime's outbox table
+        out["outbox_rows"] = conn.execute('SELECT COUNT(*) FROM "_outbox"').fetchone()[0]
     return out
 
 
@@ -60,7 +61,7 @@ async def _whatif(args: argparse.Namespace) -> dict:
     from services.tagging.server import open_engine
 
     data_dir = Path(args.data_dir)
-    out = {"packed_rows": whatif.packed_rows(data_dir / "tagging.db")}
+    out: dict = {}
     engine = await open_engine(dataset.settings_for(data_dir))
     try:
         manual = set(engine.manual_names())

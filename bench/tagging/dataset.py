@@ -2,7 +2,7 @@
 consumer would have built it, and cached.
 
 Definitions go through the service's use cases (TaggingApp.create_tag and
-save_segment, on an empty population, so segments materialise empty); the member
+create_segment, on an empty population, so segments materialise empty); the member
 index through index_members, histories through put_histories in batches, manual
 tags through set_manual_tags. None of that is timed. A SQLite database is built once
 per (members, anchor day, seed, GENERATION) under the cache directory and copied for
@@ -22,11 +22,12 @@ from bench.tagging import synth
 from bench.tagging.brand import CATEGORIES, MANUAL_TAGS, RULES, SEGMENTS
 from services.runtime.clock import ManualClock
 from services.tagging.app import TaggingApp
+from services.tagging.domain.definitions import ManualTag
 from services.tagging.server import open_engine
 from services.tagging.settings import TaggingSettings
-from services.tagging.store import ManualTag, TaggingStore
+from services.tagging.store import SQLITE_FILE, TaggingStore
 
-GENERATION = 1  # bump when synth or brand change, to invalidate cached databases
+GENERATION = 2  # bump when synth, brand or the store change, to invalidate cached databases
 BATCH = 50_000
 TIMEZONE = "Asia/Shanghai"
 BENCH_SECRET = "pond-bench-tagging-" + "s" * 24
@@ -71,7 +72,7 @@ async def define_catalogue(store: TaggingStore, now: datetime, data_dir: Path) -
     for name, expression in RULES:
         await app.create_tag(name, "rule", "bench", name, "", expression)
     for seg_id, expression in SEGMENTS:
-        await app.save_segment(seg_id, {"expression": expression}, create=True)
+        await app.create_segment(seg_id, expression)
 
 
 async def load_members(store: TaggingStore, brand: synth.Brand) -> None:
@@ -95,29 +96,20 @@ def manual_tags(brand: synth.Brand, now: datetime) -> list[ManualTag]:
     ]
 
 
-def insert_manual_tags_sqlite(db: Path, tags: list[ManualTag]) -> None:
-    """Manual tags straight into the SQLite store's table: set_manual_tags runs one
-    statement (one aiosqlite thread hop, ~0.25 ms here) per pair, which would make
-    200k pairs take most of a minute. Generation only; the run reads them back
-    through load_manual_tags like any other."""
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT OR IGNORE INTO manual_tags (idx, tag, by, at) VALUES (?,?,?,?)",
-            [(t.idx, t.tag, t.by, t.at) for t in tags],
-        )
-
-
 async def build(store: TaggingStore, brand: synth.Brand, data_dir: Path) -> None:
-    """Catalogue, index and histories (manual tags: see manual_tags)."""
+    """Catalogue, index, histories and manual tags."""
     await define_catalogue(store, noon_of(brand.today), data_dir)
     await load_members(store, brand)
+    tags = manual_tags(brand, noon_of(brand.today))
+    for lo in range(0, len(tags), BATCH):
+        await store.set_manual_tags(tags[lo : lo + BATCH], [])
 
 
 async def pristine(cache: Path, n: int, seed: int, say) -> tuple[Path, dict]:
-    """The cached pristine database for n members today: (tagging.db path, manifest)."""
+    """The cached pristine database for n members today: (database path, manifest)."""
     today, _ = anchor_today()
     folder = cache / f"brand-{n}-{today}-{seed}-g{GENERATION}"
-    db = folder / "tagging.db"
+    db = folder / SQLITE_FILE
     manifest_path = folder / "manifest.json"
     if manifest_path.exists() and db.exists():
         return db, json.loads(manifest_path.read_text())
@@ -134,7 +126,6 @@ async def pristine(cache: Path, n: int, seed: int, say) -> tuple[Path, dict]:
         await build(store, brand, folder)
     finally:
         await store.close()
-    insert_manual_tags_sqlite(db, manual_tags(brand, noon_of(today)))
     with sqlite3.connect(db) as conn:  # fold the WAL in, so a plain copy is complete
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     t2 = time.perf_counter()
@@ -153,9 +144,10 @@ async def pristine(cache: Path, n: int, seed: int, say) -> tuple[Path, dict]:
 
 
 def working_copy(db: Path, data_dir: Path) -> Path:
-    """A fresh copy of a pristine database as data_dir/tagging.db."""
+    """A fresh copy of a pristine database where the service opens it in data_dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / SQLITE_FILE
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{data_dir / 'tagging.db'}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(db, data_dir / "tagging.db")
-    return data_dir / "tagging.db"
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(db, target)
+    return target

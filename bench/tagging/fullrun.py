@@ -31,7 +31,8 @@ from services.tagging.runs import ScoringRunner
 
 # (owner, attribute, stage label); labels with " / " are children of the part before.
 _MODULE_STAGES = [
-    (engine_mod, "assemble", "features / assemble rows"),
+    (engine_mod, "assemble_packed", "assemble rows (each batch read)"),
+    (engine_mod, "concatenate", "features / join the batches"),
     (engine_mod, "compute_features", "features / compute_features"),
     (pop.PopulationStats, "of", "population stats"),
     (partition, "_pack", "partition results / pack"),
@@ -43,14 +44,14 @@ _MODULE_STAGES = [
     (sc, "bitmap_of", "score / masks to bitmaps"),
     (partition, "tags_changed_payloads", "write / TagsChanged payloads"),
     (partition, "make_event", "write / event envelopes"),
-    (partition, "record_segment_version", "write / segment versions"),
 ]
 _STORE_STAGES = [
     ("scan_histories", "load rows (store.scan_histories)"),
     ("put_run_stats", "partition results / store"),
     ("load_run_stats", "partition results / store"),
     ("put_bitmaps", "write / put_bitmaps (bitmaps + outbox)"),
-    ("put_run", "run bookkeeping"),
+    ("create_run", "run bookkeeping"),
+    ("update_run", "run bookkeeping"),
     ("refresh_run_lock", "run bookkeeping"),
     ("acquire_run_lock", "run bookkeeping"),
     ("release_run_lock", "run bookkeeping"),
@@ -62,7 +63,8 @@ def install(stages: st.Stages, engine: TagEngine, runner: ScoringRunner) -> None
         stages.wrap(owner, attr, label)
     for attr, label in _STORE_STAGES:
         stages.wrap(engine.store, attr, label)
-    stages.wrap(engine, "frame_for", "features")
+    stages.wrap(engine, "frame_of", "features")
+    stages.wrap(engine, "record_segment_version", "write / segment versions")
     stages.wrap(engine, "masks_from_bitmaps", "score / manual tag masks")
     stages.wrap(runner, "_score", "score")
     stages.wrap(runner, "_write", "write")
@@ -91,19 +93,19 @@ async def scoring_run(engine: TagEngine) -> dict:
     reset = st.reset_peak_rss()
     try:
         with st.Window() as total:
-            doc = await runner.begin()
-            await runner.execute(doc["id"])
+            run = await runner.begin()
+            await runner.execute(run.id)
     finally:
         stages.unwrap()
     return {
-        "members": doc["members_total"],
+        "members": run.members_total,
         **total.as_dict(),
         "stages": stages.table(),
         "unwrapped": stages.missing,
-        "tags_gained": doc["tags_gained"],
-        "tags_lost": doc["tags_lost"],
-        "events_published": doc["events_published"],
-        "state": doc["state"],
+        "tags_gained": run.tags_gained,
+        "tags_lost": run.tags_lost,
+        "events_published": run.events_published,
+        "state": run.state,
         "rss_before_mb": round(rss_before, 1),
         "peak_rss_mb": round(st.peak_rss_mb(), 1),
         "peak_is_run_only": reset,
@@ -156,8 +158,7 @@ async def realtime_probe(engine: TagEngine, samples: int = 50, seed: int = 7) ->
     picks = rng.choice(len(engine.ids), size=min(samples, len(engine.ids)), replace=False)
     histories = []
     for idx in picks.tolist():
-        row = await engine.store.get_history(idx)
-        histories.append(MemberHistory.from_row(row) if row else MemberHistory(idx))
+        histories.append(await engine.store.get_history(idx) or MemberHistory(idx))
     stages = st.Stages()
     stages.wrap(engine, "masks_from_bitmaps", "masks_from_bitmaps")
     times, alt_times, payload_times, same = [], [], [], True

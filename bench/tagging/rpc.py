@@ -52,6 +52,7 @@ from bench.tagging.synth import member_id
 from services.runtime.auth import Role, mint_token
 from services.runtime.clients import call_metadata
 from services.runtime.redis_conn import EmbeddedValkey, connect_redis
+from services.tagging.store import SQLITE_FILE
 
 POLL_SECONDS = 0.002
 SAMPLE_TIMEOUT = 30.0
@@ -115,8 +116,8 @@ def _clear_outbox(db: Path) -> int:
     """The TagsChanged events the scoring runs queued (a first run's are hundreds of
     MB) count as relayed already: the windows measure CheckMembership, not a backlog
     being pushed to Valkey."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute("DELETE FROM outbox").rowcount
+    with sqlite3.connect(db) as conn:  # the runtime's outbox table
+        return conn.execute('DELETE FROM "_outbox"').rowcount
 
 
 def _ms(values: list[float]) -> dict:
@@ -214,7 +215,7 @@ async def measure(opts: RpcOptions, data_dir: Path, workdir: Path, say) -> dict:
     secret = secrets.token_urlsafe(32)
     metadata = call_metadata(mint_token(secret, "bench-campaign", Role.SERVICE))
     operator = call_metadata(mint_token(secret, "bench-operator", Role.OPERATOR))
-    cleared = _clear_outbox(data_dir / "tagging.db")
+    cleared = _clear_outbox(data_dir / SQLITE_FILE)
     valkey = EmbeddedValkey(workdir / "valkey").start()
     servers: list[ServerProcess] = []
     channels: list[grpc.aio.Channel] = []

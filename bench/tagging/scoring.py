@@ -1,6 +1,7 @@
 """Engine scoring throughput against the hand-written kernel, in one process over
-the same History: rows loaded once straight from the SQLite file (the floor of any
-load), assembled once, then engine and kernel steps interleaved `reps` times each.
+the same History: packed history rows loaded once straight from the SQLite file (the
+floor of any load: the document store's `history` table, `_blob` column), assembled
+once, then engine and kernel steps interleaved `reps` times each.
 Reports rows/s of each by CPU time (this process; steady on a shared machine) and
 by wall time, and whether both computed the same members for every tag."""
 
@@ -16,13 +17,13 @@ import numpy as np
 from bench.tagging import kernel
 from bench.tagging import stages as st
 from bench.tagging.brand import CATEGORIES, MANUAL_TAGS
-from services.tagging.domain.history import ROW_COLUMNS, assemble
+from services.tagging.domain.packed import assemble_packed
 from services.tagging.domain.scores import LifecycleThresholds
 
 
 def raw_rows(db: Path) -> list[tuple]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM history ORDER BY idx").fetchall()
+        return conn.execute('SELECT "_id", "_blob" FROM history ORDER BY "_id"').fetchall()
 
 
 def manual_masks(db: Path, n: int) -> dict[str, np.ndarray]:
@@ -40,7 +41,8 @@ def measure(db: Path, today: int, reps: int) -> dict:
     with st.Window() as read:
         rows = raw_rows(db)
     with st.Window() as build:
-        h = assemble(rows)
+        idx = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        h = assemble_packed(idx, [r[1] for r in rows])
     del rows
     gc.collect()
     manual = manual_masks(db, len(h))

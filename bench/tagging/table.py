@@ -204,17 +204,6 @@ def figures(results: dict) -> list[dict]:
         ))
     whatif = results.get("whatif")
     if whatif:
-        p = whatif["packed_rows"]
-        today = p["today"]["fetch"]["cpu"] + p["today"]["assemble"]["cpu"]
-        packed = p["packed"]["fetch"]["cpu"] + p["packed"]["assemble"]["cpu"]
-        out.append(_fig(
-            f"what-if: one packed blob per history row, {p['members']:,} rows",
-            f"{packed:.1f} s CPU fetch+assemble",
-            f"13 columns today {today:.1f} s CPU",
-            f"{today / packed:.1f}x faster" + ("" if p["identical"] else "; NOT IDENTICAL"),
-            "-",
-            None,
-        ))
         t = whatif["tags_changed"]
         if "skipped" not in t:
             out.append(_fig(
@@ -229,7 +218,7 @@ def figures(results: dict) -> list[dict]:
         g = whatif.get("gc")
         if g:
             out.append(_fig(
-                "what-if: GC paused during scan_histories + assemble",
+                "what-if: GC paused during scan_histories + assemble_packed",
                 f"{g['gc_off']['cpu']:.1f} s CPU",
                 f"GC on {g['gc_on']['cpu']:.1f} s CPU ({g['gc_on']['collections']} collections)",
                 f"{g['gc_on']['cpu'] / max(g['gc_off']['cpu'], 1e-3):.1f}x faster",

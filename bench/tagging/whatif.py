@@ -2,11 +2,8 @@
 what the service does today on the same data (`python -m bench.tagging --whatif`).
 Nothing here is used by the service; each prototype proves its output identical.
 
-1. One packed blob per member history instead of 13 columns. A scoring run today
-   fetches 13 Python objects per member and assemble() zips, joins and converts
-   them column by column; with one 8-byte-aligned blob per member (scalars, counts,
-   then the arrays), a run fetches one object per member and parses the joined
-   blobs with a handful of vectorised gathers.
+1. (Done: the store keeps one packed blob per member history,
+   services.tagging.domain.packed.)
 2. TagsChanged payloads encoded as bytes, for the contract that carries one
    TagChange message per (member, tag) change (8 million in a first run at a million
    members): the wire format of a TagChange is a few fixed pieces around the member
@@ -20,137 +17,21 @@ Nothing here is used by the service; each prototype proves its output identical.
 from __future__ import annotations
 
 import gc
-import sqlite3
-from pathlib import Path
 
 import numpy as np
 from pond.events.v1 import tagging_events_pb2 as tev
 from pyroaring import BitMap
 
 from bench.tagging import stages as st
-from services.tagging.domain.features import History
-from services.tagging.domain.history import ROW_COLUMNS, assemble
+from services.tagging.domain.packed import assemble_packed
 from services.tagging.events import CHANGES_PER_EVENT, tags_changed_payloads
-
-# -- 1. packed history rows --
-
-_HEAD = 80  # 8 int64 scalars, then int32 counts (orders, categories, interactions), pad
-
-
-def pack_row(row: tuple) -> bytes:
-    """A history row (ROW_COLUMNS) as one blob whose length is a multiple of 8."""
-    (_idx, reg, tier, points, n_orders, spend, first, last, o_day, o_fen, o_cnt, cat, act) = row
-    n_ord, n_cat, n_act = len(o_day) // 4, len(cat) // 16, len(act) // 4
-    head = np.array([reg, tier, points, n_orders, spend, first, last, 0], dtype="<i8").tobytes()
-    counts = np.array([n_ord, n_cat, n_act, 0], dtype="<i4").tobytes()
-    body = head + counts + bytes(o_fen) + bytes(o_day) + bytes(cat) + bytes(act) + bytes(o_cnt)
-    return body + b"\0" * (-len(body) % 8)
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenated [starts[i], starts[i] + counts[i]) ranges, vectorised."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    shift = np.repeat(starts - (ends - counts), counts)
-    return shift + np.arange(total, dtype=np.int64)
-
-
-def assemble_packed(idx: np.ndarray, blobs: list[bytes]) -> History:
-    """The History that assemble() builds from the same members' rows."""
-    n = len(blobs)
-    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
-    buf = b"".join(blobs)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    i8 = np.frombuffer(buf, dtype="<i8")
-    i4 = np.frombuffer(buf, dtype="<i4")
-    i1 = np.frombuffer(buf, dtype="<i1")
-    s8 = starts // 8
-    scalars = i8[s8[:, None] + np.arange(7)]  # (n, 7)
-    counts = i4[(starts // 4 + 16)[:, None] + np.arange(3)].astype(np.int64)
-    n_ord, n_cat, n_act = counts[:, 0], counts[:, 1], counts[:, 2]
-    fen_at = starts + _HEAD
-    day_at = fen_at + 8 * n_ord
-    cat_at = day_at + 4 * n_ord
-    act_at = cat_at + 16 * n_cat
-    cnt_at = act_at + 4 * n_act
-
-    def offsets(c: np.ndarray) -> np.ndarray:
-        out = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(c, out=out[1:])
-        return out
-
-    cat = i4[_ranges(cat_at // 4, 4 * n_cat)].reshape(-1, 4)
-    return History(
-        idx=idx.astype(np.uint32),
-        registered_day=scalars[:, 0].astype(np.int32),
-        tier=scalars[:, 1].astype(np.int8),
-        points_balance=scalars[:, 2].copy(),
-        orders_total=scalars[:, 3].copy(),
-        spend_total=scalars[:, 4].copy(),
-        first_order_day=scalars[:, 5].astype(np.int32),
-        last_order_day=scalars[:, 6].astype(np.int32),
-        ord_offsets=offsets(n_ord),
-        ord_day=i4[_ranges(day_at // 4, n_ord)].astype(np.int32),
-        ord_fen=i8[_ranges(fen_at // 8, n_ord)].astype(np.int64),
-        cat_offsets=offsets(n_cat),
-        cat_id=cat[:, 0].copy(),
-        cat_first_day=cat[:, 1].copy(),
-        cat_last_day=cat[:, 2].copy(),
-        cat_count=cat[:, 3].copy(),
-        act_offsets=offsets(n_act),
-        act_day=i4[_ranges(act_at // 4, n_act)].astype(np.int32),
-        ord_cnt=i1[_ranges(cnt_at, n_ord)].astype(np.int64),
-    )
-
-
-def _same_history(a: History, b: History) -> bool:
-    return all(
-        np.array_equal(getattr(a, f), getattr(b, f))
-        for f in History.__dataclass_fields__
-        if getattr(a, f) is not None
-    )
-
-
-def packed_rows(db: Path) -> dict:
-    """Today's load (13 columns: sqlite3 fetch + assemble) against one packed blob per
-    member (fetch + assemble_packed), from the same SQLite file."""
-    with sqlite3.connect(db) as conn:
-        with st.Window() as fetch13:
-            rows = conn.execute(
-                f"SELECT {', '.join(ROW_COLUMNS)} FROM history ORDER BY idx"
-            ).fetchall()
-        with st.Window() as build13:
-            h13 = assemble(rows)
-        conn.execute("DROP TABLE IF EXISTS bench_history_packed")
-        conn.execute("CREATE TABLE bench_history_packed (idx INTEGER PRIMARY KEY, row BLOB)")
-        conn.executemany(
-            "INSERT INTO bench_history_packed VALUES (?, ?)", ((r[0], pack_row(r)) for r in rows)
-        )
-        del rows
-        with st.Window() as fetch1:
-            packed = conn.execute(
-                "SELECT idx, row FROM bench_history_packed ORDER BY idx"
-            ).fetchall()
-        with st.Window() as build1:
-            idx = np.fromiter((r[0] for r in packed), dtype=np.int64, count=len(packed))
-            h1 = assemble_packed(idx, [r[1] for r in packed])
-        conn.execute("DROP TABLE bench_history_packed")
-    return {
-        "members": len(idx),
-        "today": {"fetch": fetch13.as_dict(), "assemble": build13.as_dict()},
-        "packed": {"fetch": fetch1.as_dict(), "assemble": build1.as_dict()},
-        "identical": _same_history(h13, h1),
-    }
-
 
 # -- 3. the garbage collector during the load --
 
 
 async def load_with_gc(store, enabled: bool) -> dict:
-    """store.scan_histories + assemble, as a run does them, with the cyclic GC on or off."""
+    """store.scan_histories + assemble_packed, as a run does them, with the cyclic GC
+    on or off."""
     gc.collect()
     was = gc.isenabled()
     if not enabled:
@@ -158,15 +39,16 @@ async def load_with_gc(store, enabled: bool) -> dict:
     collections = sum(s["collections"] for s in gc.get_stats())
     try:
         with st.Window() as w:
-            rows: list[tuple] = []
-            async for batch in store.scan_histories():
-                rows.extend(batch)
-            assemble(rows)
+            parts, blobs = [], []
+            async for idx, packed in store.scan_histories():
+                parts.append(idx)
+                blobs.extend(packed)
+            assemble_packed(np.concatenate(parts), blobs)
         done = sum(s["collections"] for s in gc.get_stats()) - collections
     finally:
         if was:
             gc.enable()
-    del rows
+    del blobs
     return {**w.as_dict(), "collections": done}
 
 

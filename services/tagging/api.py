@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from google.protobuf.timestamp_pb2 import Timestamp
 from pond.tagging.v1 import tagging_pb2 as pb
 from pond.tagging.v1 import tagging_pb2_grpc
@@ -18,12 +16,20 @@ from services.runtime.auth import (
     ensure_acts_for,
 )
 from services.runtime.clock import timestamp_from_micros
-from services.runtime.errors import Violations, invalid_argument, not_found
+from services.runtime.errors import Violations, invalid_argument
 from services.runtime.fields import MAX_ID_CHARS, check_id, check_ids, ids_fit
 from services.tagging.app import TaggingApp
-from services.tagging.catalogue import DOMAIN, KIND_NUMBERS, KINDS
-from services.tagging.engine import Definition
+from services.tagging.catalogue import DOMAIN
+from services.tagging.domain.definitions import (
+    MANUAL,
+    RULE,
+    SCORE,
+    SegmentDefinition,
+    TagDefinition,
+)
+from services.tagging.domain.scoring_runs import Run
 from services.tagging.runs import ScoringRunner
+from services.tagging.tags import CategoryCycle
 
 # Who may call what (the role sets are the runtime's). OPERATORS only: the tag and
 # segment definitions and category cycles, the brand's decisions, which a service
@@ -54,6 +60,8 @@ AUTH_RULES = {
     "ListSegmentVersions": STAFF,
 }
 RUN_STATES = {"running": 1, "succeeded": 2, "failed": 3, "cancelled": 4}
+KINDS = {pb.TAG_KIND_MANUAL: MANUAL, pb.TAG_KIND_RULE: RULE, pb.TAG_KIND_SCORE: SCORE}
+KIND_NUMBERS = {v: k for k, v in KINDS.items()}
 MAX_RUN_ID = 64
 
 
@@ -65,54 +73,58 @@ def day_ts(day: int) -> Timestamp:
     return timestamp_from_micros(day * 86_400_000_000)
 
 
-def tag_pb(d: Definition, count: int) -> pb.Tag:
-    doc = d.doc
+def tag_pb(d: TagDefinition, count: int) -> pb.Tag:
     return pb.Tag(
-        name=doc["name"],
-        kind=KIND_NUMBERS[doc["kind"]],
-        group=doc["group"],
-        display_name=doc["display_name"],
-        description=doc["description"],
-        expression=doc["expression"],
-        version=doc["version"],
+        name=d.name,
+        kind=KIND_NUMBERS[d.kind],
+        group=d.group,
+        display_name=d.display_name,
+        description=d.description,
+        expression=d.expression,
+        version=d.version,
         member_count=count,
-        create_time=ts(doc["create_time"]),
-        update_time=ts(doc["update_time"]),
+        create_time=ts(d.create_time),
+        update_time=ts(d.update_time),
     )
 
 
-def segment_pb(d: Definition, count: int) -> pb.Segment:
+def segment_pb(d: SegmentDefinition, count: int) -> pb.Segment:
     """`count` is the live membership (real-time changes included)."""
-    doc = d.doc
     return pb.Segment(
-        id=doc["id"],
-        display_name=doc["display_name"],
-        description=doc["description"],
-        expression=doc["expression"],
-        version=doc["version"],
+        id=d.id,
+        display_name=d.display_name,
+        description=d.description,
+        expression=d.expression,
+        version=d.version,
         count=count,
-        create_time=ts(doc["create_time"]),
-        update_time=ts(doc["update_time"]),
+        create_time=ts(d.create_time),
+        update_time=ts(d.update_time),
     )
 
 
-def run_pb(doc: dict) -> pb.ScoringRun:
+def run_pb(run: Run) -> pb.ScoringRun:
     return pb.ScoringRun(
-        id=doc["id"],
-        state=RUN_STATES[doc["state"]],
-        segment_id=doc["segment_id"],
-        partition=doc["partition"],
-        partitions=doc["partitions"],
-        stage=doc["stage"],
-        members_total=doc["members_total"],
-        members_scored=doc["members_scored"],
-        tags_gained=doc["tags_gained"],
-        tags_lost=doc["tags_lost"],
-        events_published=doc["events_published"],
-        duration_seconds=doc["duration_seconds"],
-        errors=doc["errors"],
-        start_time=ts(doc["start_time"]),
-        end_time=ts(doc["end_time"]),
+        id=run.id,
+        state=RUN_STATES[run.state],
+        segment_id=run.segment_id,
+        partition=run.partition,
+        partitions=run.partitions,
+        stage=run.stage,
+        members_total=run.members_total,
+        members_scored=run.members_scored,
+        tags_gained=run.tags_gained,
+        tags_lost=run.tags_lost,
+        events_published=run.events_published,
+        duration_seconds=run.duration_seconds,
+        errors=run.errors,
+        start_time=ts(run.start_time),
+        end_time=ts(run.end_time),
+    )
+
+
+def cycle_pb(c: CategoryCycle) -> pb.CategoryCycle:
+    return pb.CategoryCycle(
+        category=c.category, configured_days=c.configured_days, learned_days=c.learned_days
     )
 
 
@@ -138,7 +150,6 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     def __init__(self, app: TaggingApp, runner: ScoringRunner) -> None:
         self.app = app
         self.runner = runner
-        self.run_tasks: set[asyncio.Task] = set()  # scoring runs executing here
 
     # -- catalogue --
     async def CreateTag(self, request: pb.CreateTagRequest, context) -> pb.Tag:
@@ -165,17 +176,12 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         if request.kind and request.kind not in KINDS:
             v.add("kind", f"unknown value {request.kind}")
         v.raise_if_any()
-        after = page.get("a", "")
-        chosen = [
-            d
-            for k, d in sorted(self.app.engine.tags.items())
-            if k > after
-            and (not request.kind or d.doc["kind"] == KINDS[request.kind])
-            and (not request.group or d.doc["group"] == request.group)
-        ][: page.fetch]
-        tags, token = page.finish(chosen, lambda d: {"a": d.key})
+        chosen = self.app.list_tags(
+            page.get("a", ""), page.fetch, kind=KINDS.get(request.kind, ""), group=request.group
+        )
+        tags, token = page.finish(chosen, lambda d: {"a": d.name})
         return pb.ListTagsResponse(
-            tags=[tag_pb(d, self.app.tag_count(d.key)) for d in tags], next_page_token=token
+            tags=[tag_pb(d, self.app.tag_count(d.name)) for d in tags], next_page_token=token
         )
 
     async def UpdateTag(self, request: pb.UpdateTagRequest, context) -> pb.Tag:
@@ -185,20 +191,19 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             request.update_mask, {"display_name", "group", "description", "expression"}, v
         )
         v.raise_if_any()
-        values = {p: getattr(request.tag, p) for p in paths}
-        d = await self.app.update_tag(request.tag.name, values)
-        return tag_pb(d, self.app.tag_count(d.key))
+        d = await self.app.update_tag(
+            request.tag.name, **{p: getattr(request.tag, p) for p in paths}
+        )
+        return tag_pb(d, self.app.tag_count(d.name))
 
     async def ListTagVersions(self, request, context) -> pb.ListTagVersionsResponse:
         _ids(("name", request.name, True))
         return pb.ListTagVersionsResponse(
             versions=[
                 pb.TagVersion(
-                    version=d["version"],
-                    expression=d["expression"],
-                    create_time=ts(d["create_time"]),
+                    version=v.version, expression=v.expression, create_time=ts(v.create_time)
                 )
-                for d in await self.app.tag_versions(request.name)
+                for v in await self.app.tag_versions(request.name)
             ]
         )
 
@@ -224,24 +229,22 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         _ids(("member_id", request.member_id, True))
         p = await self.app.profile(request.member_id)
         return pb.MemberProfile(
-            member_id=p["member_id"],
-            features=p["features"],
-            scores=p["scores"],
+            member_id=p.member_id,
+            features=p.features,
+            scores=p.scores,
             tags=[
                 pb.MemberTag(
-                    name=t["name"],
-                    display_name=t["display_name"],
-                    kind=KIND_NUMBERS[t["kind"]],
-                    source=t["source"],
-                    since=ts(t["since"]),
+                    name=t.name,
+                    display_name=t.display_name,
+                    kind=KIND_NUMBERS[t.kind],
+                    source=t.source,
+                    since=ts(t.since),
                 )
-                for t in p["tags"]
+                for t in p.tags
             ],
             repurchase=[
-                pb.RepurchaseDue(
-                    category=r["category"], due_time=day_ts(r["due_day"]), due=r["due"]
-                )
-                for r in p["repurchase"]
+                pb.RepurchaseDue(category=r.category, due_time=day_ts(r.due_day), due=r.due)
+                for r in p.repurchase
             ],
         )
 
@@ -260,54 +263,31 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 " (python -m services.tagging.worker)",
             )
         v.raise_if_any()
-        doc = await self.runner.begin(
+        run = await self.runner.start(
             segment_id=request.segment_id,
             partitions=partitions,
             resume_run_id=request.resume_run_id,
         )
-        task = asyncio.create_task(self.runner.execute(doc["id"], 0))
-        self.run_tasks.add(task)
-        task.add_done_callback(self._run_ended)
-        return run_pb(doc)
-
-    def _run_ended(self, task: asyncio.Task) -> None:
-        self.run_tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # logged and recorded in the run doc by the runner
-
-    async def _run(self, run_id: str) -> dict:
-        doc = self.runner.progress.get(run_id) or await self.app.store.get_run(run_id)
-        if doc is None:
-            raise not_found("run", run_id, domain=DOMAIN)
-        return doc
+        return run_pb(run)
 
     async def WatchScoringRun(self, request: pb.WatchScoringRunRequest, context):
         _ids(("run_id", request.run_id, True))
-        last = None
-        while True:
-            doc = dict(await self._run(request.run_id))
-            if doc != last:
-                yield run_pb(doc)
-                last = doc
-            if doc["state"] != "running":
-                return
-            await asyncio.sleep(0.1)
+        async for run in self.runner.watch(request.run_id):
+            yield run_pb(run)
 
     async def GetScoringRun(self, request, context) -> pb.ScoringRun:
         _ids(("run_id", request.run_id, True))
-        return run_pb(await self._run(request.run_id))
+        return run_pb(await self.runner.get(request.run_id))
 
     async def ListScoringRuns(self, request, context) -> pb.ListScoringRunsResponse:
         v = Violations(DOMAIN)
         page = paging.begin(request, v, {"b": str})
         v.raise_if_any()
-        found = await self.app.store.list_runs(page.get("b", ""), page.fetch)
-        docs, token = page.finish(found, lambda d: {"b": d["id"]})
-        return pb.ListScoringRunsResponse(runs=[run_pb(d) for d in docs], next_page_token=token)
+        found = await self.runner.recent(page.get("b", ""), page.fetch)
+        runs, token = page.finish(found, lambda r: {"b": r.id})
+        return pb.ListScoringRunsResponse(runs=[run_pb(r) for r in runs], next_page_token=token)
 
-    async def CancelScoringRun(
-        self, request: pb.CancelScoringRunRequest, context
-    ) -> pb.ScoringRun:
+    async def CancelScoringRun(self, request: pb.CancelScoringRunRequest, context) -> pb.ScoringRun:
         if not 1 <= len(request.run_id) <= MAX_RUN_ID:
             raise invalid_argument(
                 [("run_id", f"the id of a scoring run, 1-{MAX_RUN_ID} characters")], domain=DOMAIN
@@ -316,21 +296,12 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def SetCategoryCycle(self, request, context) -> pb.CategoryCycle:
         await self.app.set_cycle(request.category, request.days)
-        return self._cycle(request.category)
-
-    def _cycle(self, category: str) -> pb.CategoryCycle:
-        engine = self.app.engine
-        cat_id = engine.categories.get(category, -1)
-        return pb.CategoryCycle(
-            category=category,
-            configured_days=engine.configured_cycles.get(category, 0.0),
-            learned_days=engine.learned_cycles.get(cat_id, 0.0),
-        )
+        return cycle_pb(self.app.category_cycle(request.category))
 
     async def ListCategoryCycles(self, request, context) -> pb.ListCategoryCyclesResponse:
+        cycles, untracked = self.app.category_cycles()
         return pb.ListCategoryCyclesResponse(
-            cycles=[self._cycle(c) for c in sorted(self.app.engine.categories)],
-            untracked_categories=self.app.engine.untracked_categories,
+            cycles=[cycle_pb(c) for c in cycles], untracked_categories=untracked
         )
 
     # -- segments --
@@ -342,30 +313,23 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     async def CreateSegment(self, request, context) -> pb.Segment:
         s = request.segment
-        d = await self.app.save_segment(
-            s.id,
-            {
-                "display_name": s.display_name[:64],
-                "description": s.description[:500],
-                "expression": s.expression,
-            },
-            create=True,
+        d = await self.app.create_segment(
+            s.id, s.expression, s.display_name[:64], s.description[:500]
         )
-        return segment_pb(d, self._count(d.key))
+        return segment_pb(d, self.app.segment_count(d.id))
 
     async def GetSegment(self, request, context) -> pb.Segment:
         _ids(("id", request.id, True))
-        return segment_pb(self.app.segment(request.id), self._count(request.id))
+        return segment_pb(self.app.segment(request.id), self.app.segment_count(request.id))
 
     async def ListSegments(self, request, context) -> pb.ListSegmentsResponse:
         v = Violations(DOMAIN)
         page = paging.begin(request, v, {"a": str})
         v.raise_if_any()
-        after = page.get("a", "")
-        chosen = [d for k, d in sorted(self.app.engine.segments.items()) if k > after]
-        segments, token = page.finish(chosen[: page.fetch], lambda d: {"a": d.key})
+        found = self.app.list_segments(page.get("a", ""), page.fetch)
+        segments, token = page.finish(found, lambda d: {"a": d.id})
         return pb.ListSegmentsResponse(
-            segments=[segment_pb(d, self._count(d.key)) for d in segments],
+            segments=[segment_pb(d, self.app.segment_count(d.id)) for d in segments],
             next_page_token=token,
         )
 
@@ -374,13 +338,10 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         check_id(v, "segment.id", request.segment.id, required=True)
         paths = _paths(request.update_mask, {"display_name", "description", "expression"}, v)
         v.raise_if_any()
-        d = await self.app.save_segment(
-            request.segment.id, {p: getattr(request.segment, p) for p in paths}, create=False
+        d = await self.app.update_segment(
+            request.segment.id, **{p: getattr(request.segment, p) for p in paths}
         )
-        return segment_pb(d, self._count(d.key))
-
-    def _count(self, seg_id: str) -> int:
-        return len(self.app.engine.segment_bitmaps.get(seg_id, ()))
+        return segment_pb(d, self.app.segment_count(d.id))
 
     async def CheckMembership(
         self, request: pb.CheckMembershipRequest, context
@@ -419,24 +380,24 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         v.raise_if_any()
         before = page.get("v", 0)
         found = [
-            d
-            for d in await self.app.segment_versions(request.id)
-            if not before or d["version"] < before
+            sv
+            for sv in await self.app.segment_versions(request.id)
+            if not before or sv.version < before
         ][: page.fetch]
-        docs, token = page.finish(found, lambda d: {"v": d["version"]})
+        versions, token = page.finish(found, lambda sv: {"v": sv.version})
         return pb.ListSegmentVersionsResponse(
             versions=[
                 pb.SegmentVersion(
-                    version=d["version"],
-                    count=d["count"],
-                    added=d["added"],
-                    removed=d["removed"],
-                    sample_added=d["sample_added"],
-                    sample_removed=d["sample_removed"],
-                    reason=d["reason"],
-                    create_time=ts(d["create_time"]),
+                    version=v.version,
+                    count=v.count,
+                    added=v.added,
+                    removed=v.removed,
+                    sample_added=v.sample_added,
+                    sample_removed=v.sample_removed,
+                    reason=v.reason,
+                    create_time=ts(v.create_time),
                 )
-                for d in docs
+                for v in versions
             ],
             next_page_token=token,
         )

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
 from services.runtime.clock import epoch_micros
 from services.runtime.errors import invalid_argument
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
+from services.tagging.domain.definitions import SCORE, SegmentDefinition, TagDefinition, parsed
 from services.tagging.domain.scoring import in_dependency_order
-from services.tagging.engine import Definition
 from services.tagging.store import TaggingStore
 
 DOMAIN = "pond.tagging"
 KEY_RE = re.compile(r"^[a-z][a-z0-9_:.\-]{0,63}$")
-KINDS = {1: "manual", 2: "rule", 3: "score"}
-KIND_NUMBERS = {v: k for k, v in KINDS.items()}
-
-
-def parse_definition(doc: dict) -> Definition:
-    expr = ex.parse(doc["expression"]) if doc.get("expression") else None
-    return Definition(doc, expr)
 
 
 def check_key(path: str, key: str) -> list[tuple[str, str]]:
@@ -49,7 +43,13 @@ def check_expression(path: str, source: str) -> ex.Expr:
 
 
 def check_references(
-    path: str, expr: ex.Expr, *, tags: dict, segments: dict, self_key: str = "", self_kind: str = ""
+    path: str,
+    expr: ex.Expr,
+    *,
+    tags: Mapping[str, TagDefinition],
+    segments: Mapping[str, SegmentDefinition],
+    self_key: str = "",
+    self_kind: str = "",
 ) -> None:
     """Unknown tags or segments and reference cycles are INVALID_ARGUMENT."""
     problems = []
@@ -61,11 +61,10 @@ def check_references(
             problems.append((path, f"unknown segment {seg!r}"))
     if problems:
         raise invalid_argument(problems, domain=DOMAIN, reason="UNKNOWN_REFERENCE")
-    defs = {
-        k: d.expr
-        for k, d in (tags if self_kind == "tag" else segments).items()
-        if d.expr is not None
-    }
+    named: Mapping[str, TagDefinition | SegmentDefinition] = (
+        tags if self_kind == "tag" else segments
+    )
+    defs = {k: d.expr for k, d in named.items() if d.expr is not None}
     defs[self_key] = expr
     refs = ex.referenced_tags if self_kind == "tag" else ex.referenced_segments
     try:
@@ -76,24 +75,24 @@ def check_references(
         ) from err
 
 
-async def ensure_score_tags(store: TaggingStore, categories: dict[str, int], now: datetime) -> None:
+async def ensure_score_tags(
+    store: TaggingStore, categories: Mapping[str, int], now: datetime
+) -> list[TagDefinition]:
     """Built-in score tags exist in the catalogue (new categories add their
-    repurchase-due tag)."""
-    existing = {d["name"] for d in await store.list_definitions("tag")}
+    repurchase-due tag). Returns every tag definition, parsed."""
+    tags = await store.list_tags()
+    existing = {t.name for t in tags}
     for name, (group, display) in sc.score_tag_names(categories).items():
         if name not in existing:
-            await store.put_definition(
-                "tag",
+            tag = TagDefinition(
                 name,
-                {
-                    "name": name,
-                    "kind": "score",
-                    "group": group,
-                    "display_name": display,
-                    "description": "built-in score, refreshed by scoring runs",
-                    "expression": "",
-                    "version": 1,
-                    "create_time": epoch_micros(now),
-                    "update_time": epoch_micros(now),
-                },
+                SCORE,
+                group,
+                display,
+                "built-in score, refreshed by scoring runs",
+                create_time=epoch_micros(now),
+                update_time=epoch_micros(now),
             )
+            await store.put_tag(tag)
+            tags.append(tag)
+    return [parsed(t) for t in sorted(tags, key=lambda t: t.name)]

@@ -10,8 +10,9 @@ computed tag is kept with them (services.tagging.since)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import gc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,11 +21,21 @@ import structlog
 from pyroaring import BitMap
 
 from services.runtime.clock import Clock, epoch_micros
+from services.tagging.catalogue import ensure_score_tags
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scores
 from services.tagging.domain import scoring as sc
-from services.tagging.domain.features import FeatureFrame, compute_features
+from services.tagging.domain.definitions import (
+    MANUAL,
+    RULE,
+    SegmentDefinition,
+    SegmentVersion,
+    TagDefinition,
+    parsed,
+)
+from services.tagging.domain.features import FeatureFrame, History, compute_features
 from services.tagging.domain.history import MemberHistory, assemble
+from services.tagging.domain.packed import assemble_packed, concatenate
 from services.tagging.domain.scoring import in_dependency_order
 from services.tagging.since import KIND as SINCE_KIND
 from services.tagging.since import TagSince
@@ -32,18 +43,7 @@ from services.tagging.store import TaggingStore
 
 log = structlog.get_logger("pond.tagging")
 EPOCH_DAY_SECONDS = 86_400
-
-
-@dataclass
-class Definition:
-    """A tag or segment definition (the stored doc) with its parsed expression."""
-
-    doc: dict
-    expr: ex.Expr | None = None
-
-    @property
-    def key(self) -> str:
-        return self.doc["name"] if "name" in self.doc else self.doc["id"]
+SAMPLE = 20  # members named per segment version, joined and left each
 
 
 @dataclass
@@ -77,8 +77,8 @@ class TagEngine:
         self.index: dict[str, int] = {}
         self.ids: list[str] = []
         self.universe = BitMap()
-        self.tags: dict[str, Definition] = {}
-        self.segments: dict[str, Definition] = {}
+        self.tags: dict[str, TagDefinition] = {}
+        self.segments: dict[str, SegmentDefinition] = {}
         self.tag_bitmaps: dict[str, BitMap] = {}
         self.segment_bitmaps: dict[str, BitMap] = {}
         self.manual_meta: dict[tuple[int, str], tuple[str, int]] = {}
@@ -109,8 +109,6 @@ class TagEngine:
 
     # -- loading --
     async def load(self) -> None:
-        from services.tagging.catalogue import ensure_score_tags, parse_definition
-
         async with self.lock:
             pairs = await self.store.load_index()
             self.ids = [""] * (pairs[-1][0] + 1 if pairs else 0)
@@ -120,13 +118,9 @@ class TagEngine:
             self.universe = sc.bitmap_of(np.array([i for i, _ in pairs], dtype=np.uint32))
             self.categories = await self.store.load_categories()
             self.configured_cycles = await self.store.load_cycles()
-            await ensure_score_tags(self.store, self.categories, self.clock.now())
-            self.tags = {
-                d["name"]: parse_definition(d) for d in await self.store.list_definitions("tag")
-            }
-            self.segments = {
-                d["id"]: parse_definition(d) for d in await self.store.list_definitions("segment")
-            }
+            tags = await ensure_score_tags(self.store, self.categories, self.clock.now())
+            self.tags = {t.name: t for t in tags}
+            self.segments = {s.id: parsed(s) for s in await self.store.list_segments()}
             self.tag_bitmaps = {
                 k: BitMap.deserialize(v) for k, v in (await self.store.load_bitmaps("tag")).items()
             }
@@ -141,10 +135,8 @@ class TagEngine:
                 manual.setdefault(t.tag, []).append(t.idx)
             for tag, members in manual.items():
                 self.tag_bitmaps[tag] = BitMap(members)
-            learned = await self.store.get_definition("state", "learned_cycles")
-            self.learned_cycles = {int(k): v for k, v in (learned or {}).get("cycles", {}).items()}
-            untracked = await self.store.get_definition("state", "untracked_categories")
-            self.untracked_categories = list((untracked or {}).get("names", []))
+            self.learned_cycles = await self.store.learned_cycles()
+            self.untracked_categories = await self.store.untracked_categories()
             self.since = TagSince.from_blobs(await self.store.load_bitmaps(SINCE_KIND))
 
     # -- helpers used by the use cases --
@@ -161,11 +153,7 @@ class TagEngine:
         return cycles
 
     def rule_defs(self) -> dict[str, ex.Expr]:
-        return {
-            k: d.expr
-            for k, d in self.tags.items()
-            if d.doc["kind"] == "rule" and d.expr is not None
-        }
+        return {k: d.expr for k, d in self.tags.items() if d.kind == RULE and d.expr is not None}
 
     def segment_defs(self) -> dict[str, ex.Expr]:
         return {k: d.expr for k, d in self.segments.items() if d.expr is not None}
@@ -185,13 +173,33 @@ class TagEngine:
         return out
 
     def manual_names(self) -> list[str]:
-        return [k for k, d in self.tags.items() if d.doc["kind"] == "manual"]
+        return [k for k, d in self.tags.items() if d.kind == MANUAL]
 
     def population_names(self) -> list[str]:
         return [k for k in self.tags if k.startswith(sc.POPULATION_PREFIXES)]
 
-    def frame_for(self, rows: list[tuple]) -> FeatureFrame:
-        return compute_features(assemble(rows), self.today())
+    def frame_for(self, histories: Sequence[MemberHistory]) -> FeatureFrame:
+        """Features of a few members (one, usually)."""
+        return compute_features(assemble([h.to_row() for h in histories]), self.today())
+
+    def frame_of(self, parts: list[History]) -> FeatureFrame:
+        """Features of consecutive parts of the members."""
+        return compute_features(concatenate(parts), self.today())
+
+    async def load_frame(self, partition: int = 0, partitions: int = 1) -> FeatureFrame:
+        """Features of every member with idx % partitions == partition, from the store
+        (each batch read is assembled at once: see services.tagging.domain.packed)."""
+        # A million history objects would set off cyclic-GC passes that find nothing
+        # to free (none of this is cyclic): the collector pauses while they load.
+        gc.disable()
+        try:
+            parts = [
+                assemble_packed(idx, packed)
+                async for idx, packed in self.store.scan_histories(partition, partitions)
+            ]
+            return self.frame_of(parts)
+        finally:
+            gc.enable()
 
     # -- real time --
     def score(
@@ -239,7 +247,7 @@ class TagEngine:
         today = self.today()
         for name, (gained, lost) in changes.tags.items():
             d = self.tags.get(name)
-            if d is not None and d.doc["kind"] != "manual":
+            if d is not None and d.kind != MANUAL:
                 self.since.lost(name, lost)
                 self.since.gained(name, gained, today)
         for bitmaps, dirty, changed in (
@@ -266,7 +274,7 @@ class TagEngine:
                     {
                         t: self.tag_bitmaps[t].serialize()
                         for t in tags
-                        if self.tags.get(t) is None or self.tags[t].doc["kind"] != "manual"
+                        if t not in self.tags or self.tags[t].kind != MANUAL
                     },
                 )
             if segs:
@@ -281,6 +289,33 @@ class TagEngine:
         put, delete = self.since.take_changes()
         if put or delete:
             await self.store.put_bitmaps(SINCE_KIND, put, delete=delete)
+
+    async def record_segment_version(
+        self, seg_id: str, gained: BitMap, lost: BitMap, reason: str, now: datetime
+    ) -> None:
+        """A new version of the segment with its diff against the previous one (the
+        caller holds the lock and has updated the segment's bitmap)."""
+        members = self.segment_bitmaps.get(seg_id, BitMap())
+        at = epoch_micros(now)
+        definition = replace(
+            self.segments[seg_id],
+            version=self.segments[seg_id].version + 1,
+            count=len(members),
+            update_time=at,
+        )
+        self.segments[seg_id] = definition
+        await self.store.put_segment(definition)
+        version = SegmentVersion(
+            definition.version,
+            len(members),
+            len(gained),
+            len(lost),
+            self.member_ids_of(BitMap(gained.to_array()[:SAMPLE])),
+            self.member_ids_of(BitMap(lost.to_array()[:SAMPLE])),
+            reason,
+            at,
+        )
+        await self.store.add_segment_version(seg_id, version, members.serialize())
 
     def tag_since_micros(self, idx: int, tag: str) -> int:
         """Since when the member has the tag: exact for manual tags, the start of
@@ -302,7 +337,7 @@ class TagEngine:
         """Re-evaluates one member from its history (no writes)."""
         for touched in self._touched.values():
             touched.add(history.idx)
-        frame = self.frame_for([history.to_row()])
+        frame = self.frame_for([history])
         tag_masks, seg_masks = await self.member_masks(frame)
         skip = set(self.manual_names()) | set(self.population_names())
         return self.diff_rows(frame.idx, tag_masks, seg_masks, skip)

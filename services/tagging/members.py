@@ -3,7 +3,7 @@ path, each event applied once, the member rescored at once) and the profile."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC
 
 from pond.events.v1 import event_pb2
@@ -12,6 +12,7 @@ from pond.events.v1 import member_events_pb2 as mev
 from services.runtime.errors import PondError, not_found
 from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import scoring as sc
+from services.tagging.domain.definitions import MANUAL, RULE
 from services.tagging.domain.features import NEVER
 from services.tagging.domain.history import MemberHistory
 from services.tagging.service import TaggingCore
@@ -26,11 +27,38 @@ MEMBER_EVENT_TYPES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileTag:
+    name: str
+    display_name: str
+    kind: str
+    source: str  # "manual by <who>", "rule v<version>" or "score"
+    since: int  # epoch microseconds; 0: not known
+
+
+@dataclass(frozen=True, slots=True)
+class RepurchaseDue:
+    category: str
+    due_day: int  # days since 1970-01-01 in the brand's time zone
+    due: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberProfile:
+    member_id: str
+    tags: list[ProfileTag]
+    scores: dict[str, str]  # rfm_class, lifecycle, value_quadrant
+    features: dict[str, float]
+    repurchase: list[RepurchaseDue]
+
+
 class MemberUseCases(TaggingCore):
     # -- the real-time path --
     async def handle_member_event(self, event: event_pb2.Event) -> None:
         """Applies one member-service event, once, and re-evaluates the member."""
         engine = self.engine
+        if await self.store.event_applied(event.id):  # a redelivery: nothing to redo
+            return
         kind = event.type.rsplit(".", 1)[-1]
         if kind not in MEMBER_EVENT_TYPES or not event.subject_id:
             await self.store.apply_event(event.id, None, [])
@@ -39,8 +67,7 @@ class MemberUseCases(TaggingCore):
         event.payload.Unpack(payload)
         async with engine.lock:
             idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
-            row = await self.store.get_history(idx)
-            history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+            history = await self.store.get_history(idx) or MemberHistory(idx)
             today = engine.today()
             if kind == "MemberRegistered":
                 history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
@@ -68,7 +95,7 @@ class MemberUseCases(TaggingCore):
                 history.registered_day = today
             changes = await engine.rescore_member(history)
             events = self._events(changes)
-            if await self.store.apply_event(event.id, history.to_row(), events):
+            if await self.store.apply_event(event.id, history, events):
                 engine.apply_changes(changes)
                 if events:
                     self._on_commit()
@@ -78,8 +105,7 @@ class MemberUseCases(TaggingCore):
         engine = self.engine
         for idx in sorted(set(indexes)):
             async with engine.lock:
-                row = await self.store.get_history(idx)
-                history = MemberHistory.from_row(row) if row else MemberHistory(idx)
+                history = await self.store.get_history(idx) or MemberHistory(idx)
                 changes = await engine.rescore_member(history)
                 events = self._events(changes)
                 if changes.tags or changes.segments:
@@ -88,31 +114,22 @@ class MemberUseCases(TaggingCore):
                     self._on_commit()
 
     # -- profile --
-    async def profile(self, member_id: str) -> dict:
+    async def profile(self, member_id: str) -> MemberProfile:
         engine = self.engine
         idx = engine.index.get(member_id)
         if idx is None:
             raise member_not_known_yet(member_id)
-        row = await self.store.get_history(idx)
-        history = MemberHistory.from_row(row) if row else MemberHistory(idx)
-        frame = engine.frame_for([history.to_row()])
+        history = await self.store.get_history(idx) or MemberHistory(idx)
+        frame = engine.frame_for([history])
         tags = []
         for name, bm in sorted(engine.tag_bitmaps.items()):
             if idx not in bm or name not in engine.tags:
                 continue
-            d = engine.tags[name].doc
+            d = engine.tags[name]
             by, _at = engine.manual_meta.get((idx, name), ("", 0))
-            source = {"manual": f"manual by {by}", "rule": f"rule v{d['version']}"}.get(
-                d["kind"], "score"
-            )
+            source = {MANUAL: f"manual by {by}", RULE: f"rule v{d.version}"}.get(d.kind, "score")
             tags.append(
-                {
-                    "name": name,
-                    "display_name": d["display_name"],
-                    "kind": d["kind"],
-                    "source": source,
-                    "since": engine.tag_since_micros(idx, name),
-                }
+                ProfileTag(name, d.display_name, d.kind, source, engine.tag_since_micros(idx, name))
             )
         scores = {}
         for prefix, key in (
@@ -120,7 +137,7 @@ class MemberUseCases(TaggingCore):
             (sc.LIFECYCLE_PREFIX, "lifecycle"),
             (sc.QUADRANT_PREFIX, "value_quadrant"),
         ):
-            held = [t["name"][len(prefix) :] for t in tags if t["name"].startswith(prefix)]
+            held = [t.name[len(prefix) :] for t in tags if t.name.startswith(prefix)]
             scores[key] = held[0] if held else ""
         cycles = engine.cycles_by_id()
         names = {v: k for k, v in engine.categories.items()}
@@ -129,19 +146,15 @@ class MemberUseCases(TaggingCore):
             if cat_id in cycles:
                 due_day = last + max(1, int(cycles[cat_id] + 0.5))
                 repurchase.append(
-                    {
-                        "category": names.get(cat_id, str(cat_id)),
-                        "due_day": due_day,
-                        "due": frame.today >= due_day,
-                    }
+                    RepurchaseDue(names.get(cat_id, str(cat_id)), due_day, frame.today >= due_day)
                 )
-        return {
-            "member_id": member_id,
-            "tags": tags,
-            "scores": scores,
-            "features": {k: float(v[0]) for k, v in frame.columns.items()},
-            "repurchase": repurchase,
-        }
+        return MemberProfile(
+            member_id,
+            tags,
+            scores,
+            {k: float(v[0]) for k, v in frame.columns.items()},
+            repurchase,
+        )
 
 
 def member_not_known_yet(member_id: str) -> PondError:

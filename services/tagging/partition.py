@@ -3,31 +3,28 @@ compute features and population statistics, exchange them with the other
 partitions through the store, score every rule and score tag and segment, and
 (partition 0) merge every partition's result, diff it against the bitmaps and
 write only the changes with their TagsChanged events. The run's bookkeeping (the
-lock, its doc, waiting, cancelling) is services.tagging.runs.ScoringRunner, which
+lock, its record, waiting, cancelling) is services.tagging.runs.ScoringRunner, which
 is a PartitionWork."""
 
 from __future__ import annotations
 
-import gc
 import io
 import time
-from datetime import datetime
 
 import numpy as np
 import structlog
 from pyroaring import BitMap
 
-from services.runtime.clock import epoch_micros
 from services.runtime.eventbus import make_event
 from services.tagging.domain import population as pop
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.features import FeatureFrame
+from services.tagging.domain.scoring_runs import SUCCEEDED, Run
 from services.tagging.engine import TagChangeSet, TagEngine
 from services.tagging.events import PRODUCER, tags_changed_payloads
 from services.tagging.store import TaggingStore
 
 log = structlog.get_logger("pond.tagging.runs")
-SAMPLE = 20
 
 
 def _pack(bitmaps: dict[str, BitMap]) -> bytes:
@@ -69,50 +66,39 @@ class PartitionWork:
     def _now(self) -> int:
         raise NotImplementedError
 
-    async def _save(self, doc: dict, **changes) -> None:
+    async def _save(self, run: Run, **changes) -> None:
         raise NotImplementedError
 
-    async def _stage(self, doc: dict, stage: str, **counts) -> None:
+    async def _stage(self, run: Run, stage: str, **counts) -> None:
         raise NotImplementedError
 
     @staticmethod
-    def _stats_key(doc: dict, what: str) -> str:
+    def _stats_key(run: Run, what: str) -> str:
         """Where partitions exchange `what`: per attempt, so a resumed run never
         merges what a partition computed in an earlier, failed attempt."""
-        attempt = int(doc.get("attempt", 0))
-        return f"{doc['id']}/{what}" if not attempt else f"{doc['id']}/{attempt}/{what}"
+        return f"{run.id}/{what}" if not run.attempt else f"{run.id}/{run.attempt}/{what}"
 
-    async def _wait_all(self, doc: dict, key: str) -> dict[int, bytes]:
+    async def _wait_all(self, run: Run, key: str) -> dict[int, bytes]:
         raise NotImplementedError
 
-    async def _execute(self, doc: dict, partition: int, started: float) -> None:
-        engine, run_id, partitions = self.engine, doc["id"], doc["partitions"]
+    async def _execute(self, run: Run, partition: int, started: float) -> None:
+        engine, run_id, partitions = self.engine, run.id, run.partitions
         if partition == 0:
             engine.track_real_time(run_id)  # before reading: see _write
-        # A million row tuples would set off thousands of cyclic-GC passes that find
-        # nothing to free (none of this is cyclic): pause the collector while loading.
-        gc.disable()
-        try:
-            rows: list[tuple] = []
-            async for batch in self.store.scan_histories(partition, partitions):
-                rows.extend(batch)
-            frame = engine.frame_for(rows)
-            del rows
-        finally:
-            gc.enable()
-        if doc["segment_id"]:
-            members = engine.segment_bitmaps.get(doc["segment_id"], BitMap())
+        frame = await engine.load_frame(partition, partitions)
+        if run.segment_id:
+            members = engine.segment_bitmaps.get(run.segment_id, BitMap())
             frame = _subset(frame, np.isin(frame.idx, np.asarray(members.to_array())))
         if partition == 0:
-            await self._stage(doc, "score", members_total=len(frame))
-        stats_key, result_key = self._stats_key(doc, "stats"), self._stats_key(doc, "result")
+            await self._stage(run, "score", members_total=len(frame))
+        stats_key, result_key = self._stats_key(run, "stats"), self._stats_key(run, "result")
         await self.store.put_run_stats(
             stats_key, partition, pop.PopulationStats.of(frame).to_bytes()
         )
         stats = pop.PopulationStats.merge(
             [
                 pop.PopulationStats.from_bytes(b)
-                for _, b in sorted((await self._wait_all(doc, stats_key)).items())
+                for _, b in sorted((await self._wait_all(run, stats_key)).items())
             ]
         )
         learned = pop.learned_cycles(stats)
@@ -121,19 +107,19 @@ class PartitionWork:
         await self.store.put_run_stats(result_key, partition, _pack(result))
         if partition != 0:
             return
-        parts = [_unpack(b) for _, b in sorted((await self._wait_all(doc, result_key)).items())]
+        parts = [_unpack(b) for _, b in sorted((await self._wait_all(run, result_key)).items())]
         # From here on a cancel is refused: the run writes its result whole.
-        await self._stage(doc, "write", members_scored=len(frame))
+        await self._stage(run, "write", members_scored=len(frame))
         merged: dict[str, BitMap] = {}
         for part in parts:
             for name, bm in part.items():
                 merged[name] = merged.get(name, BitMap()) | bm
         scope = merged.pop("~scope")
-        published = await self._write(run_id, merged, scope, learned, doc)
+        published = await self._write(run_id, merged, scope, learned)
         gained, lost = published[1]
         await self._save(
-            doc,
-            state="succeeded",
+            run,
+            state=SUCCEEDED,
             stage="done",
             members_total=len(scope),
             members_scored=len(scope),
@@ -152,7 +138,7 @@ class PartitionWork:
             members=len(scope),
             gained=gained,
             lost=lost,
-            seconds=doc["duration_seconds"],
+            seconds=run.duration_seconds,
         )
 
     def _score(
@@ -175,7 +161,6 @@ class PartitionWork:
         merged: dict[str, BitMap],
         scope: BitMap,
         learned: dict[int, float],
-        doc: dict,
     ) -> tuple[int, tuple[int, int]]:
         engine = self.engine
         async with engine.lock:
@@ -208,38 +193,7 @@ class PartitionWork:
             await engine.persist_since()
             for seg_id, (gained, lost) in changes.segments.items():
                 if seg_id in engine.segments:
-                    await record_segment_version(engine, seg_id, gained, lost, f"run {run_id}", now)
+                    await engine.record_segment_version(seg_id, gained, lost, f"run {run_id}", now)
             engine.learned_cycles = learned
-            await self.store.put_definition(
-                "state",
-                "learned_cycles",
-                {"id": "learned_cycles", "cycles": {str(k): v for k, v in learned.items()}},
-            )
+            await self.store.save_learned_cycles(learned)
         return len(events), changes.count()
-
-
-async def record_segment_version(
-    engine: TagEngine, seg_id: str, gained: BitMap, lost: BitMap, reason: str, now: datetime
-) -> None:
-    """A new version of the segment with its diff against the previous one."""
-    definition = engine.segments[seg_id]
-    members = engine.segment_bitmaps.get(seg_id, BitMap())
-    version = int(definition.doc.get("version", 0)) + 1
-    definition.doc.update(version=version, count=len(members), update_time=epoch_micros(now))
-    await engine.store.put_definition("segment", seg_id, definition.doc)
-    await engine.store.add_version(
-        "segment",
-        seg_id,
-        version,
-        {
-            "version": version,
-            "count": len(members),
-            "added": len(gained),
-            "removed": len(lost),
-            "sample_added": engine.member_ids_of(BitMap(gained.to_array()[:SAMPLE])),
-            "sample_removed": engine.member_ids_of(BitMap(lost.to_array()[:SAMPLE])),
-            "reason": reason,
-            "create_time": epoch_micros(now),
-        },
-        members.serialize(),
-    )

@@ -12,35 +12,47 @@ resumed by starting it again with its id: the diff is against what was written,
 so nothing is applied twice. Members re-evaluated in real time while the run is
 under way keep their fresher real-time result (the run read an older history).
 
-An operator may cancel a run (`cancel`, from any replica): the run's doc is marked
-cancelled and the lock released at once. Every write a partition makes to the run's
-doc is a compare-and-set on "still running", and the waits poll the doc, so each
-partition stops at its next step; the one step a cancel is refused in is "write"
-(partition 0 applying the merged result, seconds), so a cancelled run never writes."""
+An operator may cancel a run (`cancel`, from any replica): the run's record is marked
+cancelled and the lock released at once. Every write to the run's record is guarded by
+the version it was read at (a cancel or a resume in between wins; the partition then
+finds the run no longer running), and the waits poll the record, so each partition
+stops at its next step; the one step a cancel is refused in is "write" (partition 0
+applying the merged result, seconds), so a cancelled run never writes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import structlog
 
 from services.runtime.clock import epoch_micros
-from services.runtime.errors import FailedPrecondition, failed_precondition, not_found
+from services.runtime.documents import Conflict
+from services.runtime.errors import failed_precondition, not_found
 from services.runtime.ids import new_id
 from services.tagging.catalogue import DOMAIN
+from services.tagging.domain.scoring_runs import CANCELLED, FAILED, SUCCEEDED, Run
 from services.tagging.engine import TagEngine
 from services.tagging.partition import PartitionWork
 
 log = structlog.get_logger("pond.tagging.runs")
 STALE_LOCK_SECONDS = 300
 HEARTBEAT_MICROS = 10_000_000  # a waiting partition refreshes the lock this often
+WATCH_POLL_SECONDS = 0.1
 
 
 class RunStopped(Exception):
     """The run was cancelled (or resumed or ended elsewhere) while this partition
-    worked on it: the partition stops without touching the run's doc."""
+    worked on it: the partition stops without touching the run's record."""
+
+
+class _LockHeld(Exception):
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
 
 
 class PartitionsMissing(Exception):
@@ -59,10 +71,11 @@ class ScoringRunner(PartitionWork):
         self.engine = engine
         self.store = engine.store
         self.partition_timeout = partition_timeout
-        self.progress: dict[str, dict] = {}  # live docs of runs in this process
+        self.progress: dict[str, Run] = {}  # live records of runs in this process
         self.rescore_delay = rescore_delay
         self._rescore_wanted = False
         self._rescore_task: asyncio.Task | None = None
+        self._run_tasks: set[asyncio.Task] = set()  # partitions 0 started by start()
 
     def rescore_soon(self) -> None:
         """The rules changed (a rule tag created or edited, a category's repurchase
@@ -86,40 +99,103 @@ class ScoringRunner(PartitionWork):
             if not self._rescore_wanted:
                 return  # a run over everyone began meanwhile
             try:
-                doc = await self.begin()
-            except FailedPrecondition:
+                run = await self._begin()
+            except _LockHeld:
                 delay = max(self.rescore_delay, 5.0)  # another run holds the lock
                 continue
             delay = self.rescore_delay
             # A failed run is recorded and logged by execute; a change made while it
             # ran (the loop's condition) gets a new run.
             with contextlib.suppress(Exception):
-                await self.execute(doc["id"])
+                await self.execute(run.id)
 
     async def close(self) -> None:
-        """Stops a pending or running rescore (a running one keeps its lock and is
-        resumable, like any interrupted run)."""
-        task, self._rescore_task = self._rescore_task, None
-        if task is not None:
+        """Stops a pending or running rescore and the runs started here (a running
+        one keeps its lock and is resumable, like any interrupted run)."""
+        tasks = [*self._run_tasks]
+        if self._rescore_task is not None:
+            tasks.append(self._rescore_task)
+        self._rescore_task = None
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # -- what the servicer asks for --
+    async def start(
+        self, *, segment_id: str = "", partitions: int = 1, resume_run_id: str = ""
+    ) -> Run:
+        """Begins a run (see begin) and executes its partition 0 here, in the
+        background; workers run the others (services.tagging.worker)."""
+        run = await self.begin(
+            segment_id=segment_id, partitions=partitions, resume_run_id=resume_run_id
+        )
+        task = asyncio.create_task(self.execute(run.id, 0), name=f"tagging-run-{run.id}")
+        self._run_tasks.add(task)
+        task.add_done_callback(self._run_ended)
+        return replace(run)
+
+    def _run_ended(self, task: asyncio.Task) -> None:
+        self._run_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged and recorded in the run's record by execute
+
+    async def get(self, run_id: str) -> Run:
+        """The run as it stands (a copy: live runs change)."""
+        live = self.progress.get(run_id)
+        if live is not None:
+            return replace(live)
+        run = await self.store.load_run(run_id)
+        if run is None:
+            raise not_found("run", run_id, domain=DOMAIN)
+        return run
+
+    async def watch(self, run_id: str) -> AsyncIterator[Run]:
+        """The run at once and at each change, until it is no longer running."""
+        last = None
+        while True:
+            run = await self.get(run_id)
+            if run != last:
+                yield run
+                last = run
+            if not run.running:
+                return
+            await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    async def recent(self, before_id: str, limit: int) -> list[Run]:
+        """Newest first, those started before `before_id` when given."""
+        return await self.store.recent_runs(before_id, limit)
 
     def _now(self) -> int:
         return epoch_micros(self.engine.clock.now())
 
     async def begin(
         self, *, segment_id: str = "", partitions: int = 1, resume_run_id: str = ""
-    ) -> dict:
+    ) -> Run:
         """Takes the one-run lock and records the run; FAILED_PRECONDITION while
         another run holds it."""
         if segment_id and segment_id not in self.engine.segments:
             raise not_found("segment", segment_id, domain=DOMAIN)
+        try:
+            return await self._begin(
+                segment_id=segment_id, partitions=partitions, resume_run_id=resume_run_id
+            )
+        except _LockHeld as held:
+            raise failed_precondition(
+                "RUN_IN_PROGRESS",
+                f"scoring run {held.holder} is running",
+                domain=DOMAIN,
+                run_id=held.holder,
+            ) from None
+
+    async def _begin(
+        self, *, segment_id: str = "", partitions: int = 1, resume_run_id: str = ""
+    ) -> Run:
         if resume_run_id:
-            old = await self.store.get_run(resume_run_id)
+            old = await self.store.load_run(resume_run_id)
             if old is None:
                 raise not_found("run", resume_run_id, domain=DOMAIN)
-            if old["state"] == "succeeded":
+            if old.state == SUCCEEDED:
                 raise failed_precondition(
                     "RUN_FINISHED", "that run already succeeded", domain=DOMAIN
                 )
@@ -131,8 +207,8 @@ class ScoringRunner(PartitionWork):
                     domain=DOMAIN,
                     run_id=resume_run_id,
                 )
-            segment_id, partitions = old["segment_id"], old["partitions"]
-            attempt = int(old.get("attempt", 0)) + 1
+            segment_id, partitions = old.segment_id, old.partitions
+            attempt = old.attempt + 1
         else:
             attempt = 0
         run_id = resume_run_id or new_id("run")
@@ -140,48 +216,33 @@ class ScoringRunner(PartitionWork):
             run_id, self._now(), STALE_LOCK_SECONDS * 1_000_000
         )
         if holder != run_id:
-            raise failed_precondition(
-                "RUN_IN_PROGRESS", f"scoring run {holder} is running", domain=DOMAIN, run_id=holder
-            )
+            raise _LockHeld(holder)
         if not segment_id and not resume_run_id:
             self._rescore_wanted = False  # this run scores everyone with the rules as they are
-        doc = {
-            "id": run_id,
-            "state": "running",
-            "segment_id": segment_id,
-            "partition": 0,
-            "partitions": partitions,
-            "stage": "load",
-            "members_total": 0,
-            "members_scored": 0,
-            "tags_gained": 0,
-            "tags_lost": 0,
-            "events_published": 0,
-            "duration_seconds": 0.0,
-            "errors": [],
-            "start_time": self._now(),
-            "end_time": 0,
-            # Partitions share statistics per attempt: a resumed run never merges
-            # what a partition computed in an earlier, failed attempt.
-            "attempt": attempt,
-        }
-        await self.store.put_run(run_id, doc)
-        self.progress[run_id] = doc
-        return doc
+        run = Run(
+            run_id,
+            segment_id=segment_id,
+            partitions=partitions,
+            start_time=self._now(),
+            attempt=attempt,
+        )
+        await self.store.create_run(run)
+        self.progress[run_id] = run
+        return run
 
-    async def cancel(self, run_id: str) -> dict:
+    async def cancel(self, run_id: str) -> Run:
         """Marks a running run cancelled and frees the lock; see the module doc."""
         for _ in range(10):  # a partition moving on between our read and write: again
-            doc = await self.store.get_run(run_id)
-            if doc is None:
+            run = await self.store.load_run(run_id)
+            if run is None:
                 raise not_found("run", run_id, domain=DOMAIN)
-            if doc["state"] == "cancelled":
-                return doc
-            if doc["state"] != "running":
+            if run.state == CANCELLED:
+                return run
+            if not run.running:
                 raise failed_precondition(
-                    "RUN_FINISHED", f"scoring run {run_id} {doc['state']}", domain=DOMAIN
+                    "RUN_FINISHED", f"scoring run {run_id} {run.state}", domain=DOMAIN
                 )
-            if doc["stage"] == "write":
+            if run.stage == "write":
                 raise failed_precondition(
                     "RUN_WRITING",
                     f"scoring run {run_id} is writing its results and ends in a moment",
@@ -189,16 +250,17 @@ class ScoringRunner(PartitionWork):
                     run_id=run_id,
                 )
             now = self._now()
-            cancelled = {
-                **doc,
-                "state": "cancelled",
-                "end_time": now,
-                "duration_seconds": round(max(0, now - doc["start_time"]) / 1e6, 3),
-            }
-            # The stage too: a partition moving on to "write" meanwhile wins.
-            expect = {"state": "running", "stage": doc["stage"]}
-            if await self.store.put_run(run_id, cancelled, expect=expect):
+            cancelled = replace(
+                run,
+                state=CANCELLED,
+                end_time=now,
+                duration_seconds=round(max(0, now - run.start_time) / 1e6, 3),
+            )
+            try:  # a partition moving on (to "write", say) meanwhile wins
+                await self.store.update_run(cancelled)
                 break
+            except Conflict:
+                continue
         else:
             raise failed_precondition(
                 "RUN_CHANGING", f"scoring run {run_id} keeps changing; try again", domain=DOMAIN
@@ -206,62 +268,68 @@ class ScoringRunner(PartitionWork):
         await self.store.release_run_lock(run_id)
         live = self.progress.get(run_id)
         if live is not None:
-            live.update(cancelled)
-        log.info("scoring run cancelled", run_id=run_id, stage=cancelled["stage"])
+            _assign(live, cancelled)
+        log.info("scoring run cancelled", run_id=run_id, stage=cancelled.stage)
         return cancelled
 
-    async def _save(self, doc: dict, **changes) -> None:
-        """Writes the run's doc with `changes` if the run is still this attempt and
-        running; else raises RunStopped (the doc in memory is left as it was)."""
-        new = {**doc, **changes}
-        expect = {"state": "running", "attempt": int(doc.get("attempt", 0))}
-        if not await self.store.put_run(doc["id"], new, expect=expect):
-            raise RunStopped(doc["id"])
-        doc.update(new)
+    async def _save(self, run: Run, **changes) -> None:
+        """Writes the run's record with `changes` if the run is still this attempt
+        and running; else raises RunStopped (the record in memory is left as it was)."""
+        if not run.running:  # cancelled here: `run` is the live record cancel updated
+            raise RunStopped(run.id)
+        new = replace(run, **changes)
+        for _ in range(2):
+            try:
+                await self.store.update_run(new)
+            except Conflict:
+                stored = await self.store.load_run(run.id)
+                if stored is None or not stored.running or stored.attempt != run.attempt:
+                    raise RunStopped(run.id) from None
+                new.revision = stored.revision  # written meanwhile, still ours: again
+                continue
+            _assign(run, new)
+            return
+        raise RunStopped(run.id)
 
-    async def _stage(self, doc: dict, stage: str, **counts) -> None:
-        await self._save(doc, stage=stage, **counts)
-        await self.store.refresh_run_lock(doc["id"], self._now())
+    async def _stage(self, run: Run, stage: str, **counts) -> None:
+        await self._save(run, stage=stage, **counts)
+        await self.store.refresh_run_lock(run.id, self._now())
 
-    async def _ensure_running(self, doc: dict) -> None:
-        stored = await self.store.get_run(doc["id"])
-        if (
-            stored is None
-            or stored["state"] != "running"
-            or stored.get("attempt", 0) != doc.get("attempt", 0)
-        ):
-            raise RunStopped(doc["id"])
+    async def _ensure_running(self, run: Run) -> None:
+        stored = await self.store.load_run(run.id)
+        if stored is None or not stored.running or stored.attempt != run.attempt:
+            raise RunStopped(run.id)
 
-    async def _wait_all(self, doc: dict, key: str) -> dict[int, bytes]:
+    async def _wait_all(self, run: Run, key: str) -> dict[int, bytes]:
         """Every partition's blob under `key`. Raises PartitionsMissing once
         `partition_timeout` (by the engine's clock) passes without them all, and
         RunStopped as soon as the run is no longer running (e.g. cancelled)."""
-        partitions = doc["partitions"]
+        partitions = run.partitions
         started = beat = self._now()
         while True:
             parts = await self.store.load_run_stats(key)
             if len(parts) >= partitions:
                 return parts
-            await self._ensure_running(doc)
+            await self._ensure_running(run)
             now = self._now()
             if now - started > self.partition_timeout * 1_000_000:
                 missing = sorted(set(range(partitions)) - set(parts))
                 raise PartitionsMissing(missing, partitions, self.partition_timeout)
             if now - beat >= HEARTBEAT_MICROS:  # a long wait must not look like a crash
-                await self.store.refresh_run_lock(doc["id"], now)
+                await self.store.refresh_run_lock(run.id, now)
                 beat = now
             await asyncio.sleep(0.05)
 
-    async def execute(self, run_id: str, partition: int = 0) -> dict:
+    async def execute(self, run_id: str, partition: int = 0) -> Run:
         """Does partition `partition` of the run; partition 0 also merges and writes."""
-        doc = self.progress.get(run_id) or await self.store.get_run(run_id)
-        if doc is None:
+        run = self.progress.get(run_id) or await self.store.load_run(run_id)
+        if run is None:
             raise not_found("run", run_id, domain=DOMAIN)
         started = time.perf_counter()
         try:
-            if doc["state"] != "running":
+            if not run.running:
                 raise RunStopped(run_id)
-            await self._execute(doc, partition, started)
+            await self._execute(run, partition, started)
         except RunStopped:
             log.info("scoring run stopped: no longer running", run_id=run_id, partition=partition)
             raise
@@ -271,9 +339,9 @@ class ScoringRunner(PartitionWork):
                 why = str(exc) if isinstance(exc, PartitionsMissing) else repr(exc)
                 with contextlib.suppress(RunStopped):  # cancelled meanwhile: stays so
                     await self._save(
-                        doc,
-                        state="failed",
-                        errors=[*doc["errors"], why[:500]],
+                        run,
+                        state=FAILED,
+                        errors=[*run.errors, why[:500]],
                         end_time=self._now(),
                         duration_seconds=round(time.perf_counter() - started, 3),
                     )
@@ -283,4 +351,10 @@ class ScoringRunner(PartitionWork):
             self.progress.pop(run_id, None)
             if partition == 0:
                 self.engine.stop_tracking(run_id)
-        return doc
+        return run
+
+
+def _assign(run: Run, values: Run) -> None:
+    """`run` (the live record others hold) takes every field of `values`."""
+    for name in Run.__dataclass_fields__:
+        setattr(run, name, getattr(values, name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 from pyroaring import BitMap
@@ -21,9 +22,9 @@ from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import evaluation
 from services.tagging.domain import expressions as ex
 from services.tagging.domain import scoring as sc
+from services.tagging.domain.definitions import SegmentDefinition, SegmentVersion
 from services.tagging.domain.segment_eval import evaluate_bitmap
-from services.tagging.engine import Definition, TagEngine
-from services.tagging.partition import record_segment_version
+from services.tagging.engine import TagEngine
 from services.tagging.service import TaggingCore
 
 # A stream cursor, as the chunks carry it: "<segment version>:<last member index sent>".
@@ -55,10 +56,7 @@ class SegmentUseCases(TaggingCore):
         engine = self.engine
         if ex.uses_only_bitmaps(expr):
             return evaluate_bitmap(expr, _Bitmaps(engine))
-        rows: list[tuple] = []
-        async for batch in self.store.scan_histories():
-            rows.extend(batch)
-        frame = engine.frame_for(rows)
+        frame = await engine.load_frame()
         names = list(engine.tags)
         masks = engine.masks_from_bitmaps(frame.idx, names)
         seg_masks = {
@@ -70,67 +68,93 @@ class SegmentUseCases(TaggingCore):
         )
         return sc.bitmap_of(frame.idx, mask)
 
-    def segment(self, seg_id: str) -> Definition:
+    def segment(self, seg_id: str) -> SegmentDefinition:
         d = self.engine.segments.get(seg_id)
         if d is None:
             raise not_found("segment", seg_id, domain=DOMAIN)
         return d
 
+    def segment_count(self, seg_id: str) -> int:
+        """Members now (real-time changes included)."""
+        return len(self.engine.segment_bitmaps.get(seg_id, ()))
+
+    def list_segments(self, after: str, limit: int) -> list[SegmentDefinition]:
+        """Up to `limit` segments with ids after `after`, in id order."""
+        return [d for k, d in sorted(self.engine.segments.items()) if k > after][:limit]
+
     async def preview(self, expression: str, sample: int) -> tuple[int, list[str]]:
-        expr = cat.check_expression("expression", expression)
-        cat.check_references(
-            "expression",
-            expr,
-            tags=self.engine.tags,
-            segments=self.engine.segments,
-            self_key="~preview",
-            self_kind="segment",
-        )
+        expr = self._checked("expression", expression, "~preview")
         members = await self.evaluate_everyone(expr)
         return len(members), self.engine.member_ids_of(BitMap(members.to_array()[:sample]))
 
-    async def save_segment(self, seg_id: str, values: dict, *, create: bool) -> Definition:
-        engine = self.engine
-        problems = cat.check_key("segment.id", seg_id) if create else []
+    async def create_segment(
+        self, seg_id: str, expression: str, display_name: str = "", description: str = ""
+    ) -> SegmentDefinition:
+        """A new segment, materialised at once (version 1)."""
+        problems = cat.check_key("segment.id", seg_id)
         if problems:
             raise invalid_argument(problems, domain=DOMAIN)
-        if not create:
-            self.segment(seg_id)
-        expr = None
-        if create or "expression" in values:
-            expr = cat.check_expression("segment.expression", values.get("expression", ""))
-            cat.check_references(
-                "segment.expression",
-                expr,
-                tags=engine.tags,
-                segments=engine.segments,
-                self_key=seg_id,
-                self_kind="segment",
-            )
-        now = self.now()
+        expr = self._checked("segment.expression", expression, seg_id)
+        engine = self.engine
+        now = epoch_micros(self.now())
         async with engine.lock:
-            if create:
-                if seg_id in engine.segments:
-                    raise already_exists(
-                        "SEGMENT_EXISTS", f"segment {seg_id!r} exists", domain=DOMAIN
-                    )
-                doc = {
-                    "id": seg_id,
-                    "display_name": values.get("display_name") or seg_id,
-                    "description": values.get("description", ""),
-                    "version": 0,
-                    "count": 0,
-                    "create_time": epoch_micros(now),
-                    "update_time": epoch_micros(now),
-                    "expression": values["expression"],
-                }
-            else:
-                doc = dict(engine.segments[seg_id].doc, **values, update_time=epoch_micros(now))
-            engine.segments[seg_id] = Definition(doc, expr or engine.segments[seg_id].expr)
-            await self.store.put_definition("segment", seg_id, doc)
-        if expr is not None:
-            await self._materialise(seg_id, "create" if create else "update")
+            if seg_id in engine.segments:
+                raise already_exists("SEGMENT_EXISTS", f"segment {seg_id!r} exists", domain=DOMAIN)
+            segment = SegmentDefinition(
+                seg_id,
+                expression,
+                display_name or seg_id,
+                description,
+                create_time=now,
+                update_time=now,
+                expr=expr,
+            )
+            engine.segments[seg_id] = segment
+            await self.store.put_segment(segment)
+        await self._materialise(seg_id, "create")
         return engine.segments[seg_id]
+
+    async def update_segment(
+        self,
+        seg_id: str,
+        *,
+        display_name: str | None = None,
+        description: str | None = None,
+        expression: str | None = None,
+    ) -> SegmentDefinition:
+        """Changes the fields given; a new expression rematerialises the segment."""
+        self.segment(seg_id)
+        expr = None
+        if expression is not None:
+            expr = self._checked("segment.expression", expression, seg_id)
+        engine = self.engine
+        async with engine.lock:
+            d = engine.segments[seg_id]
+            segment = replace(
+                d,
+                display_name=d.display_name if display_name is None else display_name,
+                description=d.description if description is None else description,
+                expression=d.expression if expression is None else expression,
+                update_time=epoch_micros(self.now()),
+                expr=expr or d.expr,
+            )
+            engine.segments[seg_id] = segment
+            await self.store.put_segment(segment)
+        if expr is not None:
+            await self._materialise(seg_id, "update")
+        return engine.segments[seg_id]
+
+    def _checked(self, path: str, expression: str, seg_id: str) -> ex.Expr:
+        expr = cat.check_expression(path, expression)
+        cat.check_references(
+            path,
+            expr,
+            tags=self.engine.tags,
+            segments=self.engine.segments,
+            self_key=seg_id,
+            self_kind="segment",
+        )
+        return expr
 
     async def _materialise(self, seg_id: str, reason: str) -> None:
         engine = self.engine
@@ -141,8 +165,8 @@ class SegmentUseCases(TaggingCore):
             before = engine.segment_bitmaps.get(seg_id, BitMap())
             engine.segment_bitmaps[seg_id] = members
             await self.store.put_bitmaps("segment", {seg_id: members.serialize()})
-            await record_segment_version(
-                engine, seg_id, members - before, before - members, reason, self.now()
+            await engine.record_segment_version(
+                seg_id, members - before, before - members, reason, self.now()
             )
 
     def check(self, member_id: str, seg_ids: Sequence[str]) -> dict[str, bool]:
@@ -160,8 +184,7 @@ class SegmentUseCases(TaggingCore):
     async def stream_members(
         self, seg_id: str, cursor: str, chunk: int
     ) -> AsyncIterator[tuple[list[str], str, int]]:
-        d = self.segment(seg_id)
-        version = int(d.doc.get("version", 0))
+        version = self.segment(seg_id).version
         after = -1
         if cursor:
             issued = _CURSOR_RE.fullmatch(cursor)
@@ -189,6 +212,7 @@ class SegmentUseCases(TaggingCore):
             after = part[-1]
             yield self.engine.member_ids_of(part), f"{version}:{after}", version
 
-    async def segment_versions(self, seg_id: str) -> list[dict]:
+    async def segment_versions(self, seg_id: str) -> list[SegmentVersion]:
+        """Newest first."""
         self.segment(seg_id)
-        return [doc for doc, _ in await self.store.list_versions("segment", seg_id)]
+        return await self.store.segment_versions(seg_id)

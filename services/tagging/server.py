@@ -8,6 +8,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+import structlog
 from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
 from services.runtime.clock import Clock, SystemClock
@@ -22,16 +23,20 @@ from services.tagging.engine import TagEngine
 from services.tagging.events import CONSUMER_GROUP, MEMBER_STREAM, STREAM
 from services.tagging.runs import ScoringRunner
 from services.tagging.settings import TaggingSettings
-from services.tagging.store import TaggingStore, open_store
+from services.tagging.store import SQLITE_FILE, TaggingStore, open_store
 
 SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"]
+LEGACY_SQLITE_FILE = "tagging.db"  # the layout before the document store: not read
+log = structlog.get_logger("pond.tagging")
 
 
 async def open_engine(
     settings: TaggingSettings, clock: Clock | None = None, store: TaggingStore | None = None
 ) -> TagEngine:
+    if store is None and not settings.mongodb_uri:
+        _warn_of_legacy_file(settings)
     store = store or await open_store(
-        sqlite_path=str(settings.data_dir / "tagging.db"),
+        sqlite_path=str(settings.data_dir / SQLITE_FILE),
         mongodb_uri=settings.mongodb_uri,
         mongodb_db=settings.mongodb_db,
     )
@@ -47,6 +52,16 @@ async def open_engine(
     )
     await engine.load()
     return engine
+
+
+def _warn_of_legacy_file(settings: TaggingSettings) -> None:
+    legacy = settings.data_dir / LEGACY_SQLITE_FILE
+    if legacy.exists():
+        log.warning(
+            "tagging's data from before the document store is not migrated (tagging keeps"
+            f" its data in {SQLITE_FILE}); remove the old file, or start afresh with make clean",
+            ignored=str(legacy),
+        )
 
 
 @dataclass
@@ -71,8 +86,7 @@ class TaggingService:
         # Scoring runs still going stop before the store closes; like a crash, they
         # keep the run lock and are resumed with StartScoringRun(resume_run_id).
         await self.runner.close()
-        runs = list(self.servicer.run_tasks) if self.servicer else []
-        for task in [*runs, *self._tasks]:
+        for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -108,7 +122,9 @@ async def start_tagging_service(
     relay = consumer = None
     if settings.redis_url:
         redis = connect_redis(settings.redis_url)
-        relay = OutboxRelay(engine.store, redis, STREAM, poll_seconds=settings.outbox_poll_seconds)
+        relay = OutboxRelay(
+            engine.store.docs, redis, STREAM, poll_seconds=settings.outbox_poll_seconds
+        )
         if settings.outbox_relay_enabled:
             tasks.append(asyncio.create_task(relay.run(stop), name="tagging-outbox"))
     runner = ScoringRunner(

@@ -57,9 +57,8 @@ class TaggingCore:
             tracked, untracked = new[:room], new[room:]
             if tracked:
                 engine.categories.update(await self.store.category_ids(tracked))
-                await cat.ensure_score_tags(self.store, engine.categories, self.now())
-                for d in await self.store.list_definitions("tag"):
-                    engine.tags.setdefault(d["name"], cat.parse_definition(d))
+                for tag in await cat.ensure_score_tags(self.store, engine.categories, self.now()):
+                    engine.tags.setdefault(tag.name, tag)
                 await self._untracked([n for n in engine.untracked_categories if n not in tracked])
             if untracked:
                 await self._note_untracked(untracked)
@@ -87,9 +86,7 @@ class TaggingCore:
     async def _untracked(self, names: list[str]) -> None:
         if names != self.engine.untracked_categories:
             self.engine.untracked_categories = names
-            await self.store.put_definition(
-                "state", "untracked_categories", {"id": "untracked_categories", "names": names}
-            )
+            await self.store.save_untracked_categories(names)
 
     def _events(self, changes: TagChangeSet) -> list[bytes]:
         now = self.now()

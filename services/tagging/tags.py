@@ -3,6 +3,7 @@ repurchase cycles."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pyroaring import BitMap
@@ -15,14 +16,25 @@ from services.runtime.errors import (
 )
 from services.tagging import catalogue as cat
 from services.tagging.catalogue import DOMAIN
-from services.tagging.engine import Definition, TagChangeSet
+from services.tagging.domain.definitions import MANUAL, RULE, ManualTag, TagDefinition, TagVersion
+from services.tagging.engine import TagChangeSet
 from services.tagging.service import (
     MAX_BATCH_MEMBERS,
     MAX_BATCH_TAGS,
     MAX_REPORTED_UNKNOWN,
     TaggingCore,
 )
-from services.tagging.store import AlreadyExists, ManualTag
+from services.tagging.store import AlreadyExists
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryCycle:
+    """A category's repurchase cycle in days: set by an operator (0: not set) and
+    learned by the last scoring run (0: not learned)."""
+
+    category: str
+    configured_days: float
+    learned_days: float
 
 
 class CatalogueUseCases(TaggingCore):
@@ -31,7 +43,7 @@ class CatalogueUseCases(TaggingCore):
         async def _rescore_indexes(self, indexes: list[int]) -> None: ...
 
     # -- catalogue --
-    def tag(self, name: str) -> Definition:
+    def tag(self, name: str) -> TagDefinition:
         d = self.engine.tags.get(name)
         if d is None:
             raise not_found("tag", name, domain=DOMAIN)
@@ -40,18 +52,31 @@ class CatalogueUseCases(TaggingCore):
     def tag_count(self, name: str) -> int:
         return len(self.engine.tag_bitmaps.get(name, ()))
 
+    def list_tags(
+        self, after: str, limit: int, *, kind: str = "", group: str = ""
+    ) -> list[TagDefinition]:
+        """Up to `limit` tags named after `after`, in name order, of that kind and
+        group when given."""
+        chosen = []
+        for name, d in sorted(self.engine.tags.items()):
+            if name > after and (not kind or d.kind == kind) and (not group or d.group == group):
+                chosen.append(d)
+                if len(chosen) == limit:
+                    break
+        return chosen
+
     async def create_tag(
         self, name: str, kind: str, group: str, display_name: str, description: str, expression: str
-    ) -> Definition:
+    ) -> TagDefinition:
         problems = cat.check_key("tag.name", name)
-        if kind not in ("manual", "rule"):
+        if kind not in (MANUAL, RULE):
             problems.append(("tag.kind", "create MANUAL or RULE tags; SCORE tags are built in"))
-        if kind == "manual" and expression:
+        if kind == MANUAL and expression:
             problems.append(("tag.expression", "manual tags have no expression"))
         if problems:
             raise invalid_argument(problems, domain=DOMAIN)
         expr = None
-        if kind == "rule":
+        if kind == RULE:
             expr = cat.check_expression("tag.expression", expression)
             cat.check_references(
                 "tag.expression",
@@ -62,37 +87,48 @@ class CatalogueUseCases(TaggingCore):
                 self_kind="tag",
             )
         now = epoch_micros(self.now())
-        doc = {
-            "name": name,
-            "kind": kind,
-            "group": group,
-            "display_name": display_name or name,
-            "description": description,
-            "expression": expression if expr else "",
-            "version": 1,
-            "create_time": now,
-            "update_time": now,
-        }
+        tag = TagDefinition(
+            name,
+            kind,
+            group,
+            display_name or name,
+            description,
+            expression if expr else "",
+            version=1,
+            create_time=now,
+            update_time=now,
+            expr=expr,
+        )
         async with self.engine.lock:
             try:
-                await self.store.put_definition("tag", name, doc, create=True)
+                await self.store.put_tag(tag, create=True)
             except AlreadyExists as exc:
                 raise already_exists("TAG_EXISTS", f"tag {name!r} exists", domain=DOMAIN) from exc
             if expr is not None:
-                await self.store.add_version("tag", name, 1, _version_doc(doc))
-            self.engine.tags[name] = Definition(doc, expr)
+                await self.store.add_tag_version(name, _version_of(tag))
+            self.engine.tags[name] = tag
         if expr is not None:
             self._on_rules_changed()
-        return self.engine.tags[name]
+        return tag
 
-    async def update_tag(self, name: str, values: dict) -> Definition:
+    async def update_tag(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        group: str | None = None,
+        description: str | None = None,
+        expression: str | None = None,
+    ) -> TagDefinition:
+        """Changes the fields given; a new expression is a new version."""
         d = self.tag(name)
-        if "expression" in values:
-            if d.doc["kind"] != "rule":
+        expr = d.expr
+        if expression is not None:
+            if d.kind != RULE:
                 raise invalid_argument(
                     [("tag.expression", "only rule tags have expressions")], domain=DOMAIN
                 )
-            expr = cat.check_expression("tag.expression", values["expression"])
+            expr = cat.check_expression("tag.expression", expression)
             cat.check_references(
                 "tag.expression",
                 expr,
@@ -102,20 +138,29 @@ class CatalogueUseCases(TaggingCore):
                 self_kind="tag",
             )
         async with self.engine.lock:
-            doc = dict(d.doc, **values, update_time=epoch_micros(self.now()))
-            new_rule = "expression" in values and values["expression"] != d.doc["expression"]
+            new_rule = expression is not None and expression != d.expression
+            tag = replace(
+                d,
+                display_name=d.display_name if display_name is None else display_name,
+                group=d.group if group is None else group,
+                description=d.description if description is None else description,
+                expression=d.expression if expression is None else expression,
+                version=d.version + 1 if new_rule else d.version,
+                update_time=epoch_micros(self.now()),
+                expr=expr,
+            )
             if new_rule:
-                doc["version"] = d.doc["version"] + 1
-                await self.store.add_version("tag", name, doc["version"], _version_doc(doc))
-            await self.store.put_definition("tag", name, doc)
-            self.engine.tags[name] = cat.parse_definition(doc)
+                await self.store.add_tag_version(name, _version_of(tag))
+            await self.store.put_tag(tag)
+            self.engine.tags[name] = tag
         if new_rule:
             self._on_rules_changed()
-        return self.engine.tags[name]
+        return tag
 
-    async def tag_versions(self, name: str) -> list[dict]:
+    async def tag_versions(self, name: str) -> list[TagVersion]:
+        """Newest first."""
         self.tag(name)
-        return [doc for doc, _ in await self.store.list_versions("tag", name)]
+        return await self.store.tag_versions(name)
 
     # -- manual tags --
     async def change_manual(
@@ -130,7 +175,7 @@ class CatalogueUseCases(TaggingCore):
             d = self.engine.tags.get(name)
             if d is None:
                 problems.append((f"tag_names[{i}]", f"unknown tag {name!r}"))
-            elif d.doc["kind"] != "manual":
+            elif d.kind != MANUAL:
                 problems.append((f"tag_names[{i}]", f"{name!r} is computed, not a manual tag"))
         # A member id tagging has never seen is a typo or not a member: tagging it would
         # make a member out of nothing. (A member registered a moment ago is known as
@@ -183,10 +228,20 @@ class CatalogueUseCases(TaggingCore):
             self.engine.configured_cycles = await self.store.load_cycles()
         self._on_rules_changed()  # repurchase-due tags of the category move
 
+    def category_cycle(self, category: str) -> CategoryCycle:
+        engine = self.engine
+        cat_id = engine.categories.get(category, -1)
+        return CategoryCycle(
+            category,
+            engine.configured_cycles.get(category, 0.0),
+            engine.learned_cycles.get(cat_id, 0.0),
+        )
 
-def _version_doc(doc: dict) -> dict:
-    return {
-        "version": doc["version"],
-        "expression": doc["expression"],
-        "create_time": doc["update_time"],
-    }
+    def category_cycles(self) -> tuple[list[CategoryCycle], list[str]]:
+        """Every tracked category's cycle, by name, and a sample of the untracked."""
+        cycles = [self.category_cycle(c) for c in sorted(self.engine.categories)]
+        return cycles, list(self.engine.untracked_categories)
+
+
+def _version_of(tag: TagDefinition) -> TagVersion:
+    return TagVersion(tag.version, tag.expression, tag.update_time)

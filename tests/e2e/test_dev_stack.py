@@ -160,7 +160,7 @@ def test_every_port_listens_on_loopback_only(dev_stack: DevStack):
 def test_data_files_and_folders_are_the_owners_only(dev_stack: DevStack):
     register(dev_stack, "13800000001")  # the databases have their -wal files now
     seen = {p.relative_to(dev_stack.data_dir).as_posix() for p in dev_stack.data_dir.rglob("*")}
-    assert {"member.db", "tagging.db", "dev-operator.token", "secrets/auth.secret",
+    assert {"member.db", "tagging.sqlite", "dev-operator.token", "secrets/auth.secret",
             "secrets/valkey.password", "valkey/appendonlydir"} <= seen, seen
     assert any(name.endswith("-wal") for name in seen), seen
     for path in [dev_stack.data_dir, *dev_stack.data_dir.rglob("*")]:

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,11 +23,12 @@ from pyroaring import BitMap
 
 from services.runtime.clock import SystemClock, epoch_micros
 from services.tagging.app import TaggingApp
+from services.tagging.domain.definitions import ManualTag
 from services.tagging.domain.history import MemberHistory
 from services.tagging.runs import ScoringRunner
 from services.tagging.server import open_engine
 from services.tagging.settings import TaggingSettings
-from services.tagging.store import ManualTag, open_store
+from services.tagging.store import SQLITE_FILE, open_store
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.slow
@@ -99,7 +101,7 @@ def synthetic_rows(index: dict[str, int], categories: dict[str, int], today: int
 
 async def build_data_dir(data_dir: Path) -> None:
     """History, manual tags, rule tags and segments, written before any run."""
-    store = await open_store(sqlite_path=str(data_dir / "tagging.db"))
+    store = await open_store(sqlite_path=str(data_dir / SQLITE_FILE))
     try:
         today = local_today(settings_for(data_dir).timezone)
         index = await store.index_members([f"m{i:05d}" for i in range(MEMBERS)])
@@ -125,7 +127,7 @@ async def build_data_dir(data_dir: Path) -> None:
         for name, expression in RULE_TAGS.items():
             await app.create_tag(name, "rule", "rules", "", "", expression)
         for seg_id, expression in SEGMENTS.items():
-            await app.save_segment(seg_id, {"expression": expression}, create=True)
+            await app.create_segment(seg_id, expression)
         await app.set_cycle("makeup", 45)
         await engine.flush()
     finally:
@@ -137,13 +139,11 @@ async def change_definitions(data_dir: Path) -> None:
     engine = await open_engine(settings_for(data_dir))
     try:
         app = TaggingApp(engine)
-        await app.update_tag("repeat_buyer", {"expression": "orders_90d >= 3"})
+        await app.update_tag("repeat_buyer", expression="orders_90d >= 3")
         vips = sorted(engine.tag_bitmaps["vip"])[::2]
         assert await engine.store.set_manual_tags([], [(i, "vip") for i in vips]) == len(vips)
-        await app.save_segment(
-            "sleepers",
-            {"expression": 'has_tag("lifecycle:sleeping") and aov > 10000'},
-            create=False,
+        await app.update_segment(
+            "sleepers", expression='has_tag("lifecycle:sleeping") and aov > 10000'
         )
         await engine.flush()
     finally:
@@ -154,8 +154,8 @@ async def run_one_partition(data_dir: Path) -> dict:
     engine = await open_engine(settings_for(data_dir))
     try:
         runner = ScoringRunner(engine)
-        doc = await runner.begin()
-        return await runner.execute(doc["id"], 0)
+        run = await runner.begin()
+        return asdict(await runner.execute(run.id, 0))
     finally:
         await engine.store.close()
 
@@ -186,7 +186,8 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
     engine = await open_engine(settings)
     try:
         runner = ScoringRunner(engine, partition_timeout=WORKER_SECONDS)
-        doc = await runner.begin(partitions=2)
+        run = await runner.begin(partitions=2)
+        doc = asdict(run)
         assert doc["partitions"] == 2
         # What the partitions exchanged, as it stood when the finished run cleared it.
         exchanged: dict[str, list[int]] = {}
@@ -217,7 +218,7 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
                 if code != 0:
                     partition0.cancel()
                 assert code == 0, log_path.read_text()
-                done = await asyncio.wait_for(partition0, WORKER_SECONDS)
+                done = asdict(await asyncio.wait_for(partition0, WORKER_SECONDS))
             finally:
                 if worker.returncode is None:
                     worker.kill()
@@ -233,13 +234,13 @@ async def run_two_partitions(data_dir: Path, log_path: Path) -> dict:
 
 
 async def outcome(data_dir: Path) -> dict:
-    store = await open_store(sqlite_path=str(data_dir / "tagging.db"))
+    store = await open_store(sqlite_path=str(data_dir / SQLITE_FILE))
     try:
         versions = {}
         for seg_id in SEGMENTS:
             versions[seg_id] = [
-                {k: v for k, v in doc.items() if k not in ("reason", "create_time")}
-                for doc, _ in await store.list_versions("segment", seg_id)
+                {k: v for k, v in asdict(version).items() if k not in ("reason", "create_time")}
+                for version in await store.segment_versions(seg_id)
             ]
         return {
             "tags": {
@@ -248,9 +249,9 @@ async def outcome(data_dir: Path) -> dict:
             "segments": {
                 k: BitMap.deserialize(v) for k, v in (await store.load_bitmaps("segment")).items()
             },
-            "cycles": await store.get_definition("state", "learned_cycles"),
+            "cycles": {"cycles": await store.learned_cycles()},
             "versions": versions,
-            "outbox": len(await store.outbox_pending(1_000_000)),
+            "outbox": len(await store.docs.outbox_pending(1_000_000)),
         }
     finally:
         await store.close()

@@ -845,9 +845,9 @@ async def test_resumed_partitioned_run_waits_for_fresh_partitions(stack: Stack, 
     monkeypatch.setattr(runner, "_write", crash)
     doc = await runner.begin(partitions=2)
     with pytest.raises(RuntimeError):
-        await asyncio.gather(runner.execute(doc["id"], 0), runner.execute(doc["id"], 1))
+        await asyncio.gather(runner.execute(doc.id, 0), runner.execute(doc.id, 1))
     failed = await stack.stub.GetScoringRun(
-        pb.GetScoringRunRequest(run_id=doc["id"]), metadata=stack.md()
+        pb.GetScoringRunRequest(run_id=doc.id), metadata=stack.md()
     )
     assert failed.state == FAILED
     monkeypatch.setattr(runner, "_write", real_write)
@@ -866,12 +866,12 @@ async def test_resumed_partitioned_run_waits_for_fresh_partitions(stack: Stack, 
         return await real_wait(*args)
 
     monkeypatch.setattr(runner, "_wait_all", spy)
-    resumed = await runner.begin(resume_run_id=doc["id"])
-    partition0 = asyncio.create_task(runner.execute(resumed["id"], 0))
+    resumed = await runner.begin(resume_run_id=doc.id)
+    partition0 = asyncio.create_task(runner.execute(resumed.id, 0))
     await asyncio.wait_for(waiting.wait(), 10)
-    await runner.execute(resumed["id"], 1)
+    await runner.execute(resumed.id, 1)
     done = await asyncio.wait_for(partition0, 10)
-    assert done["state"] == "succeeded"
+    assert done.state == "succeeded"
     # Had partition 0 merged the failed attempt's partition 1, this would be undone.
     assert "repeat_buyer" in await tag_names(stack, odd)
 
@@ -891,18 +891,18 @@ async def test_one_run_at_a_time_and_resume(stack: Stack, monkeypatch):
 
     # A run that started and crashed (its process died): it still holds the lock.
     crashed = await runner.begin()
-    runner.progress.pop(crashed["id"])
+    runner.progress.pop(crashed.id)
     await fails(
         stack.stub.StartScoringRun(pb.StartScoringRunRequest(), metadata=stack.md()),
         grpc.StatusCode.FAILED_PRECONDITION,
         "RUN_IN_PROGRESS",
     )
-    resumed = await run_to_end(stack, resume_run_id=crashed["id"])
-    assert (resumed.id, resumed.state) == (crashed["id"], SUCCEEDED)
+    resumed = await run_to_end(stack, resume_run_id=crashed.id)
+    assert (resumed.id, resumed.state) == (crashed.id, SUCCEEDED)
     assert resumed.members_scored == 2
     await fails(
         stack.stub.StartScoringRun(
-            pb.StartScoringRunRequest(resume_run_id=crashed["id"]), metadata=stack.md()
+            pb.StartScoringRunRequest(resume_run_id=crashed.id), metadata=stack.md()
         ),
         grpc.StatusCode.FAILED_PRECONDITION,
         "RUN_FINISHED",
@@ -929,10 +929,10 @@ async def test_one_run_at_a_time_and_resume(stack: Stack, monkeypatch):
 
     # A crashed run's lock goes stale and a new run takes over.
     stale = await runner.begin()
-    runner.progress.pop(stale["id"])
+    runner.progress.pop(stale.id)
     stack.clock.advance(seconds=STALE_LOCK_SECONDS + 1)
     fresh = await run_to_end(stack)
-    assert fresh.state == SUCCEEDED and fresh.id != stale["id"]
+    assert fresh.state == SUCCEEDED and fresh.id != stale.id
 
 
 # -- segments --------------------------------------------------------------

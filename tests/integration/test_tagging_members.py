@@ -217,3 +217,45 @@ async def test_order_categories_past_the_limit_are_counted_but_not_tagged(stack:
         pb.ListTagsRequest(kind=SCORE, page_size=100), metadata=stack.md()
     )
     assert len(every_score.tags) == 8 + 5 + 4 + len(expected)  # RFM, lifecycle, quadrant
+
+
+async def test_a_member_event_delivered_again_is_applied_once(stack: Stack, redis):
+    """At-least-once delivery: the same OrderPaid on the member stream again (as after
+    a relay that published twice), before and after a restart, counts once, also once
+    the consumer's short-lived Redis marks are gone: tagging's marks of applied events
+    live in its store, written with the change."""
+    from pond.events.v1 import event_pb2
+
+    from services.tagging.events import MEMBER_STREAM
+
+    [member_id] = await populate(stack, [1])
+
+    async def order_paid_entry() -> dict:
+        for _id, fields in await redis.xrange(MEMBER_STREAM):
+            if event_pb2.Event.FromString(fields[b"e"]).type.endswith("OrderPaid"):
+                return fields
+        raise AssertionError("no OrderPaid on the member stream")
+
+    async def applied_up_to(fen: int) -> pb.MemberProfile:
+        """The profile once the order of `fen` (the last one recorded) counts: events
+        are applied in stream order, so the copy before it has been seen too."""
+        return await eventually(
+            lambda: profile(stack, member_id),
+            lambda p: p.features["spend_total"] % 10 ** len(str(fen)) == fen,
+        )
+
+    async def publish_again(fields: dict) -> None:
+        for key in await redis.keys("pond:consumed:*"):  # expired (they have a TTL)
+            await redis.delete(key)
+        await redis.xadd(MEMBER_STREAM, fields)
+
+    duplicate = await order_paid_entry()  # of 10,000 fen
+    await publish_again(duplicate)
+    await record_order(stack, member_id, "o-after-copy", 3_000)
+    p = await applied_up_to(3_000)
+    assert (p.features["orders_total"], p.features["spend_total"]) == (2, 13_000)
+    await stack.restart()
+    await publish_again(duplicate)
+    await record_order(stack, member_id, "o-after-restart", 700)
+    p = await applied_up_to(700)
+    assert (p.features["orders_total"], p.features["spend_total"]) == (3, 13_700)
