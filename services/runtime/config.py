@@ -48,6 +48,14 @@ class RuntimeSettings(BaseSettings):
     # Outbox relay: publish pending events; poll interval when idle.
     outbox_relay_enabled: bool = True
     outbox_poll_seconds: float = 1.0
+    # The relay's lease (one publisher per service): a killed leader's successor
+    # takes over within this and a third of it.
+    outbox_lease_seconds: float = 10.0
+    # Processed-event marks (each consumer applies an event once) are kept this long.
+    processed_retention_days: float = 7.0
+    # 0: each scheduled job on its own schedule; N: every job at every whole multiple
+    # of N seconds after local midnight (the dev stack's default: hourly).
+    jobs_interval_seconds: float = 0.0
 
     def secret(self) -> str:
         return _read_secret(self.auth_secret, self.auth_secret_file)

@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import grpc
@@ -38,6 +39,11 @@ from services.runtime.redaction import looks_like_phone
 REQUEST_ID_METADATA = "x-request-id"
 
 _log = structlog.get_logger("pond.rpc")
+# The call being served, for what outlives the handler's signature: the deadline a
+# client of another service passes on (services.runtime.clients).
+rpc_context_var: ContextVar[grpc.aio.ServicerContext | None] = ContextVar(
+    "pond_rpc_context", default=None
+)
 
 
 class ServiceInterceptor:
@@ -83,6 +89,7 @@ class ServiceInterceptor:
         if not request_id or not _accepted_request_id(request_id):
             request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
         request_id_var.set(request_id)
+        rpc_context_var.set(context)
         current_caller.set(self._authorizer.authorize(method, metadata))
         return request_id
 
