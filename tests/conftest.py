@@ -30,7 +30,7 @@ from services.runtime.redis_conn import EmbeddedValkey, connect_redis
 TEST_SECRET = "test-secret-" + "x" * 20
 TEST_PHONE_KEY = base64.b64encode(b"k" * 32).decode()
 
-configure_logging("warning", "json")
+configure_logging(os.environ.get("POND_TEST_LOG_LEVEL", "warning"), "json")
 
 
 @pytest.fixture(scope="session")

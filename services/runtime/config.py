@@ -51,6 +51,12 @@ class RuntimeSettings(BaseSettings):
     # The relay's lease (one publisher per service): a killed leader's successor
     # takes over within this and a third of it.
     outbox_lease_seconds: float = 10.0
+    # Event consumers: a delivery idle this long is reclaimed and retried; after this
+    # many deliveries it is dead-lettered (a service's consumer may say otherwise).
+    event_claim_idle_ms: int = 30_000
+    event_max_deliveries: int = 5
+    # How long one read waits for new events (also how long a stop may wait for it).
+    event_block_ms: int = 1000
     # Processed-event marks (each consumer applies an event once) are kept this long.
     processed_retention_days: float = 7.0
     # 0: each scheduled job on its own schedule; N: every job at every whole multiple

@@ -59,6 +59,7 @@ class HealthMonitor:
         self.interval = interval
         self.started = self.stopping = self.checked = False
         self.store_ok = probe is None
+        self.store_down = False  # a failed probe was reported
         self.redis_ok = redis is None
         self.link = RedisLink(f"host:{service.rsplit('.', 1)[-1]}") if redis is not None else None
         self._published: dict[str, int] = {}
@@ -113,13 +114,13 @@ class HealthMonitor:
         if self.probe is not None:
             try:
                 await asyncio.wait_for(self.probe(), PROBE_TIMEOUT_SECONDS)
-                if not self.store_ok:
+                if self.store_down:
                     log.info("store answers again", service=self.service)
-                self.store_ok = True
+                self.store_ok, self.store_down = True, False
             except Exception as exc:
-                if self.store_ok:
+                if not self.store_down:
                     log.error("store does not answer", service=self.service, error=repr(exc)[:300])
-                self.store_ok = False
+                self.store_ok, self.store_down = False, True
         if self.redis is not None and self.link is not None:
             try:
                 await asyncio.wait_for(self.redis.ping(), PROBE_TIMEOUT_SECONDS)

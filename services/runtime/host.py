@@ -70,9 +70,10 @@ class Consumer:
     stream: str
     handle: Callable[[event_pb2.Event], Awaitable[None]]
     group: str = ""
-    max_deliveries: int = 5
-    claim_idle_ms: int = 30_000
-    block_ms: int = 1000
+    # None: POND_EVENT_MAX_DELIVERIES / _CLAIM_IDLE_MS / _BLOCK_MS.
+    max_deliveries: int | None = None
+    claim_idle_ms: int | None = None
+    block_ms: int | None = None
 
 
 @dataclass
@@ -253,8 +254,9 @@ class ServiceHost(Generic[S]):
             for c in service.consumers:
                 consumer = EventConsumer(
                     self.redis, c.stream, c.group or name, f"{socket.gethostname()}-{os.getpid()}",
-                    c.handle, max_deliveries=c.max_deliveries, claim_idle_ms=c.claim_idle_ms,
-                    block_ms=c.block_ms,
+                    c.handle, block_ms=c.block_ms or s.event_block_ms,
+                    max_deliveries=c.max_deliveries or s.event_max_deliveries,
+                    claim_idle_ms=c.claim_idle_ms or s.event_claim_idle_ms,
                 )
                 self.consumers.append(consumer)
                 work.append(Task(f"consumer:{c.stream}", consumer.run))

@@ -25,6 +25,8 @@ Occurrences that came while no replica was running are not made up at start-up
 (start-up is not an occurrence); rolling updates keep a replica running.
 
 Metrics: pond_job_runs_total{service,job,outcome=succeeded|failed|cut_short},
+pond_job_occurrences_total{service,job,part=ran|taken} (each replica, per occurrence:
+it ran the job, or found it taken by another),
 pond_job_last_success_timestamp_seconds, pond_job_last_duration_seconds.
 """
 
@@ -35,7 +37,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
 import structlog
@@ -50,6 +52,10 @@ from services.runtime.schedule import Schedule
 log = structlog.get_logger("pond.jobs")
 
 RUNS = Counter("pond_job_runs", "scheduled job runs by outcome", ["service", "job", "outcome"])
+OCCURRENCES = Counter(
+    "pond_job_occurrences", "occurrences a replica reached: it ran the job, or found it taken",
+    ["service", "job", "part"],
+)
 LAST_SUCCESS = Gauge("pond_job_last_success_timestamp_seconds",
                      "when the job last succeeded (unix time)", ["service", "job"])
 LAST_DURATION = Gauge("pond_job_last_duration_seconds", "how long the job's last run took",
@@ -104,18 +110,30 @@ class JobLoop:
                 continue
             following = self.job.schedule.next_after(due, self.timezone)
             await self._occurrence(due, following, stop)
-            # From `due` too: a clock read a little early must not run it twice.
-            due = self.job.schedule.next_after(max(self.clock.now(), due), self.timezone)
+            # The next one, or the latest that came while this one ran (never older
+            # ones: a job brings everything up to date, once is enough).
+            due = max(following, self._latest(self.clock.now()))
+
+    def _latest(self, now: datetime) -> datetime:
+        """The latest occurrence at or before `now` (occurrences are never more than
+        an interval apart)."""
+        schedule = self.job.schedule
+        found = schedule.next_after(now - timedelta(seconds=schedule.interval), self.timezone)
+        while (later := schedule.next_after(found, self.timezone)) <= now:
+            found = later
+        return found
 
     async def _occurrence(self, due: datetime, following: datetime, stop: asyncio.Event) -> None:
         key = self.key(due)
         done_ms = int(max(2 * (following - due).total_seconds(), 3600) * 1000)
         self.retry.reset()
+        taken = False
         while not stop.is_set() and self.clock.now() < following:
             lease = Lease(self.redis, key, self.ttl_ms)
             try:
                 if await lease.acquire():
                     self.link.ok()
+                    OCCURRENCES.labels(self.service, self.job.name, "ran").inc()
                     ok = await self._run_under(lease, due, stop)
                     if ok is None:  # stopped or cut short: released, someone retries
                         continue
@@ -126,13 +144,16 @@ class JobLoop:
                     continue
                 holder = await lease.holder()
                 self.link.ok()
+                if not taken:
+                    taken = True
+                    OCCURRENCES.labels(self.service, self.job.name, "taken").inc()
                 if holder == DONE:
                     return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 await self._pause(stop, self.link.failed(exc))
                 continue
             # Running elsewhere, or failed a moment ago: look again in a while.
-            await self._pause(stop, min(self.ttl_ms / 3000, 5.0))
+            await self._pause(stop, min(self.ttl_ms / 3000, self.poll_seconds))
 
     async def _run_under(self, lease: Lease, due: datetime, stop: asyncio.Event) -> bool | None:
         """True: succeeded; False: failed; None: cut short (stop, or the lease lost)."""

@@ -48,12 +48,13 @@ LEADER = Gauge(
 )
 
 # KEYS[1] lease, KEYS[2] stream; ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] maxlen,
-# ARGV[4..] envelopes. -1 when the lease is not ours (nothing added).
+# ARGV[4..] envelopes. -1 when the lease is not ours (nothing added). Each entry
+# names its publisher ("p": the lease token: host, pid), for operators and tests.
 FENCED_PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 4, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i], 'p', ARGV[1])
 end
 return #ARGV - 3
 """
