@@ -71,8 +71,9 @@ def service_config(service: ServiceDescriptor, idempotent: Iterable[str]) -> str
 
 
 class ServiceToken:
-    """The calling service's own token (see the module docstring). `now` is
-    injectable for tests."""
+    """The calling service's own token (see the module docstring). `mint(subject,
+    ttl_seconds)` makes one (default: a "service" token signed with `secret`); `now`
+    is injectable for tests."""
 
     def __init__(
         self,
@@ -81,10 +82,12 @@ class ServiceToken:
         *,
         ttl_seconds: float = 3600.0,
         now: Callable[[], float] = time.time,
+        mint: Callable[[str, float], str] | None = None,
     ) -> None:
-        if not secret:
+        if not secret and mint is None:
             raise ValueError("a service token needs the service's auth secret")
-        self._secret, self.subject, self.ttl = secret, subject, ttl_seconds
+        self.subject, self.ttl = subject, ttl_seconds
+        self._mint = mint or (lambda sub, ttl: mint_token(secret, sub, Role.SERVICE, ttl))
         self._now = now
         self._token = ""
         self._renew_at = 0.0
@@ -92,7 +95,7 @@ class ServiceToken:
     def get(self) -> str:
         now = self._now()
         if now >= self._renew_at:
-            self._token = mint_token(self._secret, self.subject, Role.SERVICE, self.ttl)
+            self._token = self._mint(self.subject, self.ttl)
             self._renew_at = now + 0.8 * self.ttl
         return self._token
 

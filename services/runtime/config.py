@@ -59,6 +59,9 @@ class RuntimeSettings(BaseSettings):
     event_block_ms: int = 1000
     # Processed-event marks (each consumer applies an event once) are kept this long.
     processed_retention_days: float = 7.0
+    # Off: this process runs no scheduled jobs (another replica does; tests that move
+    # the clock by hand and run the jobs' work themselves).
+    jobs_enabled: bool = True
     # 0: each scheduled job on its own schedule; N: every job at every whole multiple
     # of N seconds after local midnight (the dev stack's default: hourly).
     jobs_interval_seconds: float = 0.0

@@ -269,8 +269,8 @@ class ServiceHost(Generic[S]):
             self.timer_loop = TimerLoop(name, store, service.timers, self.clock,
                                         poll_seconds=opts.timer_poll_seconds)
             work.append(Task("timers", self.timer_loop.run))
-        jobs = list(service.jobs)
-        if store is not None:
+        jobs = list(service.jobs) if s.jobs_enabled else []
+        if store is not None and s.jobs_enabled:
             jobs.append(prune_job(store, s, self.clock))
         if s.jobs_interval_seconds > 0:
             jobs = [with_interval(job, s.jobs_interval_seconds) for job in jobs]
