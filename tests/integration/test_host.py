@@ -8,6 +8,9 @@ a ManualClock instead of sleeps."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -291,3 +294,27 @@ def test_schedules_are_on_the_brand_clock():
     assert Schedule.hourly(minute=5).next_after(at_ten, shanghai) == at_ten + timedelta(minutes=5)
     with pytest.raises(ValueError):
         Schedule.every(2 * 86400)
+
+
+async def test_the_dead_letter_command_lists_and_replays(redis_url: str, redis: aioredis.Redis):
+    envelope = make_event("example", "n1", NoteAdded(note_id="n1"), datetime.now(UTC))
+    await redis.xadd(STREAM + DEAD_SUFFIX, {b"e": envelope.SerializeToString(),
+                                            b"error": b"boom", b"group": b"example",
+                                            b"source_id": b"1-0"})
+    env = {**os.environ, "REDIS_URL": redis_url}
+
+    async def command(*args: str) -> list[dict]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.runtime.deadletters", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return [json.loads(line) for line in out.decode().splitlines()]
+
+    [listed] = await command("list", "--stream", STREAM, "--group", "example")
+    assert (listed["event_id"], listed["error"]) == (envelope.id, "boom")
+    assert await command("replay", "--stream", STREAM, "--group", "other") == [{"replayed": 0}]
+    assert await command("replay", "--stream", STREAM, "--group", "example") == [{"replayed": 1}]
+    [(_id, fields)] = await redis.xrange(STREAM)
+    assert event_pb2.Event.FromString(fields[b"e"]).id == envelope.id
+    assert await redis.xlen(STREAM + DEAD_SUFFIX) == 0
