@@ -44,8 +44,10 @@ from services.runtime.documents import (
     timer_version,
 )
 from services.runtime.documents_query import (
+    Term,
     check_limit,
     check_schema,
+    guard_version,
     parse_order,
     parse_where,
 )
@@ -65,13 +67,6 @@ _SEQUENCE_NEXT = (
     'INSERT INTO "_sequences" (name, n) VALUES (?, ?)'
     " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n RETURNING n"
 )
-
-
-def _version(collection: str, doc: Doc) -> int:
-    version = doc.get("_v")
-    if type(version) is not int:
-        raise ValueError(f"{collection}/{doc.get('_id')}: a guarded write needs the _v it read")
-    return version
 
 
 class SqliteDocumentStore(DocumentStore):
@@ -170,7 +165,7 @@ class SqliteDocumentStore(DocumentStore):
         return [t.load(row) for row in await self._read(sql, params, on_loop=on_loop)]
 
     @staticmethod
-    def _seeks(t: Table, terms: tuple) -> bool:
+    def _seeks(t: Table, terms: tuple[Term, ...]) -> bool:
         """Whether the terms pin an index's first field by equality (see the docstring)."""
         pinned = {term.field for term in terms if term.op in ("$eq", "$in")}
         given = frozenset(terms)
@@ -220,7 +215,7 @@ class SqliteDocumentStore(DocumentStore):
         )
         sql, args = first, params
         while True:
-            rows = await self._r.execute_fetchall(sql, args)
+            rows = list(await self._r.execute_fetchall(sql, args))
             if not rows:
                 return
             if fields is None:
@@ -278,15 +273,15 @@ class SqliteDocumentStore(DocumentStore):
                 try:
                     raw.execute(t.insert_sql, (arg["_id"], *row))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=True) from exc
                 versions.append(1)
             elif op == "replace":
                 row = t.row(arg)
-                version = _version(collection, arg)
+                version = guard_version(collection, arg)
                 try:
                     cur = raw.execute(t.replace_sql, (*row, arg["_id"], version))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=False) from exc
                 if cur.rowcount != 1:
                     raise Conflict(collection, arg["_id"])
                 versions.append(version + 1)
@@ -308,7 +303,7 @@ class SqliteDocumentStore(DocumentStore):
         try:
             return int(raw.execute(t.put_sql, (doc["_id"], *row)).fetchone()[0])
         except sqlite3.IntegrityError as exc:
-            raise t.duplicate(doc["_id"], exc) from exc
+            raise t.duplicate(raw, doc["_id"], exc, inserting=False) from exc
 
     @staticmethod
     def _apply_records(raw: sqlite3.Connection, uow: UnitOfWork) -> None:
