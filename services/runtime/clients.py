@@ -34,6 +34,7 @@ from services.runtime.logs import current_request_id
 
 DEFAULT_DEADLINE_SECONDS = 5.0
 MAX_RECEIVE_BYTES = 16 << 20
+Metadata = tuple[tuple[str, str], ...]
 RETRY_POLICY = {
     "maxAttempts": 4,
     "initialBackoff": "0.05s",
@@ -46,7 +47,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> tuple:
+def call_metadata(token: str, *, request_id: str = "", member_id: str = "") -> Metadata:
     md = [("authorization", f"Bearer {token}")]
     if request_id:
         md.append((REQUEST_ID_METADATA, request_id))
@@ -144,7 +145,7 @@ class Client(Generic[S]):
     ) -> None:
         self.stub, self.token, self.deadline_seconds = stub, token, deadline_seconds
 
-    def metadata(self, member_id: str = "") -> tuple:
+    def metadata(self, member_id: str = "") -> Metadata:
         return call_metadata(self.token.get(), request_id=current_request_id(),
                              member_id=member_id)
 

@@ -23,6 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from pond.events.v1 import event_pb2
@@ -42,11 +43,16 @@ class DeadLetter:
     event_type: str
 
 
-def _text(fields: dict, name: bytes) -> str:
+Fields = dict[bytes, bytes]
+# redis-py types stream replies loosely: [(entry id, {field: value})].
+Entries = list[tuple[bytes, Fields]]
+
+
+def _text(fields: Fields, name: bytes) -> str:
     return fields.get(name, b"").decode(errors="replace")
 
 
-def _letter(entry_id: bytes, fields: dict) -> DeadLetter:
+def _letter(entry_id: bytes, fields: Fields) -> DeadLetter:
     event = event_pb2.Event()
     try:
         event.ParseFromString(fields.get(b"e", b""))
@@ -59,7 +65,7 @@ def _letter(entry_id: bytes, fields: dict) -> DeadLetter:
 async def list_dead_letters(
     redis: aioredis.Redis, stream: str, *, group: str = "", count: int = 1000
 ) -> list[DeadLetter]:
-    entries = await redis.xrange(stream + DEAD_SUFFIX, count=count)
+    entries = cast(Entries, await redis.xrange(stream + DEAD_SUFFIX, count=count))
     letters = [_letter(entry_id, fields) for entry_id, fields in entries]
     return [d for d in letters if not group or d.group == group]
 
@@ -77,7 +83,7 @@ async def replay_dead_letters(
     dead = stream + DEAD_SUFFIX
     wanted = set(ids)
     replayed = 0
-    for entry_id, fields in await redis.xrange(dead, count=limit):
+    for entry_id, fields in cast(Entries, await redis.xrange(dead, count=limit)):
         letter = _letter(entry_id, fields)
         if (group and letter.group != group) or (wanted and letter.id not in wanted):
             continue

@@ -52,6 +52,7 @@ class HealthMonitor:
         redis_required: bool,
         tasks: Sequence[Supervised] = (),
         interval: float = 2.0,
+        name: str = "",
     ) -> None:
         self.service, self.servicer = service, servicer
         self.probe, self.redis, self.redis_required = probe, redis, redis_required
@@ -61,7 +62,8 @@ class HealthMonitor:
         self.store_ok = probe is None
         self.store_down = False  # a failed probe was reported
         self.redis_ok = redis is None
-        self.link = RedisLink(f"host:{service.rsplit('.', 1)[-1]}") if redis is not None else None
+        # pond_redis_up{client="host:<service>"}: the host's own view of Redis.
+        self.link = RedisLink(f"host:{name or service}") if redis is not None else None
         self._published: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self.why_not = "starting"

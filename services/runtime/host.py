@@ -232,7 +232,7 @@ class ServiceHost(Generic[S]):
                 service.registration.descriptor.full_name, self.server.health,
                 probe=service.probe or _store_probe(service.store), redis=self.redis,
                 redis_required=service.redis_required, tasks=self.supervised,
-                interval=self.options.health_seconds,
+                interval=self.options.health_seconds, name=self.spec.name,
             )
             await self.health.publish()  # NOT_SERVING until the first checks pass
             await self.server.start(serving=False)
@@ -312,9 +312,12 @@ class ServiceHost(Generic[S]):
     async def _measure(self, stop: asyncio.Event) -> None:
         """Backlog and lag gauges, every few seconds (failures only skip a round)."""
         while not stop.is_set():
-            for source in [*self.consumers, *([self.relay] if self.relay else [])]:
+            measures = [c.measure for c in self.consumers]
+            if self.relay is not None:
+                measures.append(self.relay.measure)
+            for measure in measures:
                 try:
-                    await source.measure()
+                    await measure()
                 except Exception as exc:
                     log.debug("metrics round skipped", error=repr(exc)[:200])
             try:

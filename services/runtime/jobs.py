@@ -35,9 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -67,7 +68,7 @@ DONE, FAILED = "done", "failed"
 class Job:
     name: str
     schedule: Schedule
-    run: Callable[[], Awaitable[object]]  # what it returns is logged
+    run: Callable[[], Coroutine[Any, Any, object]]  # what it returns is logged
     lease_seconds: float = 30.0
 
 
@@ -161,7 +162,8 @@ class JobLoop:
         bound = request_id_var.set(f"job:{name}:{int(due.timestamp())}"[:64])
         started = time.monotonic()
         log.info("job started", service=self.service, job=name, occurrence=due.isoformat())
-        work = asyncio.create_task(self.job.run(), name=f"{self.service}:job:{name}")
+        work: asyncio.Task[object] = asyncio.create_task(
+            self.job.run(), name=f"{self.service}:job:{name}")
         stopper = asyncio.ensure_future(stop.wait())
         try:
             renewed = time.monotonic()
@@ -171,15 +173,18 @@ class JobLoop:
                 if work.done():
                     break
                 if stop.is_set():
-                    return await self._cut_short(work, lease, "the service is stopping")
+                    await self._cut_short(work, lease, "the service is stopping")
+                    return None
                 try:
                     if not await lease.renew():
-                        return await self._cut_short(work, lease, "its lease went to another")
+                        await self._cut_short(work, lease, "its lease went to another")
+                        return None
                     renewed = time.monotonic()
                 except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                     self.link.failed(exc)
                     if time.monotonic() - renewed > 0.8 * self.ttl_ms / 1000:
-                        return await self._cut_short(work, lease, "Redis unreachable")
+                        await self._cut_short(work, lease, "Redis unreachable")
+                        return None
             seconds = time.monotonic() - started
             LAST_DURATION.labels(self.service, name).set(seconds)
             try:
@@ -198,7 +203,7 @@ class JobLoop:
             stopper.cancel()
             request_id_var.reset(bound)
 
-    async def _cut_short(self, work: asyncio.Task, lease: Lease, why: str) -> None:
+    async def _cut_short(self, work: asyncio.Task[object], lease: Lease, why: str) -> None:
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await work
@@ -207,7 +212,6 @@ class JobLoop:
                     job=self.job.name, why=why)
         with contextlib.suppress(aioredis.RedisError, OSError):
             await lease.release()
-        return None
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
         waiter = asyncio.ensure_future(self._wake.wait())

@@ -80,4 +80,6 @@ class Lease:
 
     async def holder(self) -> str | None:
         value = await self.redis.get(self.key)
-        return None if value is None else value.decode()
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)

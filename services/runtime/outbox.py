@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -62,7 +61,8 @@ return #ARGV - 3
 
 class OutboxStore(Protocol):
     async def outbox_pending(self, limit: int) -> list[tuple[int, bytes]]: ...
-    async def outbox_mark_published(self, seqs: Sequence[int]) -> None: ...
+    # (a list: what the services' stores take; the document store takes any sequence)
+    async def outbox_mark_published(self, seqs: list[int]) -> None: ...
 
 
 class LeaseLost(Exception):

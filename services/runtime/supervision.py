@@ -63,7 +63,7 @@ class Supervised:
         self.up = False
         self.restarts = 0
         self.last_error = ""
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import time
 from typing import Any
@@ -61,7 +61,7 @@ async def open_engine(
     return engine
 
 
-def scoring_job(runner: ScoringRunner) -> Callable[[], Awaitable[str]]:
+def scoring_job(runner: ScoringRunner) -> Callable[[], Coroutine[Any, Any, str]]:
     """A full scoring run; one already in progress (an operator's) counts."""
 
     async def run() -> str:

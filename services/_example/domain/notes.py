@@ -18,7 +18,7 @@ def new_note_problems(note_id: str, text: str, remind_in_seconds: float) -> list
     return problems
 
 
-def note_doc(note_id: str, text: str, failing_reminders: int) -> dict:
+def note_doc(note_id: str, text: str, failing_reminders: int) -> dict[str, object]:
     return {
         "_id": note_id, "text": text, "reminders": 0, "reminded_by": "", "seen": 0,
         "seen_request_id": "", "failing_reminders": failing_reminders,
