@@ -38,8 +38,8 @@ async def build(ctx: HostContext[ExampleSettings]) -> Service:
         ),
         store=store,
         publishes=STREAM,
-        consumers=[Consumer(STREAM, EventHandlers(ctx.name, store).on(NoteAdded,
-                                                                      notes.on_note_added))],
+        consumers=[Consumer(STREAM, EventHandlers(ctx.name, store, ctx.clock).on(
+            NoteAdded, notes.on_note_added))],
         timers={REMIND: notes.on_remind},
         jobs=[Job("tally", Schedule.hourly(), notes.tally)],
         tasks=[Task("heartbeat", heartbeat.run, required=True)],

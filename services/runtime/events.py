@@ -2,7 +2,7 @@
 protobuf message class of pond.events.v1), and each event is applied once per
 consumer, whatever Redis redelivers:
 
-    handlers = EventHandlers("tagging", store)
+    handlers = EventHandlers("tagging", store, clock)
     handlers.on(mev.OrderPaid, on_order_paid)
 
     async def on_order_paid(event: Received[mev.OrderPaid], uow: UnitOfWork) -> None:
@@ -35,6 +35,7 @@ from google.protobuf import message
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter
 
+from services.runtime.clock import Clock, SystemClock, epoch_micros
 from services.runtime.documents import PROCESSED, Conflict, DocumentStore, DuplicateKey, UnitOfWork
 
 log = structlog.get_logger("pond.events")
@@ -104,9 +105,11 @@ class EventHandlers:
     """One consumer's handlers by payload type; calling it handles one envelope (the
     raw handler EventConsumer takes)."""
 
-    def __init__(self, consumer: str, store: DocumentStore) -> None:
+    def __init__(self, consumer: str, store: DocumentStore, clock: Clock | None = None) -> None:
         self.consumer = consumer
         self.store = store
+        # When marks are made (what pruning compares): the service's clock.
+        self.clock = clock or SystemClock()
         self._by_type: dict[str, tuple[type[message.Message], Handler]] = {}
 
     def on(
@@ -136,7 +139,7 @@ class EventHandlers:
             if not envelope.payload.Unpack(payload):
                 raise ValueError(f"payload is not a {envelope.type}")
             uow = UnitOfWork()
-            uow.mark_processed(self.consumer, envelope.id)
+            uow.mark_processed(self.consumer, envelope.id, epoch_micros(self.clock.now()))
             event: Received[Any] = Received(envelope, payload, uow, self.store)
             try:
                 await handler(event, uow)

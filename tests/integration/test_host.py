@@ -318,3 +318,44 @@ async def test_the_dead_letter_command_lists_and_replays(redis_url: str, redis: 
     [(_id, fields)] = await redis.xrange(STREAM)
     assert event_pb2.Event.FromString(fields[b"e"]).id == envelope.id
     assert await redis.xlen(STREAM + DEAD_SUFFIX) == 0
+
+
+async def test_processed_marks_are_pruned_after_their_retention(
+    start, clock: ManualClock, redis: aioredis.Redis
+):
+    ex = await start(clock, processed_retention_days=7)
+    await ex.stub.AddNote(pb.AddNoteRequest(note_id="p1"), metadata=ex.md())
+    await eventually(lambda: ex.note("p1"), lambda n: n.seen == 1)
+    [(_id, fields)] = await redis.xrange(STREAM)
+    # Eight days on, the hourly prune job has removed the mark: an event redelivered
+    # that late (and forgotten by Redis too) would be applied again. Marks are kept
+    # for the window in which redeliveries happen, not forever.
+    pruned = sample("pond_job_runs_total", service="example", job="prune-records",
+                    outcome="succeeded")
+    clock.advance(days=8)
+    ex.host.wake_timers_and_jobs()
+    await eventually(
+        lambda: asyncio.sleep(0, sample("pond_job_runs_total", service="example",
+                                        job="prune-records", outcome="succeeded")),
+        lambda n: n == pruned + 1)
+    await redis.delete(*await redis.keys("pond:consumed:*"))
+    await redis.xadd(STREAM, {b"e": fields[b"e"]})
+    await eventually(lambda: ex.note("p1"), lambda n: n.seen == 2)
+
+
+async def test_a_store_that_does_not_answer_makes_the_service_not_serving(
+    start, clock: ManualClock, monkeypatch
+):
+    ex = await start(clock)
+    assert await ex.status() == SERVING
+    store = ex.host.service.store
+
+    async def broken(*_args: object) -> bool:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(store, "is_processed", broken)  # the host's probe read
+    await eventually(ex.status, lambda s: s == NOT_SERVING)
+    assert await ex.status("store") == NOT_SERVING
+    assert await ex.status("liveness") == SERVING
+    monkeypatch.undo()
+    await eventually(ex.status, lambda s: s == SERVING)
