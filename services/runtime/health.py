@@ -66,6 +66,7 @@ class HealthMonitor:
         self.link = RedisLink(f"host:{name or service}") if redis is not None else None
         self._published: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._publishing: set[asyncio.Task[None]] = set()  # held until done
         self.why_not = "starting"
 
     def readiness(self) -> tuple[bool, str]:
@@ -110,7 +111,9 @@ class HealthMonitor:
     def changed(self) -> None:
         """A task went up or down: publish now (from a non-async caller)."""
         with contextlib.suppress(RuntimeError):  # no loop: nothing to publish to
-            asyncio.get_running_loop().create_task(self.publish())
+            task = asyncio.get_running_loop().create_task(self.publish())
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
     async def check(self) -> None:
         if self.probe is not None:
