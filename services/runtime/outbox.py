@@ -157,6 +157,18 @@ class OutboxRelay:
         tries for the lease every third of its time to live. On `stop` the leader
         publishes what is left and releases the lease for a successor."""
         LEADER.labels(self.service).set(0)
+        loop = asyncio.get_running_loop()
+        # A stop wakes the relay like a commit does: one Event to wait on, no task
+        # made per round (the relay goes round once per batch of commits under load).
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _f: self._wake.set())
+        try:
+            await self._relay(stop, loop)
+        finally:
+            stopping.cancel()
+        await self._hand_off()
+
+    async def _relay(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         while not stop.is_set():
             # Cleared before reading, so a commit that lands during the read wakes the
             # next round instead of waiting out the poll.
@@ -176,19 +188,13 @@ class OutboxRelay:
                 await _pause(stop, self.link.backoff.next())
                 continue
             wait = self.poll_seconds if self.leader else self._renew_every
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
+            timer = loop.call_later(min(wait, self._renew_every), self._wake.set)
             try:
-                await asyncio.wait(
-                    {waiter, stopper}, timeout=min(wait, self._renew_every),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await self._wake.wait()
             finally:
-                waiter.cancel()
-                stopper.cancel()
+                timer.cancel()
             # Under load, let a few more commits land so one publish carries them.
             await asyncio.sleep(self.coalesce_seconds)
-        await self._hand_off()
 
     async def _hand_off(self) -> None:
         if not self.lease.held:
