@@ -2,9 +2,11 @@
 
 SQLite files and a private Valkey server (password, loopback, restarted when it
 dies) under ./.pond (POND_DATA_DIR, owner-only: folders 0700, files 0600), every
-service on its own port on 127.0.0.1, scheduled jobs (points expiry, tier
-re-evaluation, birthday gifts, a scoring run) every POND_JOBS_INTERVAL_SECONDS on the
-clock, and a dev operator token written to a file (never printed) for stack.call."""
+service on its own port on 127.0.0.1, each hosted by the runtime's service host
+exactly as in production (`python -m services.<name>`: the same tasks, health,
+scheduled jobs and ordered stop), every scheduled job at every
+POND_JOBS_INTERVAL_SECONDS on the clock (hourly by default), and a dev operator token
+written to a file (never printed) for stack.call."""
 
 from __future__ import annotations
 
@@ -15,16 +17,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from services.member.server import start_member_service
+from services.member.server import SPEC as MEMBER
 from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
+from services.runtime.host import ServiceHost, start_service
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.redis_conn import EmbeddedValkey, redact_url
 from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
-from services.tagging.server import start_tagging_service
+from services.runtime.supervision import Supervised, Task
+from services.tagging.server import SPEC as TAGGING
 from services.tagging.settings import TaggingSettings
 from stack import config
-from stack.jobs import run_schedule
 from stack.secrets import dev_secret, write_private
 
 log = get_logger("pond.stack")
@@ -57,43 +60,33 @@ async def main() -> int:
         os.environ["REDIS_URL"] = valkey.url
     settings = MemberSettings()
     configure_logging(settings.log_level, settings.log_format)
-    member = await start_member_service(settings)
-    tagging_settings = TaggingSettings()
-    tagging = await start_tagging_service(tagging_settings)
-    freeze_startup_heap()
-    token_file = config.token_path(data_dir)
-    write_private(
-        token_file,
-        mint_token(
-            settings.auth_config(), "dev-operator", Role.OPERATOR, ttl_seconds=TOKEN_TTL_SECONDS
-        ),
-    )
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(
-            run_schedule(
-                member.app,
-                tagging.runner,
-                stop,
-                interval=float(os.environ.get("POND_JOBS_INTERVAL_SECONDS", "3600")),
-                timezone=settings.timezone,
-            ),
-            name="stack-jobs",
-        )
-    ]
+    supervised = []
     if valkey is not None:
-        tasks.append(asyncio.create_task(valkey.supervise(stop), name="stack-valkey"))
-    _banner(settings, tagging_settings, member.port, tagging.port, token_file, client_env)
+        supervised.append(Supervised("stack", Task("valkey", valkey.supervise), stop))
+        supervised[-1].start()
+    hosts: list[ServiceHost] = []
     try:
+        # The same hosts as production, one per service, in one process.
+        hosts.append(await start_service(MEMBER, settings))
+        tagging_settings = TaggingSettings()
+        hosts.append(await start_service(TAGGING, tagging_settings))
+        freeze_startup_heap()
+        token_file = config.token_path(data_dir)
+        write_private(
+            token_file,
+            mint_token(settings.auth_config(), "dev-operator", Role.OPERATOR,
+                       ttl_seconds=TOKEN_TTL_SECONDS),
+        )
+        _banner(settings, tagging_settings, hosts[0].port, hosts[1].port, token_file,
+                client_env)
         await wait_for_termination_signal()
     finally:
+        for host in reversed(hosts):
+            await host.stop(settings.shutdown_grace)
         stop.set()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await tagging.stop(settings.shutdown_grace)
-        await member.stop(settings.shutdown_grace)
+        for task in supervised:
+            await task.join(5.0)
         if valkey:
             valkey.stop()
     return 0

@@ -2,8 +2,9 @@
 variables mean the same things to all three (POND_DATA_DIR, POND_HOST, the ports,
 the auth secret), so a command copied from the banner reaches the stack it came from.
 
-`make run` differs from production only in these defaults: embedded mode and
-loopback-only listening (production keeps POND_HOST=0.0.0.0)."""
+`make run` differs from production only in these defaults: embedded mode,
+loopback-only listening (production keeps POND_HOST=0.0.0.0) and hourly scheduled
+jobs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from services.member.settings import MemberSettings
 from services.runtime.config import RuntimeSettings
 from services.tagging.settings import TaggingSettings
 
-STACK_DEFAULTS = {"POND_MODE": "embedded", "POND_HOST": "127.0.0.1"}
+STACK_DEFAULTS = {
+    "POND_MODE": "embedded",
+    "POND_HOST": "127.0.0.1",
+    # Scheduled jobs hourly, on the hour, rather than nightly: a developer sees them run.
+    "POND_JOBS_INTERVAL_SECONDS": "3600",
+}
 # What someone may have set for `make run` that a client in another terminal needs too.
 CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT")
 TOKEN_FILE = "dev-operator.token"

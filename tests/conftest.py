@@ -30,7 +30,7 @@ from services.runtime.redis_conn import EmbeddedValkey, connect_redis
 TEST_SECRET = "test-secret-" + "x" * 20
 TEST_PHONE_KEY = base64.b64encode(b"k" * 32).decode()
 
-configure_logging("warning", "json")
+configure_logging(os.environ.get("POND_TEST_LOG_LEVEL", "warning"), "json")
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +82,9 @@ class MemberHarness:
 
 def member_settings(tmp_path, redis_url: str = "", **overrides) -> MemberSettings:
     env = dict(data_dir=tmp_path, auth_secret=TEST_SECRET, phone_key=TEST_PHONE_KEY,
-               redis_url=redis_url, mode="test", outbox_poll_seconds=0.05)
+               redis_url=redis_url, mode="test", outbox_poll_seconds=0.05,
+               # Tests move the clock by hand and run the maintenance RPCs themselves.
+               jobs_enabled=False)
     env.update(overrides)
     return MemberSettings(**env)
 

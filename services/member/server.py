@@ -1,10 +1,13 @@
-"""Wiring: settings -> store -> bus -> use cases -> servicer -> server."""
+"""The member service's parts, for the runtime's host (services/runtime/host.py):
+its store, use cases, servicer and auth rules, the stream it publishes, and its
+scheduled maintenance (nightly in the brand's time zone; the RPCs that run the same
+work stay as operator tools)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
+from datetime import time
+from typing import Any
 
 from pond.member.v1 import member_pb2, member_pb2_grpc
 
@@ -15,10 +18,11 @@ from services.member.events import STREAM
 from services.member.service import LoyaltyRules
 from services.member.settings import MemberSettings
 from services.member.store import MemberStore, open_store
-from services.runtime.clock import Clock, SystemClock
+from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
-from services.runtime.outbox import OutboxRelay
-from services.runtime.redis_conn import connect_redis
+from services.runtime.host import HostContext, Service, ServiceHost, ServiceSpec, start_service
+from services.runtime.jobs import Job
+from services.runtime.schedule import Schedule
 from services.runtime.server import PondServer, ServiceRegistration
 
 SERVICE = member_pb2.DESCRIPTOR.services_by_name["MemberService"]
@@ -35,31 +39,87 @@ def registration(servicer: MemberServicer) -> ServiceRegistration:
     )
 
 
+def jobs(app: MemberApp) -> list[Job]:
+    async def lapse_paid_memberships() -> int:
+        total = batch = await app.lapse_paid_memberships()
+        while batch:
+            batch = await app.lapse_paid_memberships()
+            total += batch
+        return total
+
+    return [
+        Job("points-expiry", Schedule.daily(time(3, 0)),
+            lambda: app.run_points_expiry(remind_within_days=30), lease_seconds=60),
+        Job("tier-evaluation", Schedule.daily(time(3, 20)), app.evaluate_tiers,
+            lease_seconds=60),
+        Job("birthday-gifts", Schedule.daily(time(0, 30)), app.grant_birthday_gifts,
+            lease_seconds=60),
+        Job("paid-lapses", Schedule.hourly(minute=5), lapse_paid_memberships),
+    ]
+
+
+async def build(ctx: HostContext[MemberSettings], store: MemberStore | None = None) -> Service:
+    settings = ctx.settings
+    key = settings.phone_key_b64()
+    if not key:
+        raise RuntimeError("refusing to start without a phone encryption key (POND_PHONE_KEY)")
+    store = store or await open_store(
+        sqlite_path=str(settings.data_dir / "member.db"),
+        mongodb_uri=settings.mongodb_uri,
+        mongodb_db=settings.mongodb_db,
+    )
+    rules = LoyaltyRules(
+        settings.consuming_order_threshold,
+        settings.points_per_yuan,
+        settings.growth_per_yuan,
+        settings.points_valid_days,
+        settings.timezone,
+    )
+    app = MemberApp(store, ctx.clock, FieldCipher.from_b64(key), rules,
+                    on_commit=ctx.notify_commit)
+    return Service(
+        registration=registration(MemberServicer(app)),
+        publishes=STREAM,
+        outbox=store,
+        probe=lambda: store.outbox_pending(1),
+        jobs=jobs(app),
+        closers=[store.close],
+        handle=app,
+    )
+
+
+SPEC = ServiceSpec(
+    name="member",
+    settings=MemberSettings,
+    build=build,
+    port=lambda s: s.member_port,
+    metrics_port=lambda s: s.member_metrics_port,
+    required=lambda s: {"POND_PHONE_KEY": s.phone_key_b64()},
+)
+
+
 @dataclass
 class MemberService:
-    """A running member service: its server, store, app and outbox relay."""
+    """A running member service (what tests and benchmarks hold)."""
 
-    server: PondServer
-    store: MemberStore
-    app: MemberApp
-    relay: OutboxRelay | None
-    _stop: asyncio.Event
-    _tasks: list[asyncio.Task]
+    host: ServiceHost[Any]
 
     @property
     def port(self) -> int:
-        return self.server.port
+        return self.host.port
+
+    @property
+    def server(self) -> PondServer:
+        assert self.host.server is not None
+        return self.host.server
+
+    @property
+    def app(self) -> MemberApp:
+        assert self.host.service is not None
+        return self.host.service.handle
 
     async def stop(self, grace: float = 5.0) -> None:
-        await self.server.stop(grace)
-        self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.relay is not None:
-            await self.relay.redis.aclose()
-        await self.store.close()
+        await self.host.stop(grace)
 
 
 async def start_member_service(
@@ -70,49 +130,14 @@ async def start_member_service(
     metrics: bool = True,
     store: MemberStore | None = None,
 ) -> MemberService:
-    key = settings.phone_key_b64()
-    if not key:
-        raise RuntimeError("refusing to start without a phone encryption key (POND_PHONE_KEY)")
-    store = store or await open_store(
-        sqlite_path=str(settings.data_dir / "member.db"),
-        mongodb_uri=settings.mongodb_uri,
-        mongodb_db=settings.mongodb_db,
+    spec = SPEC
+    if store is not None:  # a store made by the caller (tests: replicas over one database)
+
+        async def build_on(ctx: HostContext[MemberSettings]) -> Service:
+            return await build(ctx, store)
+
+        spec = ServiceSpec(SPEC.name, SPEC.settings, build_on, SPEC.port, SPEC.metrics_port,
+                           SPEC.required)
+    return MemberService(
+        await start_service(spec, settings, clock=clock, port=port, metrics=metrics)
     )
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task] = []
-    relay = None
-    if settings.redis_url:
-        relay = OutboxRelay(
-            store,
-            connect_redis(settings.redis_url),
-            STREAM,
-            poll_seconds=settings.outbox_poll_seconds,
-        )
-        if settings.outbox_relay_enabled:
-            tasks.append(asyncio.create_task(relay.run(stop), name="member-outbox"))
-    rules = LoyaltyRules(
-        settings.consuming_order_threshold,
-        settings.points_per_yuan,
-        settings.growth_per_yuan,
-        settings.points_valid_days,
-        settings.timezone,
-    )
-    app = MemberApp(
-        store,
-        clock or SystemClock(),
-        FieldCipher.from_b64(key),
-        rules,
-        on_commit=relay.notify if relay else (lambda: None),
-    )
-    server = PondServer(
-        registration(MemberServicer(app)),
-        auth=settings.auth_config(),
-        page_key=settings.page_key(),
-        host=settings.host,
-        port=settings.member_port if port is None else port,
-        metrics_port=settings.member_metrics_port if metrics else 0,
-        max_receive_bytes=settings.max_receive_bytes,
-        max_concurrent_streams=settings.max_concurrent_streams,
-    )
-    await server.start()
-    return MemberService(server, store, app, relay, stop, tasks)

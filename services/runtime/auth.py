@@ -151,10 +151,11 @@ def audience_of(service_full_name: str) -> str:
 def installed_audiences() -> tuple[str, ...]:
     """Every service of this installation (`pond.<name>` per package under
     services/, the runtime apart): the audience of a token minted without naming
-    one, as `make run`'s operator token and `python -m stack.token` do."""
+    one, as `make run`'s operator token and `python -m stack.token` do. A leading
+    underscore (a package kept out of the way, like an example) is not part of the name."""
     root = Path(__file__).resolve().parents[1]
     return tuple(
-        f"pond.{p.name}"
+        f"pond.{p.name.lstrip('_')}"
         for p in sorted(root.iterdir())
         if p.is_dir() and p.name != "runtime" and (p / "__init__.py").is_file()
     )

@@ -80,6 +80,23 @@ class RuntimeSettings(BaseSettings):
     # Outbox relay: publish pending events; poll interval when idle.
     outbox_relay_enabled: bool = True
     outbox_poll_seconds: float = 1.0
+    # The relay's lease (one publisher per service): a killed leader's successor
+    # takes over within this and a third of it.
+    outbox_lease_seconds: float = 10.0
+    # Event consumers: a delivery idle this long is reclaimed and retried; after this
+    # many deliveries it is dead-lettered (a service's consumer may say otherwise).
+    event_claim_idle_ms: int = 30_000
+    event_max_deliveries: int = 5
+    # How long one read waits for new events (also how long a stop may wait for it).
+    event_block_ms: int = 1000
+    # Processed-event marks (each consumer applies an event once) are kept this long.
+    processed_retention_days: float = 7.0
+    # Off: this process runs no scheduled jobs (another replica does; tests that move
+    # the clock by hand and run the jobs' work themselves).
+    jobs_enabled: bool = True
+    # 0: each scheduled job on its own schedule; N: every job at every whole multiple
+    # of N seconds after local midnight (the dev stack's default: hourly).
+    jobs_interval_seconds: float = 0.0
 
     def secret(self) -> str:
         return _read_secret(self.auth_secret, self.auth_secret_file)

@@ -4,8 +4,17 @@ producer, consumer groups, at-least-once delivery.
 Consumers ack after the effect; a redelivered event whose id this group already
 finished is acked without running again; a message idle past `claim_idle_ms` is
 reclaimed (XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's
-dead-letter stream ("<stream>.dead") with the error. Handlers must still be
-idempotent by event id, since a crash between effect and ack redelivers the event.
+dead-letter stream ("<stream>.dead") with the error (services.runtime.deadletters
+lists and replays them). Handlers must still be idempotent by event id, since a crash
+between effect and ack redelivers the event: services.runtime.events applies each
+event once per consumer with a processed mark in the handler's unit of work.
+
+While a handler runs, the envelope's request id is the log context's (every line
+the handler logs carries it, and events it emits carry it on).
+
+Metrics (per stream and group): pond_events_handled_total{outcome=applied|skipped|
+failed}, pond_events_redelivered_total, pond_events_dead_lettered_total, and
+pond_consumer_lag / pond_consumer_pending (XINFO GROUPS, refreshed by `measure()`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ import redis.asyncio as aioredis
 import structlog
 from google.protobuf import any_pb2, message
 from pond.events.v1 import event_pb2
+from prometheus_client import Counter, Gauge
 
 from services.runtime.clock import timestamp_pb
+from services.runtime.logs import current_request_id, request_id_var
 from services.runtime.redis_health import RedisLink
 
 STREAM_PREFIX = "pond.events."
@@ -33,6 +44,25 @@ STREAM_MAXLEN = 1_000_000
 _DONE_TTL_SECONDS = 7 * 24 * 3600
 
 log = structlog.get_logger("pond.events")
+
+HANDLED = Counter(
+    "pond_events_handled", "events delivered to a consumer, by outcome",
+    ["stream", "group", "outcome"],
+)
+REDELIVERED = Counter(
+    "pond_events_redelivered", "events delivered again after a failure or a crash",
+    ["stream", "group"],
+)
+DEAD_LETTERED = Counter(
+    "pond_events_dead_lettered", "events given up on and moved to the dead-letter stream",
+    ["stream", "group"],
+)
+LAG = Gauge(
+    "pond_consumer_lag", "stream entries the group has not read yet", ["stream", "group"]
+)
+PENDING = Gauge(
+    "pond_consumer_pending", "entries read by the group but not acked yet", ["stream", "group"]
+)
 
 
 def stream_for(producer: str) -> str:
@@ -46,6 +76,8 @@ def make_event(
     occurred_at: datetime,
     request_id: str = "",
 ) -> event_pb2.Event:
+    """The envelope; its request id is the one given, else the current call's (or
+    the event being handled's) from the log context."""
     packed = any_pb2.Any()
     packed.Pack(payload)
     ts = timestamp_pb(occurred_at)
@@ -56,7 +88,7 @@ def make_event(
         producer=producer,
         subject_id=subject_id,
         payload=packed,
-        request_id=request_id,
+        request_id=request_id or current_request_id(),
     )
 
 
@@ -166,6 +198,7 @@ class EventConsumer:
         )
         if not messages:
             return 0
+        REDELIVERED.labels(self.stream, self.group).inc(len(messages))
         pending = await self.redis.xpending_range(
             self.stream,
             self.group,
@@ -202,23 +235,29 @@ class EventConsumer:
         if await self.redis.exists(self._done_key(event.id)):
             await self.redis.xack(self.stream, self.group, msg_id)
             self.stats.skipped += 1
+            HANDLED.labels(self.stream, self.group, "skipped").inc()
             return 1
+        bound = request_id_var.set(event.request_id)
         try:
             await self.handler(event)
         except Exception as exc:
             # Left pending: reclaimed after claim_idle_ms, dead-lettered after N tries.
             self._last_error[msg_id] = repr(exc)[:500]
             self.stats.failed += 1
+            HANDLED.labels(self.stream, self.group, "failed").inc()
             log.warning(
                 "event handler failed", event_type=event.type, event_id=event.id, error=repr(exc)
             )
             return 0
+        finally:
+            request_id_var.reset(bound)
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._done_key(event.id), b"1", ex=_DONE_TTL_SECONDS)
         pipe.xack(self.stream, self.group, msg_id)
         await pipe.execute()
         self._last_error.pop(msg_id, None)
         self.stats.handled += 1
+        HANDLED.labels(self.stream, self.group, "applied").inc()
         return 1
 
     async def _dead_letter(self, msg_id: bytes, fields: dict[bytes, bytes], why: str) -> None:
@@ -235,4 +274,16 @@ class EventConsumer:
         pipe.xack(self.stream, self.group, msg_id)
         await pipe.execute()
         self.stats.dead_lettered += 1
+        DEAD_LETTERED.labels(self.stream, self.group).inc()
         log.error("event dead-lettered", stream=self.stream, message_id=msg_id.decode(), why=why)
+
+    async def measure(self) -> None:
+        """Updates the lag and pending gauges from XINFO GROUPS (lag needs Redis 7)."""
+        for info in await self.redis.xinfo_groups(self.stream):
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) != self.group:
+                continue
+            PENDING.labels(self.stream, self.group).set(int(info.get("pending") or 0))
+            lag = info.get("lag")
+            if lag is not None:
+                LAG.labels(self.stream, self.group).set(int(lag))

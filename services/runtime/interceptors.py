@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
@@ -45,6 +46,11 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Behavior: TypeAlias = Callable[..., Any]
 
 _log = structlog.get_logger("pond.rpc")
+# The call being served, for what outlives the handler's signature: the deadline a
+# client of another service passes on (services.runtime.clients).
+rpc_context_var: ContextVar[Context | None] = ContextVar(
+    "pond_rpc_context", default=None
+)
 
 
 class ServiceInterceptor:
@@ -92,6 +98,7 @@ class ServiceInterceptor:
         if not request_id or not _accepted_request_id(request_id):
             request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
         request_id_var.set(request_id)
+        rpc_context_var.set(context)
         current_caller.set(self._authorizer.authorize(method, metadata))
         if self._page_key:
             page_key.set(self._page_key)

@@ -129,12 +129,17 @@ class PondServer:
         self.host = host
         self._metrics_http: Any = None  # prometheus_client's WSGI server, once started
 
-    async def start(self) -> int:
+    async def start(self, *, serving: bool = True) -> int:
+        """`serving=False`: health stays NOT_SERVING until the caller says otherwise
+        (the host does, once what the service needs is there)."""
+        if not serving:
+            await self.set_serving(False)
         if self.metrics_port:
             # On the same address as gRPC: a loopback-only stack exposes nothing else.
             self._metrics_http, _thread = start_http_server(self.metrics_port, addr=self.host)
         await self.server.start()
-        await self.set_serving(True)
+        if serving:
+            await self.set_serving(True)
         log.info("serving", service=self.name, port=self.port, metrics_port=self.metrics_port)
         return self.port
 

@@ -1,21 +1,33 @@
-"""Wiring: settings -> store -> engine -> consumer, relay -> servicer -> server."""
+"""The tagging service's parts, for the runtime's host (services/runtime/host.py):
+the engine over its store, the use cases, servicer and auth rules, the member stream
+it consumes, the stream it publishes, the nightly scoring run and the bitmap flush."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import time
+from typing import Any
 
 import structlog
 from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
 from services.runtime.clock import Clock, SystemClock
-from services.runtime.eventbus import EventConsumer
-from services.runtime.outbox import OutboxRelay
-from services.runtime.redis_conn import connect_redis
+from services.runtime.errors import PondError
+from services.runtime.host import (
+    Consumer,
+    HostContext,
+    Service,
+    ServiceHost,
+    ServiceSpec,
+    start_service,
+)
+from services.runtime.jobs import Job
+from services.runtime.schedule import Schedule
 from services.runtime.server import PondServer, ServiceRegistration
+from services.runtime.supervision import Task
 from services.tagging.api import AUTH_RULES, TaggingServicer
 from services.tagging.app import TaggingApp
 from services.tagging.domain.scores import LifecycleThresholds
@@ -64,45 +76,125 @@ def _warn_of_legacy_file(settings: TaggingSettings) -> None:
         )
 
 
+def scoring_job(runner: ScoringRunner) -> Callable[[], Coroutine[Any, Any, str]]:
+    """A full scoring run; one already in progress (an operator's) counts."""
+
+    async def run() -> str:
+        try:
+            run = await runner.begin()
+        except PondError as exc:
+            if exc.reason == "RUN_IN_PROGRESS":
+                return f"a run is in progress: {exc.metadata.get('run_id', '')}"
+            raise
+        await runner.execute(run.id)
+        return run.id
+
+    return run
+
+
+def flush_loop(engine: TagEngine, every: float) -> Callable[[asyncio.Event], Awaitable[None]]:
+    """Persists the bitmaps changed in real time every `every` seconds."""
+
+    async def run(stop: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+            if stop.is_set():
+                return  # the last flush is the host's, among the closers
+            await engine.flush()
+
+    return run
+
+
+async def build(ctx: HostContext[TaggingSettings]) -> Service:
+    settings = ctx.settings
+    engine = await open_engine(settings, ctx.clock)
+    runner = ScoringRunner(
+        engine,
+        partition_timeout=settings.tagging_partition_timeout_seconds,
+        rescore_delay=settings.tagging_rescore_delay_seconds,
+    )
+    app = TaggingApp(
+        engine,
+        on_commit=ctx.notify_commit,
+        on_rules_changed=runner.rescore_soon if runner.rescore_delay > 0 else (lambda: None),
+        max_categories=settings.tagging_max_categories,
+    )
+    servicer = TaggingServicer(app, runner)
+    return Service(
+        registration=ServiceRegistration(
+            SERVICE,
+            lambda s: tagging_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, s),
+            AUTH_RULES,
+        ),
+        publishes=STREAM,
+        store=engine.store.docs,
+        consumers=[Consumer(
+            MEMBER_STREAM, app.handle_member_event, group=CONSUMER_GROUP,
+            max_deliveries=settings.tagging_max_deliveries,
+            claim_idle_ms=settings.tagging_claim_idle_ms, block_ms=200,
+        )],
+        jobs=[Job("scoring-run", Schedule.daily(time(4, 0)), scoring_job(runner),
+                  lease_seconds=60)],
+        tasks=[Task("flush", flush_loop(engine, settings.tagging_flush_seconds))],
+        # Scoring runs still going stop before the store closes; like a crash, they
+        # keep the run lock and are resumed with StartScoringRun(resume_run_id).
+        closers=[runner.close, engine.flush, engine.store.close],
+        handle=TaggingParts(engine, runner, app, servicer),
+    )
+
+
+SPEC = ServiceSpec(
+    name="tagging",
+    settings=TaggingSettings,
+    build=build,
+    port=lambda s: s.tagging_port,
+    metrics_port=lambda s: s.tagging_metrics_port,
+)
+
+
+@dataclass
+class TaggingParts:
+    engine: TagEngine
+    runner: ScoringRunner
+    app: TaggingApp
+    servicer: TaggingServicer
+
+
 @dataclass
 class TaggingService:
-    server: PondServer
-    engine: TagEngine
-    app: TaggingApp
-    runner: ScoringRunner
-    consumer: EventConsumer | None
-    _stop: asyncio.Event
-    _tasks: list[asyncio.Task]
-    servicer: TaggingServicer | None = None
-    relay: OutboxRelay | None = None
+    """A running tagging service (what tests and benchmarks hold)."""
+
+    host: ServiceHost[Any]
+
+    @property
+    def parts(self) -> TaggingParts:
+        assert self.host.service is not None
+        return self.host.service.handle
 
     @property
     def port(self) -> int:
-        return self.server.port
+        return self.host.port
+
+    @property
+    def server(self) -> PondServer:
+        assert self.host.server is not None
+        return self.host.server
+
+    @property
+    def engine(self) -> TagEngine:
+        return self.parts.engine
+
+    @property
+    def runner(self) -> ScoringRunner:
+        return self.parts.runner
+
+    @property
+    def app(self) -> TaggingApp:
+        return self.parts.app
 
     async def stop(self, grace: float = 5.0) -> None:
-        await self.server.stop(grace)
-        self._stop.set()
-        # Scoring runs still going stop before the store closes; like a crash, they
-        # keep the run lock and are resumed with StartScoringRun(resume_run_id).
-        await self.runner.close()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.engine.flush()
-        if self.consumer is not None:
-            await self.consumer.redis.aclose()
-        if self.relay is not None:
-            await self.relay.redis.aclose()
-        await self.engine.store.close()
-
-
-async def _flush_loop(engine: TagEngine, every: float, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        await engine.flush()
+        await self.host.stop(grace)
 
 
 async def start_tagging_service(
@@ -112,58 +204,6 @@ async def start_tagging_service(
     port: int | None = None,
     metrics: bool = True,
 ) -> TaggingService:
-    engine = await open_engine(settings, clock)
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task] = [
-        asyncio.create_task(
-            _flush_loop(engine, settings.tagging_flush_seconds, stop), name="tagging-flush"
-        )
-    ]
-    relay = consumer = None
-    if settings.redis_url:
-        redis = connect_redis(settings.redis_url)
-        relay = OutboxRelay(
-            engine.store.docs, redis, STREAM, poll_seconds=settings.outbox_poll_seconds
-        )
-        if settings.outbox_relay_enabled:
-            tasks.append(asyncio.create_task(relay.run(stop), name="tagging-outbox"))
-    runner = ScoringRunner(
-        engine,
-        partition_timeout=settings.tagging_partition_timeout_seconds,
-        rescore_delay=settings.tagging_rescore_delay_seconds,
+    return TaggingService(
+        await start_service(SPEC, settings, clock=clock, port=port, metrics=metrics)
     )
-    app = TaggingApp(
-        engine,
-        on_commit=relay.notify if relay else (lambda: None),
-        on_rules_changed=runner.rescore_soon if runner.rescore_delay > 0 else (lambda: None),
-        max_categories=settings.tagging_max_categories,
-    )
-    if settings.redis_url:
-        consumer = EventConsumer(
-            connect_redis(settings.redis_url),
-            MEMBER_STREAM,
-            CONSUMER_GROUP,
-            f"{socket.gethostname()}-{os.getpid()}",
-            app.handle_member_event,
-            max_deliveries=settings.tagging_max_deliveries,
-            claim_idle_ms=settings.tagging_claim_idle_ms,
-            block_ms=200,
-        )
-        tasks.append(asyncio.create_task(consumer.run(stop), name="tagging-consumer"))
-    servicer = TaggingServicer(app, runner)
-    server = PondServer(
-        ServiceRegistration(
-            SERVICE,
-            lambda s: tagging_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, s),
-            AUTH_RULES,
-        ),
-        auth=settings.auth_config(),
-        page_key=settings.page_key(),
-        host=settings.host,
-        port=settings.tagging_port if port is None else port,
-        metrics_port=settings.tagging_metrics_port if metrics else 0,
-        max_receive_bytes=settings.max_receive_bytes,
-        max_concurrent_streams=settings.max_concurrent_streams,
-    )
-    await server.start()
-    return TaggingService(server, engine, app, runner, consumer, stop, tasks, servicer, relay)

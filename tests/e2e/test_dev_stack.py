@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.runtime.clients import call_metadata
-from stack.jobs import next_occurrence
+from services.runtime.schedule import next_occurrence
 from tests.e2e.test_stack_journey import _free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]

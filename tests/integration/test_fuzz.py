@@ -51,6 +51,7 @@ class Services:
 @pytest_asyncio.fixture
 async def services(member: MemberHarness, redis_url: str, tmp_path) -> AsyncIterator[Services]:
     settings = TaggingSettings(
+        jobs_enabled=False,  # scoring runs start only when a test starts them
         data_dir=tmp_path / "tagging", auth_secret=TEST_SECRET, redis_url=redis_url,
         mode="test", outbox_poll_seconds=0.05, tagging_flush_seconds=0.2,
         tagging_rescore_delay_seconds=0,

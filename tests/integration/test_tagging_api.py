@@ -73,6 +73,7 @@ class Stack:
 @pytest_asyncio.fixture
 async def stack(member: MemberHarness, redis_url: str, tmp_path) -> AsyncIterator[Stack]:
     settings = TaggingSettings(
+        jobs_enabled=False,  # scoring runs start only when a test starts them
         data_dir=tmp_path / "tagging",
         auth_secret=TEST_SECRET,
         redis_url=redis_url,

@@ -126,3 +126,20 @@ async def test_a_run_writing_its_result_cannot_be_cancelled(stack: Stack, monkey
     gate.set()
     done = (await watch(stack, started.id))[-1]
     assert done.state == SUCCEEDED
+
+
+async def test_the_nightly_scoring_run_is_a_job_of_the_service(stack: Stack):
+    """At 04:00 in the brand's time zone the service starts a run over everyone by
+    itself (its host's scheduled job; no CronJob calling StartScoringRun)."""
+    await stack.restart(jobs_enabled=True)
+    await populate(stack, [1, 2])
+
+    async def runs() -> list[pb.ScoringRun]:
+        reply = await stack.stub.ListScoringRuns(pb.ListScoringRunsRequest(), metadata=stack.md())
+        return list(reply.runs)
+
+    assert await runs() == []
+    stack.clock.set(stack.clock.now().replace(hour=20, minute=1))  # 04:01 in Shanghai
+    stack.tagging.host.wake_timers_and_jobs()
+    [run] = await eventually(runs, lambda rs: len(rs) == 1 and rs[0].state == SUCCEEDED)
+    assert run.members_total == 2 and not run.segment_id

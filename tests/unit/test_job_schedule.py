@@ -1,4 +1,4 @@
-"""When the dev stack's scheduled jobs run: on the clock in the brand's time zone
+"""When scheduled jobs run: on the clock in the brand's time zone
 (every whole interval after local midnight), never merely because it started."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stack.jobs import next_occurrence
+from services.runtime.schedule import next_occurrence
 
 SHANGHAI = "Asia/Shanghai"
 
