@@ -75,6 +75,8 @@ class TagEngine:
         self.thresholds = thresholds or scores.LifecycleThresholds()
         self.lock = asyncio.Lock()  # one mutation of the working set at a time
         self.index: dict[str, int] = {}
+        # Members whose first event is being applied: indexed, not yet scored or saved.
+        self.arriving: set[int] = set()
         self.ids: list[str] = []
         self.universe = BitMap()
         self.tags: dict[str, TagDefinition] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC
+from typing import Any
 
 from pond.events.v1 import event_pb2
 from pond.events.v1 import member_events_pb2 as mev
@@ -66,39 +67,51 @@ class MemberUseCases(TaggingCore):
         payload = MEMBER_EVENT_TYPES[kind]()
         event.payload.Unpack(payload)
         async with engine.lock:
+            arriving = event.subject_id not in engine.index
             idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
-            history = await self.store.get_history(idx) or MemberHistory(idx)
-            today = engine.today()
-            if kind == "MemberRegistered":
-                history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
-            elif kind == "OrderPaid":
-                names = sorted({i.category for i in payload.items if i.category})
-                known = await self._categories(names)
-                history.order_paid(
-                    engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC)),
-                    payload.amount_fen,
-                    set(known.values()),  # untracked categories count in totals only
-                    today,
-                )
-            elif kind == "OrderRefunded":
-                paid_day = (
-                    engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC))
-                    if payload.HasField("paid_at")
-                    else today
-                )
-                history.order_refunded(paid_day, payload.refund_fen, payload.fully_refunded, today)
-            elif kind == "TierChanged":
-                history.tier = payload.to_level
-            elif kind == "PointsChanged":
-                history.points_balance = payload.balance
-            if history.registered_day == NEVER and kind != "MemberRegistered":
-                history.registered_day = today
-            changes = await engine.rescore_member(history)
-            events = self._events(changes)
-            if await self.store.apply_event(event.id, history, events):
-                engine.apply_changes(changes)
-                if events:
-                    self._on_commit()
+            if arriving:  # known to the profile only once its first event is applied
+                engine.arriving.add(idx)
+            try:
+                await self._apply(event, kind, payload, idx)
+            finally:
+                engine.arriving.discard(idx)
+
+    async def _apply(self, event: event_pb2.Event, kind: str, payload: Any, idx: int) -> None:
+        """One event's change to member `idx`'s history, scored and saved (under the
+        engine's lock)."""
+        engine = self.engine
+        history = await self.store.get_history(idx) or MemberHistory(idx)
+        today = engine.today()
+        if kind == "MemberRegistered":
+            history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
+        elif kind == "OrderPaid":
+            names = sorted({i.category for i in payload.items if i.category})
+            known = await self._categories(names)
+            history.order_paid(
+                engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC)),
+                payload.amount_fen,
+                set(known.values()),  # untracked categories count in totals only
+                today,
+            )
+        elif kind == "OrderRefunded":
+            paid_day = (
+                engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC))
+                if payload.HasField("paid_at")
+                else today
+            )
+            history.order_refunded(paid_day, payload.refund_fen, payload.fully_refunded, today)
+        elif kind == "TierChanged":
+            history.tier = payload.to_level
+        elif kind == "PointsChanged":
+            history.points_balance = payload.balance
+        if history.registered_day == NEVER and kind != "MemberRegistered":
+            history.registered_day = today
+        changes = await engine.rescore_member(history)
+        events = self._events(changes)
+        if await self.store.apply_event(event.id, history, events):
+            engine.apply_changes(changes)
+            if events:
+                self._on_commit()
 
     async def _rescore_indexes(self, indexes: list[int]) -> None:
         """Re-evaluates members whose manual tags changed (rules may use them)."""
@@ -117,7 +130,7 @@ class MemberUseCases(TaggingCore):
     async def profile(self, member_id: str) -> MemberProfile:
         engine = self.engine
         idx = engine.index.get(member_id)
-        if idx is None:
+        if idx is None or idx in engine.arriving:
             raise member_not_known_yet(member_id)
         history = await self.store.get_history(idx) or MemberHistory(idx)
         frame = engine.frame_for([history])
