@@ -58,6 +58,21 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
     )
 
 
+def kept_member_pb(m: Member, program: TierProgram) -> pb.Member:
+    """The member as an idempotent call's stored response keeps it: phones as the
+    store holds them (encrypted), so no record holds one in clear and each caller,
+    first or replaying, is shown what they may see (show_phones)."""
+    return member_pb(m, program, lambda ident: ident.value, True)
+
+
+def show_phones(member: pb.Member, decrypt: Callable[[str], str], show_phone: bool) -> None:
+    """Decrypts a kept member's phones in place, masked unless the caller sees phones."""
+    for ident in member.identities:
+        if ident.kind == IdentityKind.PHONE.value:
+            phone = decrypt(ident.value)
+            ident.value = phone if show_phone else mask_phone(phone)
+
+
 def program_pb(p: TierProgram) -> pb.TierProgram:
     return pb.TierProgram(
         tiers=[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 from pond.member.v1 import member_pb2, member_pb2_grpc
 
@@ -83,7 +84,7 @@ async def start_member_service(
     relay = None
     if settings.redis_url:
         relay = OutboxRelay(
-            store,
+            store.docs,
             connect_redis(settings.redis_url),
             STREAM,
             poll_seconds=settings.outbox_poll_seconds,
@@ -103,6 +104,7 @@ async def start_member_service(
         FieldCipher.from_b64(key),
         rules,
         on_commit=relay.notify if relay else (lambda: None),
+        idempotency_retention=timedelta(days=settings.idempotency_retention_days),
     )
     server = PondServer(
         registration(MemberServicer(app)),

@@ -41,6 +41,8 @@ class RuntimeSettings(BaseSettings):
     # Outbox relay: publish pending events; poll interval when idle.
     outbox_relay_enabled: bool = True
     outbox_poll_seconds: float = 1.0
+    # Idempotency records (first responses) are kept this long, then pruned.
+    idempotency_retention_days: float = 7.0
 
     def secret(self) -> str:
         return _read_secret(self.auth_secret, self.auth_secret_file)
