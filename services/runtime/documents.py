@@ -39,8 +39,11 @@ exists) and then writes nothing.
 from __future__ import annotations
 
 import abc
+import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 Doc = dict[str, Any]
@@ -93,10 +96,12 @@ class Collection:
     key_type: type[str] | type[int] = str
     blob: str | None = None  # the one field holding bytes, if any
 
-    @property
+    @cached_property
     def queryable(self) -> frozenset[str]:
+        """`_id`, the indexes' fields (partial filters' too) and `fields`."""
         names = {f.lstrip("-") for index in self.indexes for f in index.fields}
-        return frozenset({"_id", *names, *self.fields})
+        partial = {f for index in self.indexes for f in (index.partial or {})}
+        return frozenset({"_id", *names, *partial, *self.fields})
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,13 @@ class Timer:
     version: int = 0  # as read; firing deletes it guarded by this
 
 
+def timer_version() -> int:
+    """A fresh version for every setting of a timer, never reused for its id (a
+    recurring timer fired and set again in one unit of work must not be fireable
+    again by a replica that read it before): random, 62 bits."""
+    return secrets.randbits(62) + 1
+
+
 @dataclass(frozen=True)
 class IdempotencyRecord:
     scope: str
@@ -146,7 +158,7 @@ class UnitOfWork:
         self.ops: list[Op] = []
         self.events: list[bytes] = []
         self.idempotency: IdempotencyRecord | None = None
-        self.processed: list[tuple[str, str]] = []  # (consumer, event id)
+        self.processed: list[tuple[str, str, int]] = []  # (consumer, event id, made at)
         self.timers: list[Timer] = []
         self.fired: list[Timer] = []  # timers deleted, guarded by their version
         self.cancelled: list[str] = []  # timer ids deleted unguarded
@@ -181,9 +193,10 @@ class UnitOfWork:
         key was recorded meanwhile."""
         self.idempotency = record
 
-    def mark_processed(self, consumer: str, event_id: str) -> None:
-        """DuplicateKey(PROCESSED) if this consumer applied the event already."""
-        self.processed.append((consumer, event_id))
+    def mark_processed(self, consumer: str, event_id: str, at: int | None = None) -> None:
+        """DuplicateKey(PROCESSED) if this consumer applied the event already. `at`
+        (epoch microseconds, default now) is what prune's `processed_before` compares."""
+        self.processed.append((consumer, event_id, time.time_ns() // 1000 if at is None else at))
 
     def set_timer(self, timer: Timer) -> None:
         self.timers.append(timer)

@@ -10,6 +10,8 @@ moving to PyMongo's async client is a small change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,19 @@ import aiosqlite
 T = TypeVar("T")
 
 
+def create_private_file(path: Path) -> None:
+    """Creates `path` (and its folder) for the owner only: folder 0700, file 0600.
+    SQLite gives its -wal and -shm files the database file's mode."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 async def open_sqlite(path: Path | str) -> aiosqlite.Connection:
     if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(Path(path))
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     conn.row_factory = aiosqlite.Row
     await conn.execute("PRAGMA journal_mode=WAL")
