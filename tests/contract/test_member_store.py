@@ -298,8 +298,9 @@ async def test_a_new_member_with_a_taken_identity_is_not_written(store: MemberSt
 
 
 async def test_the_same_refusal_on_every_engine(store: MemberStore) -> None:
-    """Several things wrong at once: every engine names the same one (guards first,
-    then the writes in the order added), and writes nothing."""
+    """Several things wrong at once: every engine names the same one (the first in
+    the order the writes were added, the idempotency record after them), and writes
+    nothing."""
     m = await add(store, new_member("m1", "phone:a"))
     await update(store, m, new_order=order("o-1", "m1", T0), idempotency=record("k"))
     stale = replace(m.copy(), version=1)
@@ -307,16 +308,16 @@ async def test_the_same_refusal_on_every_engine(store: MemberStore) -> None:
         identities=["wx:new", "phone:a"], new_order=order("o-1", "m1", T0),
         idempotency=record("k"),
     )
-    with pytest.raises(Conflict):
-        await update(store, stale, **everything_wrong)
     with pytest.raises(DuplicateKey) as info:
-        await update(store, m, **everything_wrong)
+        await update(store, stale, **everything_wrong)
     assert (info.value.collection, info.value.key) == ("identities", "phone:a")
     del everything_wrong["identities"]
     with pytest.raises(DuplicateKey) as info:
-        await update(store, m, **everything_wrong)
+        await update(store, stale, **everything_wrong)
     assert (info.value.collection, info.value.key) == ("orders", "o-1")
     del everything_wrong["new_order"]
+    with pytest.raises(Conflict):
+        await update(store, stale, **everything_wrong)
     with pytest.raises(DuplicateKey) as info:
         await update(store, m, **everything_wrong)
     assert info.value.collection == IDEMPOTENCY

@@ -58,6 +58,7 @@ from services.runtime.crypto import FieldCipher
 from services.runtime.errors import PondError
 
 VALID_DAYS = 30
+RECORDS_KEPT = timedelta(days=36_500)
 REMIND_DAYS = 7
 SWEEP_TIMEOUT = 30.0  # seconds; a sweep takes milliseconds
 PAGE = 7  # small, so listing every entry crosses page boundaries
@@ -99,8 +100,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = ManualClock()
         self.store: MemberStore = self.run(
             open_store(sqlite_path=str(Path(self.tmp.name) / "member.db")))
+        # Replays are checked across the whole run, while time moves on by up to 40
+        # days a step: the idempotency records (first responses) outlive the run.
         self.app = MemberApp(self.store, self.clock, FieldCipher(b"k" * 32),
-                             LoyaltyRules(points_valid_days=VALID_DAYS))
+                             LoyaltyRules(points_valid_days=VALID_DAYS),
+                             idempotency_retention=RECORDS_KEPT)
         self.members: list[str] = []
         for phone in PHONES:
             m, created = self.run(self.app.register([NewIdentity(IdentityKind.PHONE, phone)], {}))
