@@ -307,12 +307,19 @@ async def open_document_store(
     mongo_database: Any = None,
 ) -> DocumentStore:
     """MongoDB when a URI (or a database object, for tests) is given, else SQLite.
-    Collections, indexes and the runtime's tables are created idempotently."""
+    Collections, indexes and the runtime's tables are created idempotently.
+
+    Database per service: on a URI the database is `<mongodb_db>_<schema.service>`
+    (POND_MONGODB_DB, default "pond": `pond_member`, `pond_tagging`), so services never
+    share collections even when they share settings. `mongo_database` is used as given."""
     if mongo_database is not None or mongodb_uri:
         from services.runtime.documents_mongo import MongoDocumentStore
 
         return await MongoDocumentStore.open(
-            schema, uri=mongodb_uri, db_name=mongodb_db, database=mongo_database
+            schema,
+            uri=mongodb_uri,
+            db_name=f"{mongodb_db}_{schema.service}",
+            database=mongo_database,
         )
     from services.runtime.documents_sqlite import SqliteDocumentStore
 

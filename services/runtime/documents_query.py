@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.documents import Collection, Doc, Order, Schema
+from services.runtime.documents import Collection, Doc, Order, Schema, UnitOfWork
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 RANGE = frozenset({"$lt", "$lte", "$gt", "$gte"})
@@ -169,6 +169,34 @@ class DocumentRules:
                 for f in fields:
                     if doc.get(f) is None:
                         raise ValueError(f"{c.name}/{key}: unique index field {f!r} is required")
+
+
+def guard_version(collection: str, doc: Doc) -> int:
+    """The `_v` a guarded write was read with."""
+    version = doc.get("_v")
+    if type(version) is not int:
+        raise ValueError(f"{collection}/{doc.get('_id')}: a guarded write needs the _v it read")
+    return version
+
+
+def check_unit(rules: Mapping[str, DocumentRules], uow: UnitOfWork) -> None:
+    """Every document of `uow` checked, before anything is written."""
+    for op, collection, arg in uow.ops:
+        if op in ("insert", "replace", "put"):
+            rules[collection].check(arg)
+        elif op == "put_many":
+            for doc in arg:
+                rules[collection].check(doc)
+        if op == "replace":
+            guard_version(collection, arg)
+
+
+def index_fields(c: Collection, fields: Sequence[str]) -> tuple[str, ...]:
+    """The fields of `c`'s index on `fields`, as declared (with "-" for descending)."""
+    for index in c.indexes:
+        if tuple(f.lstrip("-") for f in index.fields) == tuple(fields):
+            return index.fields
+    return tuple(fields)
 
 
 # -- evaluation in Python, with MongoDB's semantics for the subset --

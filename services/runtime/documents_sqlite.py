@@ -46,6 +46,7 @@ from services.runtime.documents import (
 from services.runtime.documents_query import (
     check_limit,
     check_schema,
+    guard_version,
     parse_order,
     parse_where,
 )
@@ -65,13 +66,6 @@ _SEQUENCE_NEXT = (
     'INSERT INTO "_sequences" (name, n) VALUES (?, ?)'
     " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n RETURNING n"
 )
-
-
-def _version(collection: str, doc: Doc) -> int:
-    version = doc.get("_v")
-    if type(version) is not int:
-        raise ValueError(f"{collection}/{doc.get('_id')}: a guarded write needs the _v it read")
-    return version
 
 
 class SqliteDocumentStore(DocumentStore):
@@ -278,15 +272,15 @@ class SqliteDocumentStore(DocumentStore):
                 try:
                     raw.execute(t.insert_sql, (arg["_id"], *row))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=True) from exc
                 versions.append(1)
             elif op == "replace":
                 row = t.row(arg)
-                version = _version(collection, arg)
+                version = guard_version(collection, arg)
                 try:
                     cur = raw.execute(t.replace_sql, (*row, arg["_id"], version))
                 except sqlite3.IntegrityError as exc:
-                    raise t.duplicate(arg["_id"], exc) from exc
+                    raise t.duplicate(raw, arg["_id"], exc, inserting=False) from exc
                 if cur.rowcount != 1:
                     raise Conflict(collection, arg["_id"])
                 versions.append(version + 1)
@@ -308,7 +302,7 @@ class SqliteDocumentStore(DocumentStore):
         try:
             return int(raw.execute(t.put_sql, (doc["_id"], *row)).fetchone()[0])
         except sqlite3.IntegrityError as exc:
-            raise t.duplicate(doc["_id"], exc) from exc
+            raise t.duplicate(raw, doc["_id"], exc, inserting=False) from exc
 
     @staticmethod
     def _apply_records(raw: sqlite3.Connection, uow: UnitOfWork) -> None:

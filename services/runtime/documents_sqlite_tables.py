@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from services.runtime.documents import Collection, Conflict, Doc, DuplicateKey
-from services.runtime.documents_query import DocumentRules, Term, parse_where
+from services.runtime.documents import Collection, Doc, DuplicateKey
+from services.runtime.documents_query import DocumentRules, Term, index_fields, parse_where
 
 _RESERVED = frozenset({"_id", "_v", "_doc", "_blob"})
 
@@ -140,10 +140,6 @@ class Table:
         self.partial_terms = frozenset(
             term for i in c.indexes if i.partial for term in parse_where(c, i.partial)
         )
-        # What an IntegrityError's column list names -> the index's fields as declared.
-        self.unique = {
-            tuple(f.lstrip("-") for f in i.fields): i.fields for i in c.indexes if i.unique
-        }
         # Equality on one of these seeks an index (see SqliteDocumentStore.find).
         self.seek: list[tuple[str, frozenset[Term]]] = [("_id", frozenset())] + [
             (i.fields[0].lstrip("-"),
@@ -171,20 +167,20 @@ class Table:
             doc[self.blob] = row[3]
         return doc
 
-    def duplicate(self, key: Any, exc: sqlite3.IntegrityError) -> Exception:
-        """DuplicateKey naming the index from SQLite's "UNIQUE constraint failed: t.a, t.b"."""
+    def duplicate(
+        self, raw: sqlite3.Connection, key: Any, exc: sqlite3.IntegrityError, *, inserting: bool
+    ) -> Exception:
+        """DuplicateKey naming the index from SQLite's "UNIQUE constraint failed: t.a, t.b";
+        an insert whose `_id` is taken names `_id`, whatever else it hits (as on MongoDB)."""
         message = str(exc)
         if "UNIQUE constraint failed" not in message:
             return exc
         columns = tuple(
             part.strip().rsplit(".", 1)[-1] for part in message.split(":", 1)[1].split(",")
         )
-        if columns == ("_id",):
+        if columns == ("_id",) or (inserting and raw.execute(self.get_sql, (key,)).fetchone()):
             return DuplicateKey(self.name, key)
-        return DuplicateKey(self.name, key, self.unique.get(columns, columns))
-
-    def conflict(self, key: Any) -> Conflict:
-        return Conflict(self.name, key)
+        return DuplicateKey(self.name, key, index_fields(self.c, columns))
 
 
 def _dumps(doc: Doc) -> bytes:

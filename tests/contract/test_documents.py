@@ -44,8 +44,7 @@ ROWS = Collection("rows", key_type=int, fields=("group",), blob="bits")
 SCHEMA = Schema("contract", (MEMBERS, LOTS, ROWS), sequences=("orders", "batches"))
 
 
-# The MongoDB engine follows in the next commit (mongomock, mongodb).
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongodb)])
 def backend(request) -> str:
     return request.param
 
@@ -56,24 +55,24 @@ async def open_store(backend: str, tmp_path):
     another schema); closes them all after the test."""
     opened = []
     name = f"pond_contract_{uuid.uuid4().hex[:16]}"
-    client = None
+    database = None
     if backend == "mongomock":
         from mongomock_motor import AsyncMongoMockClient
 
-        client = AsyncMongoMockClient()
+        database = AsyncMongoMockClient()[name]
     elif backend == "mongodb":
         uri = os.environ.get("MONGODB_URI", "")
         if not uri:
             pytest.skip("MONGODB_URI is not set")
-        from services.runtime.storage import open_mongo
+        from services.runtime.documents_mongo import open_database
 
-        client = open_mongo(uri, name).client
+        database = open_database(uri, name)
 
     async def open_(schema: Schema = SCHEMA):
         if backend == "sqlite":
             store = await open_document_store(schema, sqlite_path=str(tmp_path / "docs.db"))
         else:
-            store = await open_document_store(schema, mongo_database=client[name])
+            store = await open_document_store(schema, mongo_database=database)
         opened.append(store)
         return store
 
@@ -81,8 +80,8 @@ async def open_store(backend: str, tmp_path):
     for store in opened:
         await store.close()
     if backend == "mongodb":
-        await client.drop_database(name)
-        client.close()
+        await database.client.drop_database(name)
+        database.client.close()
 
 
 @pytest_asyncio.fixture
