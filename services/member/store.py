@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.member import documents as d
+from services.member import legacy
 from services.member.domain.members import Member, MemberKind
 from services.member.domain.orders import Order
 from services.member.domain.points import Lot, PointsEntry
@@ -338,7 +339,10 @@ class MemberStore:
 async def open_store(
     *, sqlite_path: str = "", mongodb_uri: str = "", mongodb_db: str = "pond", mongo_database=None
 ) -> MemberStore:
-    """MongoDB when a URI (or a database object, for tests) is given, else SQLite."""
+    """MongoDB when a URI (or a database object, for tests) is given, else SQLite (a
+    file from before the document store is copied into the new layout, once)."""
+    aside = legacy.set_aside_if_legacy(sqlite_path) if sqlite_path and not (
+        mongodb_uri or mongo_database is not None) else None
     docs = await open_document_store(
         SCHEMA,
         sqlite_path=sqlite_path,
@@ -346,4 +350,10 @@ async def open_store(
         mongodb_db=mongodb_db,
         mongo_database=mongo_database,
     )
+    if aside is not None:
+        try:
+            await legacy.copy_legacy(docs, aside)
+        except BaseException:
+            await docs.close()
+            raise
     return MemberStore(docs)
