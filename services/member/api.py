@@ -5,6 +5,7 @@ Who may call what: access.py (AUTH_RULES stays importable from here)."""
 from __future__ import annotations
 
 from datetime import UTC
+from functools import partial
 
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
@@ -407,15 +408,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         items = tuple(
             OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen) for i in request.items
         )
-
-        async def render(result) -> pb.RecordOrderResponse:
-            order, member, replayed = result
-            return pb.RecordOrderResponse(
-                order=convert.order_pb(order),
-                member=await self._kept_member_pb(member),
-                replayed=replayed,
-            )
-
+        program = await self.app.tier_program()
         response = await self.app.record_order(
             order_id=request.order_id,
             member_id=request.member_id,
@@ -425,7 +418,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             items=items,
             amount_fen=request.amount_fen,
             paid_at=paid_at,
-            call=RECORD_ORDER.call(request, render),
+            call=RECORD_ORDER.call(request, partial(convert.recorded_order_pb, program=program)),
             request_id=val.request_id(),
         )
         self._shown(response.member)
@@ -438,21 +431,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         if not 0 <= request.refund_fen <= val.MAX_FEN:
             v.add("refund_fen", f"must be 0 (everything left) up to {val.MAX_FEN}")
         v.raise_if_any()
-
-        async def render(result) -> pb.RefundOrderResponse:
-            order, member, points, growth = result
-            return pb.RefundOrderResponse(
-                order=convert.order_pb(order),
-                member=await self._kept_member_pb(member),
-                points_reversed=points,
-                growth_reversed=growth,
-            )
-
+        program = await self.app.tier_program()
         response = await self.app.refund_order(
             request.order_id,
             request.refund_id,
             request.refund_fen,
-            REFUND_ORDER.call(request, render),
+            REFUND_ORDER.call(request, partial(convert.refunded_order_pb, program=program)),
             val.request_id(),
         )
         self._shown(response.member)
