@@ -52,11 +52,9 @@ class PurchaseUseCases(MemberCore):
         first_try = True
 
         async def attempt() -> tuple[MemberWrite | None, tuple[Order, Member, bool]]:
-            nonlocal first_try
-            # The first try skips this read: a recorded order id fails the insert
-            # (DuplicateKey), and the next round finds it.
+            # The first round reads neither the record nor the order (the hot path):
+            # a used order id fails the order's insert, and the next round finds it.
             existing = None if first_try else await self.store.get_order(order_id)
-            first_try = False
             if existing is not None:
                 # Recorded, but its idempotency record is gone (past the retention).
                 if existing.fingerprint != call.fingerprint:
@@ -130,9 +128,14 @@ class PurchaseUseCases(MemberCore):
                     raise
                 raise Conflict(exc.collection, exc.key) from exc  # recorded: replay it
 
-        return await self.retrying(
-            member_id, lambda: self.idempotency.run(call, attempt, commit)
-        )
+        async def once() -> R:
+            nonlocal first_try
+            try:
+                return await self.idempotency.run(call, attempt, commit, recall=not first_try)
+            finally:
+                first_try = False
+
+        return await self.retrying(member_id, once)
 
     async def refund_order(
         self, order_id: str, refund_id: str, refund_fen: int, call: IdempotentCall[R],

@@ -151,15 +151,22 @@ class IdempotencyKeeper:
         call: IdempotentCall[M],
         attempt: Callable[[], Awaitable[tuple[W | None, Any]]],
         commit: Callable[[W], Awaitable[None]],
+        *,
+        recall: bool = True,
     ) -> M:
         """One round: the recorded response, or `attempt()` -> (unit of work, result)
         committed with the rendered result as the record. A unit of work of None
         writes nothing and remembers nothing (the effect exists from before; the
         result describes it). Raises Conflict when a concurrent call with the key
-        committed first: the caller's retry loop goes round and replays it."""
-        replayed = await self.recall(call)
-        if replayed is not None:
-            return replayed
+        committed first: the caller's retry loop goes round and replays it.
+        `recall=False` skips the look-up, for a first round whose attempt never
+        refuses a used key otherwise than by its commit (DuplicateKey on the record,
+        or on the key's own document made Conflict by `commit`): the next round,
+        after the refusal, recalls."""
+        if recall:
+            replayed = await self.recall(call)
+            if replayed is not None:
+                return replayed
         uow, result = await attempt()
         response = await self.render(call, result)
         if uow is None:
