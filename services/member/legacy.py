@@ -5,19 +5,27 @@ document store's layout, at open (services.runtime.legacy_sqlite does the file w
 
 Everything is copied but the idempotency records: they held result ids, not first
 responses, so a replay of a call made before the upgrade runs again (orders and
-their refunds are still recognised by their own ids). Unpublished events are copied
+their refunds are still recognised by their own ids). The birthday gifts' marks
+(given this year) are kept. Unpublished events are copied
 last; a copy interrupted by a crash runs again at the next open (documents are put
 by key; an event may go out twice, which consumers dedupe by event id)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
 import structlog
 
 from services.runtime import legacy_sqlite
-from services.runtime.documents import DocumentStore, UnitOfWork
+from services.runtime.documents import (
+    IDEMPOTENCY,
+    DocumentStore,
+    DuplicateKey,
+    IdempotencyRecord,
+    UnitOfWork,
+)
 
 log = structlog.get_logger("pond.member")
 
@@ -63,6 +71,19 @@ async def copy_legacy(docs: DocumentStore, aside: Path) -> None:
     if top_seq:
         # New tier changes are numbered after the copied ones.
         await docs.next_ids("tier_changes", top_seq)
+    year = 366 * 86_400 * 1_000_000
+    for batch in legacy_sqlite.rows(aside, "idempotency", "scope, key, fingerprint"):
+        for scope, key, fingerprint in batch:
+            if scope != "GrantBirthdayGifts":
+                continue
+            uow = UnitOfWork()
+            expires = time.time_ns() // 1000 + year
+            uow.remember(IdempotencyRecord(scope, key, fingerprint, b"", expires))
+            try:
+                await docs.commit(uow)
+            except DuplicateKey as exc:  # copied before an interrupted copy
+                if exc.collection != IDEMPOTENCY:
+                    raise
     for batch in legacy_sqlite.rows(aside, "outbox", "event"):
         uow = UnitOfWork()
         uow.emit(*(bytes(row[0]) for row in batch))

@@ -44,7 +44,7 @@ async def test_an_old_member_db_is_copied_once_and_works(tmp_path, redis_url: st
     h = await start(tmp_path, redis_url, clock)
     try:
         a = await h.stub.FindMember(pb.FindMemberRequest(identity=phone(PHONE_A)), metadata=h.md())
-        assert (a.profile.name, a.points_balance, a.tier_level) == ("旧会员", 1300, 1)
+        assert (a.profile.name, a.points_balance, a.tier_level) == ("旧会员", 1400, 1)
         assert a.identities[0].value == PHONE_A  # decrypts as before
         b = await h.stub.FindMember(pb.FindMemberRequest(identity=phone(PHONE_B)), metadata=h.md())
         assert b.stored_value_fen == 10_000
@@ -52,9 +52,9 @@ async def test_an_old_member_db_is_copied_once_and_works(tmp_path, redis_url: st
         assert [o.id for o in orders.orders] == ["legacy-o-1", "legacy-o-0"]
         entries = await h.stub.ListPointsEntries(pb.ListPointsEntriesRequest(member_id=a.id),
                                                  metadata=h.md())
-        assert [e.delta for e in entries.entries] == [-100, 800, 600]
+        assert [e.delta for e in entries.entries] == [100, -100, 800, 600]
         # The unpublished events go out.
-        await eventually(lambda: redis.xlen("pond.events.member"), lambda n: n >= 10)
+        await eventually(lambda: redis.xlen("pond.events.member"), lambda n: n >= 11)
 
         # Writes carry on over the copied documents: identities still bind, the
         # member's and the orders' versions guard, birthdays are found, new tier
@@ -65,6 +65,10 @@ async def test_an_old_member_db_is_copied_once_and_works(tmp_path, redis_url: st
         refund = await h.stub.RefundOrder(pb.RefundOrderRequest(
             order_id="legacy-o-0", refund_id="rf-1"), metadata=h.md())
         assert refund.order.refunded_fen == 60_000
+        # This year's birthday gift was given before the upgrade; next year's is found.
+        gifts = await h.stub.GrantBirthdayGifts(pb.GrantBirthdayGiftsRequest(), metadata=h.md())
+        assert gifts.members_gifted == 0
+        clock.set(datetime(2027, 2, 28, 2, 0, tzinfo=UTC))
         gifts = await h.stub.GrantBirthdayGifts(pb.GrantBirthdayGiftsRequest(), metadata=h.md())
         assert gifts.members_gifted == 1
         up = await h.stub.RecordOrder(pb.RecordOrderRequest(
