@@ -25,15 +25,21 @@ sort them the same way.
 
 Queries are a small subset of MongoDB's: equality, `$in`, `$nin`, `$ne`, `$lt`,
 `$lte`, `$gt`, `$gte`, on top-level fields that the collection declares as queryable
-(its indexes' fields and `fields`); ordering by such fields; a limit. Anything else
-is refused (ValueError) on both engines, so a query that works on one works on the
-other.
+(its indexes' fields, their partial filters' fields and `fields`); ordering by such
+fields, ties broken by `_id`; a limit. Anything else is refused (ValueError) on both
+engines, so a query that works on one works on the other. MongoDB's semantics: None
+matches a missing field, `$ne` and `$nin` match it too, None sorts first. Queryable
+fields hold str, int, float, bool or None (checked on every write), one type per
+field (the engines order different types differently). A unique index's fields are
+required in the documents it covers (use `partial` to cover only some).
 
 A unit of work commits atomically: documents, the outbox events, the idempotency
 record (the first response), processed-event marks and timers. It raises `Conflict`
 (a guarded document changed or vanished since it was read) or `DuplicateKey` (an
 insert hit a taken `_id` or unique index, an idempotency key or an event mark that
-exists) and then writes nothing.
+exists) and then writes nothing. Write a document once per unit of work (a guard
+compares the `_v` it was read with). A unit of work is one transaction: a put_many of
+thousands of documents, not millions.
 """
 
 from __future__ import annotations
@@ -67,7 +73,9 @@ class Conflict(Exception):
 class DuplicateKey(Exception):
     """An insert found its `_id`, or the value of a unique index, taken (or an
     idempotency record or event mark that already exists): nothing was written.
-    `fields` names the index (("_id",) for the key)."""
+    `fields` names the index as declared (("_id",) for the key; an insert whose `_id`
+    is taken says so whatever else it hits); for the runtime's records, `collection`
+    is IDEMPOTENCY with ("scope", "key") or PROCESSED with ("consumer", "event_id")."""
 
     def __init__(self, collection: str, key: Key, fields: tuple[str, ...] = ("_id",)) -> None:
         super().__init__(f"{collection}/{key}: {', '.join(fields)} already taken")

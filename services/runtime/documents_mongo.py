@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -86,7 +87,7 @@ def open_database(uri: str, name: str) -> Any:
     """A motor database on `uri`, majority writes (close with `.client.close()`)."""
     from motor.motor_asyncio import AsyncIOMotorClient
 
-    client = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
+    client: Any = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
     return client.get_database(name, write_concern=WriteConcern(w="majority"))
 
 
@@ -311,7 +312,7 @@ class MongoDocumentStore(DocumentStore):
                     await coll.insert_one(self._body(collection, arg, 1), session=s)
                 except DuplicateKeyError as exc:
                     raise await self._duplicate(collection, arg, exc, inserting=True) from exc
-                later(lambda c=coll, k=arg["_id"]: c.delete_one({"_id": k}))
+                later(partial(coll.delete_one, {"_id": arg["_id"]}))
                 versions.append(1)
             elif op == "replace":
                 v = arg["_v"]
@@ -324,7 +325,7 @@ class MongoDocumentStore(DocumentStore):
                     raise await self._duplicate(collection, arg, exc) from exc
                 if before is None:
                     raise Conflict(collection, arg["_id"])
-                later(lambda c=coll, b=before: c.replace_one({"_id": b["_id"]}, b))
+                later(partial(coll.replace_one, {"_id": before["_id"]}, before))
                 versions.append(v + 1)
             elif op == "delete":
                 key, v = arg
@@ -333,7 +334,7 @@ class MongoDocumentStore(DocumentStore):
                 if before is None and v is not None:
                     raise Conflict(collection, key)
                 if before is not None:
-                    later(lambda c=coll, b=before: c.insert_one(b))
+                    later(partial(coll.insert_one, before))
                 versions.append(None)
             elif op == "put" or op == "put_many":
                 docs = arg if op == "put_many" else [arg]
@@ -356,13 +357,13 @@ class MongoDocumentStore(DocumentStore):
             try:
                 if before is None:
                     await coll.insert_one(self._body(collection, doc, 1), session=s)
-                    later(lambda: coll.delete_one({"_id": key}))
+                    later(partial(coll.delete_one, {"_id": key}))
                     return 1
                 v = before["_v"] + 1
                 if await coll.find_one_and_replace(
                     {"_id": key, "_v": before["_v"]}, self._body(collection, doc, v), session=s
                 ) is not None:
-                    later(lambda b=before: coll.replace_one({"_id": key}, b))
+                    later(partial(coll.replace_one, {"_id": key}, before))
                     return int(v)
             except DuplicateKeyError as exc:
                 # Without a transaction, another writer may have inserted the key first
@@ -435,18 +436,20 @@ class MongoDocumentStore(DocumentStore):
                 {"_id": timer.id, "_v": timer.version}, session=s)
             if before is None:
                 raise Conflict(TIMERS, timer.id)
-            later(lambda b=before: timers.insert_one(b))
+            later(partial(timers.insert_one, before))
         for timer_id in uow.cancelled:
             before = await timers.find_one_and_delete({"_id": timer_id}, session=s)
             if before is not None:
-                later(lambda b=before: timers.insert_one(b))
+                later(partial(timers.insert_one, before))
         for timer in uow.timers:
             body = {"_id": timer.id, "kind": timer.kind, "due_at": timer.due_at,
                     "payload": dict(timer.payload), "_v": timer_version()}
             before = await timers.find_one_and_replace(
                 {"_id": timer.id}, body, upsert=True, session=s)
-            later(lambda i=timer.id, b=before: timers.delete_one({"_id": i}) if b is None
-                  else timers.replace_one({"_id": i}, b))
+            if before is None:
+                later(partial(timers.delete_one, {"_id": timer.id}))
+            else:
+                later(partial(timers.replace_one, {"_id": timer.id}, before))
         if (rec := uow.idempotency) is not None:
             key = _joined(rec.scope, rec.key)
             try:
@@ -456,7 +459,7 @@ class MongoDocumentStore(DocumentStore):
                      "expires_at": rec.expires_at}, session=s)
             except DuplicateKeyError as exc:
                 raise DuplicateKey(IDEMPOTENCY, rec.key, ("scope", "key")) from exc
-            later(lambda: self._c["_idempotency"].delete_one({"_id": key}))
+            later(partial(self._c["_idempotency"].delete_one, {"_id": key}))
         for consumer, event_id, at in uow.processed:
             mark = _joined(consumer, event_id)
             try:
@@ -465,12 +468,12 @@ class MongoDocumentStore(DocumentStore):
                     session=s)
             except DuplicateKeyError as exc:
                 raise DuplicateKey(PROCESSED, event_id, ("consumer", "event_id")) from exc
-            later(lambda m=mark: self._c["_processed"].delete_one({"_id": m}))
+            later(partial(self._c["_processed"].delete_one, {"_id": mark}))
         if uow.events:
             await self._c["_outbox"].insert_many(
                 [{"_id": seq, "event": e} for seq, e in zip(seqs, uow.events, strict=True)],
                 session=s)
-            later(lambda: self._c["_outbox"].delete_many({"_id": {"$in": seqs}}))
+            later(partial(self._c["_outbox"].delete_many, {"_id": {"$in": seqs}}))
 
     # -- the runtime's records --
     async def recall(self, scope: str, key: str) -> IdempotencyRecord | None:

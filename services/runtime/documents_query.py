@@ -18,6 +18,7 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 RANGE = frozenset({"$lt", "$lte", "$gt", "$gte"})
 OPS = frozenset({"$in", "$nin", "$ne", *RANGE})
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +155,14 @@ class DocumentRules:
 
     def check(self, doc: Doc) -> None:
         c = self.collection
-        key = doc.get("_id")
+        get = doc.get
+        key = get("_id")
         if type(key) is not c.key_type:
             raise ValueError(f"{c.name}: _id is a {c.key_type.__name__}, not {key!r}")
-        for f in self.fields:
-            if not isinstance(doc.get(f), _SCALARS):
-                raise ValueError(f"{c.name}/{key}: queryable field {f!r} holds {doc[f]!r}")
+        for f in self.fields:  # on every write: the exact types first, subclasses after
+            value = get(f)
+            if type(value) not in _SCALAR_TYPES and not isinstance(value, _SCALARS):
+                raise ValueError(f"{c.name}/{key}: queryable field {f!r} holds {value!r}")
         if c.blob is not None:
             blob = doc.get(c.blob)
             if blob is not None and not isinstance(blob, bytes):

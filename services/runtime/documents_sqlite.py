@@ -44,6 +44,7 @@ from services.runtime.documents import (
     timer_version,
 )
 from services.runtime.documents_query import (
+    Term,
     check_limit,
     check_schema,
     guard_version,
@@ -164,7 +165,7 @@ class SqliteDocumentStore(DocumentStore):
         return [t.load(row) for row in await self._read(sql, params, on_loop=on_loop)]
 
     @staticmethod
-    def _seeks(t: Table, terms: tuple) -> bool:
+    def _seeks(t: Table, terms: tuple[Term, ...]) -> bool:
         """Whether the terms pin an index's first field by equality (see the docstring)."""
         pinned = {term.field for term in terms if term.op in ("$eq", "$in")}
         given = frozenset(terms)
@@ -214,7 +215,7 @@ class SqliteDocumentStore(DocumentStore):
         )
         sql, args = first, params
         while True:
-            rows = await self._r.execute_fetchall(sql, args)
+            rows = list(await self._r.execute_fetchall(sql, args))
             if not rows:
                 return
             if fields is None:
