@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from google.protobuf import message
 
@@ -42,7 +42,8 @@ MAX_KEY_LENGTH = 128
 M = TypeVar("M", bound=message.Message)
 R = TypeVar("R")
 W = TypeVar("W", bound=UnitOfWork)
-Render = Callable[[Any], "message.Message | Awaitable[message.Message]"]
+# A use case's result -> the response (a coroutine for a render that must read).
+Render = Callable[[Any], Any]
 
 
 def fingerprint(request: message.Message) -> str:
@@ -69,7 +70,7 @@ def replay(
     """The stored first response, or IDEMPOTENCY_KEY_REUSED for other parameters."""
     if record.fingerprint != request_fingerprint:
         raise key_reused(record.key, domain=domain)
-    return response_type.FromString(record.response)
+    return cast(M, response_type.FromString(record.response))
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class IdempotencyKeeper:
         rendered = call.render(result)
         if inspect.isawaitable(rendered):
             rendered = await rendered
-        return rendered  # type: ignore[return-value]
+        return cast(M, rendered)
 
     def record(self, call: IdempotentCall[Any], response: bytes) -> IdempotencyRecord:
         expires = self.clock.now() + self.retention

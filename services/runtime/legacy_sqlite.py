@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PENDING = ".pre-documents"
 DONE = ".migrated"
@@ -50,7 +51,9 @@ def pending(path: str | Path) -> Path:
     return Path(f"{path}{PENDING}")
 
 
-def rows(path: str | Path, table: str, columns: str, batch: int = 1000) -> Iterator[list[tuple]]:
+def rows(
+    path: str | Path, table: str, columns: str, batch: int = 1000
+) -> Iterator[list[tuple[Any, ...]]]:
     """The table's rows (the named columns, in rowid order), in batches; none if the
     table is missing."""
     conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
