@@ -6,6 +6,7 @@ maintenance prunes them."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,10 +14,12 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
+from mongomock_motor import AsyncMongoMockClient
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
 from services.member.server import start_member_service
+from services.member.store import open_store
 from services.runtime.auth import Role
 from services.runtime.clock import ManualClock
 from services.runtime.errors import error_details
@@ -203,3 +206,35 @@ async def test_records_expire_after_the_retention_and_maintenance_prunes_them(
     await refused(h.stub.RefundOrder(pb.RefundOrderRequest(
         order_id="o-1", refund_id="rf-1", refund_fen=1_000), metadata=h.md()),
         grpc.StatusCode.FAILED_PRECONDITION, "REFUND_ALREADY_RECORDED")
+
+
+@pytest_asyncio.fixture
+async def on_mongo(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness]:
+    """The member service over the MongoDB engine (mongomock-motor)."""
+    clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
+    store = await open_store(mongo_database=AsyncMongoMockClient()[f"t_{uuid.uuid4().hex}"])
+    service = await start_member_service(member_settings(tmp_path, redis_url), clock=clock,
+                                         port=0, metrics=False, store=store)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield MemberHarness(service, channel, member_pb2_grpc.MemberServiceStub(channel), clock)
+    finally:
+        await channel.close()
+        await service.stop(0)
+
+
+async def test_the_same_on_the_mongodb_engine(on_mongo: MemberHarness):
+    h = on_mongo
+    m = await register(h)
+    request = pb.SetPaidMembershipRequest(member_id=m, idempotency_key="sub-1")
+    request.paid_until.FromDatetime(h.clock.now() + timedelta(days=30))
+    first = await h.stub.SetPaidMembership(request, metadata=h.md())
+    await something_else(h, m)
+    assert await h.stub.SetPaidMembership(request, metadata=h.md()) == first
+    recorded = await h.stub.RecordOrder(record_order(m), metadata=h.md(Role.GUIDE))
+    replay = await h.stub.RecordOrder(record_order(m), metadata=h.md(Role.OPERATOR))
+    assert replay.replayed and replay.order == recorded.order
+    assert replay.member.identities[0].value == PHONE
+    assert recorded.member.identities[0].value == "138****5678"
+    await refused(h.stub.RecordOrder(record_order(m, fen=1), metadata=h.md()),
+                  grpc.StatusCode.FAILED_PRECONDITION, "IDEMPOTENCY_KEY_REUSED")
