@@ -153,7 +153,8 @@ def _server_env(
 
 def _outbox_pending(db: Path) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        # The document store's outbox (services/runtime/documents_sqlite_tables.py).
+        return conn.execute('SELECT COUNT(*) FROM "_outbox"').fetchone()[0]
 
 
 async def wait_outbox_drained(db: Path, enabled: bool = True, timeout: float = 60.0) -> float:

@@ -4,6 +4,8 @@ Who may call what: access.py (AUTH_RULES stays importable from here)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
@@ -14,12 +16,27 @@ from services.member.access import GATEWAY_UPDATABLE, identity_trust
 from services.member.app import MemberApp
 from services.member.domain import members as dm
 from services.member.domain.orders import OrderItem
-from services.member.service import DOMAIN, Idem, MemberFilter  # (its use case's type)
+from services.member.service import DOMAIN, MemberFilter  # (its use case's type)
 from services.runtime import paging
 from services.runtime.auth import Role, current_caller, ensure_acts_for
 from services.runtime.errors import Violations, invalid_argument
 from services.runtime.fields import timestamp
-from services.runtime.idempotency import fingerprint
+from services.runtime.idempotency import Idempotent
+
+# The idempotent methods: each keeps its first response for replays (see
+# services.runtime.idempotency); the key field is idempotency_key unless named.
+SET_PAID = Idempotent("SetPaidMembership", pb.Member)
+REDEEM = Idempotent("RedeemPoints", pb.PointsEntry)
+ADJUST = Idempotent("AdjustPoints", pb.PointsEntry)
+TOP_UP = Idempotent("TopUpStoredValue", pb.StoredValueEntry)
+PAY = Idempotent("PayWithStoredValue", pb.StoredValueEntry)
+REFUND_PAYMENT = Idempotent("RefundStoredValuePayment", pb.StoredValueEntry)
+RECORD_ORDER = Idempotent(
+    "RecordOrder", pb.RecordOrderResponse, key_field="order_id", replayed_field="replayed"
+)
+REFUND_ORDER = Idempotent(
+    "RefundOrder", pb.RefundOrderResponse, key_field="refund_id", scope_fields=("order_id",)
+)
 
 
 class MemberServicer(member_pb2_grpc.MemberServiceServicer):
@@ -30,6 +47,16 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         caller = current_caller.get()
         program = await self.app.tier_program()
         return convert.member_pb(m, program, self.app.reveal, caller is None or caller.sees_phone)
+
+    async def _kept_member_pb(self, m) -> pb.Member:
+        """A member in a response kept for replays; _shown turns it into what the
+        caller may see."""
+        return convert.kept_member_pb(m, await self.app.tier_program())
+
+    def _shown(self, member: pb.Member) -> pb.Member:
+        caller = current_caller.get()
+        convert.show_phones(member, self.app.cipher.decrypt, caller is None or caller.sees_phone)
+        return member
 
     async def _member_page(
         self, request, key: str, fetch, cursor_of, cursor_type: type = str
@@ -166,11 +193,12 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v = Violations(DOMAIN)
         val.text(v, "member_id", request.member_id, required=True)
         until = timestamp(v, request, "paid_until", required=True)
-        idem = val.idem(v, request)
+        SET_PAID.check(v, request)
         v.raise_if_any()
         assert until is not None  # required: raise_if_any ended the call otherwise
-        return await self._member_pb(
-            await self.app.set_paid_membership(request.member_id, until, idem, val.request_id())
+        call = SET_PAID.call(request, self._kept_member_pb)
+        return self._shown(
+            await self.app.set_paid_membership(request.member_id, until, call, val.request_id())
         )
 
     # -- tiers --
@@ -208,13 +236,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id, required=True)
         val.positive(v, "points", request.points, val.MAX_POINTS)
         val.text(v, "reason", request.reason, limit=val.MAX_TEXT)
-        idem = val.idem(v, request)
+        REDEEM.check(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        return convert.points_entry_pb(
-            await self.app.redeem_points(
-                request.member_id, request.points, request.reason, idem, val.request_id()
-            )
+        return await self.app.redeem_points(
+            request.member_id,
+            request.points,
+            request.reason,
+            REDEEM.call(request, convert.points_entry_pb),
+            val.request_id(),
         )
 
     async def AdjustPoints(self, request: pb.AdjustPointsRequest, context) -> pb.PointsEntry:
@@ -223,12 +253,14 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         if request.delta == 0 or abs(request.delta) > val.MAX_POINTS:
             v.add("delta", f"must be non-zero and at most {val.MAX_POINTS} either way")
         val.text(v, "reason", request.reason, required=True, limit=val.MAX_TEXT)
-        idem = val.idem(v, request)
+        ADJUST.check(v, request)
         v.raise_if_any()
-        return convert.points_entry_pb(
-            await self.app.adjust_points(
-                request.member_id, request.delta, request.reason, idem, val.request_id()
-            )
+        return await self.app.adjust_points(
+            request.member_id,
+            request.delta,
+            request.reason,
+            ADJUST.call(request, convert.points_entry_pb),
+            val.request_id(),
         )
 
     async def ListPointsEntries(
@@ -290,17 +322,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         if not 0 <= request.bonus_fen <= val.MAX_FEN:
             v.add("bonus_fen", f"must be between 0 and {val.MAX_FEN}")
         val.text(v, "reference", request.reference, limit=val.MAX_TEXT)
-        idem = val.idem(v, request)
+        TOP_UP.check(v, request)
         v.raise_if_any()
-        return convert.sv_entry_pb(
-            await self.app.top_up(
-                request.member_id,
-                request.amount_fen,
-                request.bonus_fen,
-                request.reference,
-                idem,
-                val.request_id(),
-            )
+        return await self.app.top_up(
+            request.member_id,
+            request.amount_fen,
+            request.bonus_fen,
+            request.reference,
+            TOP_UP.call(request, convert.sv_entry_pb),
+            val.request_id(),
         )
 
     async def PayWithStoredValue(
@@ -310,13 +340,15 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id, required=True)
         val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
         val.text(v, "reference", request.reference, required=True, limit=val.MAX_TEXT)
-        idem = val.idem(v, request)
+        PAY.check(v, request)
         v.raise_if_any()
         ensure_acts_for(request.member_id)
-        return convert.sv_entry_pb(
-            await self.app.pay(
-                request.member_id, request.amount_fen, request.reference, idem, val.request_id()
-            )
+        return await self.app.pay(
+            request.member_id,
+            request.amount_fen,
+            request.reference,
+            PAY.call(request, convert.sv_entry_pb),
+            val.request_id(),
         )
 
     async def RefundStoredValuePayment(
@@ -326,16 +358,14 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         val.text(v, "member_id", request.member_id, required=True)
         val.text(v, "payment_entry_id", request.payment_entry_id, required=True)
         val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
-        idem = val.idem(v, request)
+        REFUND_PAYMENT.check(v, request)
         v.raise_if_any()
-        return convert.sv_entry_pb(
-            await self.app.refund_payment(
-                request.member_id,
-                request.payment_entry_id,
-                request.amount_fen,
-                idem,
-                val.request_id(),
-            )
+        return await self.app.refund_payment(
+            request.member_id,
+            request.payment_entry_id,
+            request.amount_fen,
+            REFUND_PAYMENT.call(request, convert.sv_entry_pb),
+            val.request_id(),
         )
 
     async def ListStoredValueEntries(
@@ -375,7 +405,8 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         items = tuple(
             OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen) for i in request.items
         )
-        order, member, replayed = await self.app.record_order(
+        program = await self.app.tier_program()
+        response = await self.app.record_order(
             order_id=request.order_id,
             member_id=request.member_id,
             channel=request.channel,
@@ -384,12 +415,11 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
             items=items,
             amount_fen=request.amount_fen,
             paid_at=paid_at,
-            fingerprint=fingerprint(request),
+            call=RECORD_ORDER.call(request, partial(convert.recorded_order_pb, program=program)),
             request_id=val.request_id(),
         )
-        return pb.RecordOrderResponse(
-            order=convert.order_pb(order), member=await self._member_pb(member), replayed=replayed
-        )
+        self._shown(response.member)
+        return response
 
     async def RefundOrder(self, request: pb.RefundOrderRequest, context) -> pb.RefundOrderResponse:
         v = Violations(DOMAIN)
@@ -398,16 +428,16 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         if not 0 <= request.refund_fen <= val.MAX_FEN:
             v.add("refund_fen", f"must be 0 (everything left) up to {val.MAX_FEN}")
         v.raise_if_any()
-        idem = Idem(request.refund_id, fingerprint(request))
-        order, member, points, growth = await self.app.refund_order(
-            request.order_id, request.refund_id, request.refund_fen, idem, val.request_id()
+        program = await self.app.tier_program()
+        response = await self.app.refund_order(
+            request.order_id,
+            request.refund_id,
+            request.refund_fen,
+            REFUND_ORDER.call(request, partial(convert.refunded_order_pb, program=program)),
+            val.request_id(),
         )
-        return pb.RefundOrderResponse(
-            order=convert.order_pb(order),
-            member=await self._member_pb(member),
-            points_reversed=points,
-            growth_reversed=growth,
-        )
+        self._shown(response.member)
+        return response
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.Order:
         v = Violations(DOMAIN)

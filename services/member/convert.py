@@ -58,6 +58,40 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
     )
 
 
+def kept_member_pb(m: Member, program: TierProgram) -> pb.Member:
+    """The member as an idempotent call's stored response keeps it: phones as the
+    store holds them (encrypted), so no record holds one in clear and each caller,
+    first or replaying, is shown what they may see (show_phones)."""
+    return member_pb(m, program, lambda ident: ident.value, True)
+
+
+def recorded_order_pb(result: tuple, program: TierProgram) -> pb.RecordOrderResponse:
+    """RecordOrder's response, kept: `result` is (order, member, replayed)."""
+    order, member, replayed = result
+    return pb.RecordOrderResponse(
+        order=order_pb(order), member=kept_member_pb(member, program), replayed=replayed
+    )
+
+
+def refunded_order_pb(result: tuple, program: TierProgram) -> pb.RefundOrderResponse:
+    """RefundOrder's response, kept: `result` is (order, member, points, growth)."""
+    order, member, points, growth = result
+    return pb.RefundOrderResponse(
+        order=order_pb(order),
+        member=kept_member_pb(member, program),
+        points_reversed=points,
+        growth_reversed=growth,
+    )
+
+
+def show_phones(member: pb.Member, decrypt: Callable[[str], str], show_phone: bool) -> None:
+    """Decrypts a kept member's phones in place, masked unless the caller sees phones."""
+    for ident in member.identities:
+        if ident.kind == IdentityKind.PHONE.value:
+            phone = decrypt(ident.value)
+            ident.value = phone if show_phone else mask_phone(phone)
+
+
 def program_pb(p: TierProgram) -> pb.TierProgram:
     return pb.TierProgram(
         tiers=[

@@ -8,7 +8,8 @@ from services.member.domain import members as dm
 from services.member.domain.members import Member
 from services.member.events import EventWriter
 from services.member.service import DOMAIN, MemberCore, NewIdentity
-from services.member.store import Change, IdentityTaken, StoreConflict
+from services.member.store import IDENTITIES, MemberWrite
+from services.runtime.documents import Conflict, DuplicateKey
 from services.runtime.errors import (
     PondError,
     already_exists,
@@ -77,17 +78,10 @@ class IdentityUseCases(MemberCore):
                 # A write to a known member: in turn with its other writes.
                 async with self._writing.hold(owner):
                     m = await self.member(owner)
-                    expected = m.version
                     m.identities += [self.stored_identity(lookups[lk]) for lk in missing]
                     self.touch(m, now)
                     events.updated(m, ["identities"])
-                    change = Change(
-                        member=m,
-                        expected_version=expected,
-                        new_identities=[(lk, m.id) for lk in missing],
-                        events=events.events,
-                    )
-                    await self._commit_identities(change)
+                    await self._commit_identities(self._identity_write(m, missing, events))
                 return self.view(m), False
             referrer = fields.get("referrer_id", "")
             if referrer and await self.store.get_member(referrer) is None:
@@ -102,25 +96,30 @@ class IdentityUseCases(MemberCore):
             )
             self.touch(m, now)
             events.registered(m)
-            change = Change(
-                member=m,
-                expected_version=None,
-                new_identities=[(lk, m.id) for lk in lookups],
-                events=events.events,
-            )
-            await self._commit_identities(change)
+            await self._commit_identities(self._identity_write(m, lookups, events))
             return m, True
 
         # The member may not exist yet: no one's writes to hold off (the unique
         # identities decide a race between two registrations).
         return await self.retrying("", once)
 
-    async def _commit_identities(self, change: Change) -> None:
+    @staticmethod
+    def _identity_write(m: Member, lookups, events: EventWriter) -> MemberWrite:
+        """Binds `lookups` to `m` (refused first if one is taken) and saves `m`."""
+        w = MemberWrite()
+        w.bind_identities(lookups, m.id)
+        w.save_member(m)
+        w.emit(*events.events)
+        return w
+
+    async def _commit_identities(self, w: MemberWrite) -> None:
         try:
-            await self.commit(change)
-        except IdentityTaken as exc:
+            await self.commit(w)
+        except DuplicateKey as exc:
+            if exc.collection != IDENTITIES.name:
+                raise
             # Lost a race with another registration: go round and find the owner.
-            raise StoreConflict(exc.member_id) from exc
+            raise Conflict(exc.collection, exc.key) from exc
 
     async def add_identity(
         self,
@@ -138,22 +137,20 @@ class IdentityUseCases(MemberCore):
                 return self.view(m)
             if owner:
                 raise identity_conflict(dm.IdentityConflict("IDENTITY_TAKEN", [owner]), trust)
-            now, expected = self.now(), m.version
+            now = self.now()
             m.identities.append(self.stored_identity(ident))
             self.touch(m, now)
             events = EventWriter(now, request_id)
             events.updated(m, ["identities"])
             try:
-                await self.commit(
-                    Change(
-                        member=m,
-                        expected_version=expected,
-                        new_identities=[(lookup, m.id)],
-                        events=events.events,
-                    )
-                )
-            except IdentityTaken as exc:
-                conflict = dm.IdentityConflict("IDENTITY_TAKEN", [exc.member_id])
+                await self.commit(self._identity_write(m, [lookup], events))
+            except DuplicateKey as exc:
+                if exc.collection != IDENTITIES.name:
+                    raise
+                taker = await self.store.member_id_for(lookup) or ""
+                if taker == m.id:  # bound meanwhile by another replica: go round
+                    raise Conflict(exc.collection, exc.key) from exc
+                conflict = dm.IdentityConflict("IDENTITY_TAKEN", [taker])
                 raise identity_conflict(conflict, trust) from exc
             return self.view(m)
 

@@ -17,51 +17,55 @@ from services.member.domain.members import birthday_endings
 from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.events import EventWriter
-from services.member.service import DOMAIN, Idem, MemberCore, rule_error
-from services.member.store import Change
+from services.member.service import DOMAIN, MemberCore, R, rule_error
+from services.member.store import MemberWrite
+from services.runtime.clock import epoch_micros
+from services.runtime.documents import IDEMPOTENCY, DuplicateKey, IdempotencyRecord
 from services.runtime.errors import not_found
+from services.runtime.idempotency import IdempotentCall
 from services.runtime.ids import new_id
 
 log = structlog.get_logger("pond.member")
+# A member's birthday gift of a year is marked given for longer than the year, so no
+# rerun (and no retention setting) can give it twice.
+BIRTHDAY_MARK_DAYS = 400
 
 
 class LedgerUseCases(MemberCore):
     # -- points --
-    async def _points_entry(self, entry_id: str) -> PointsEntry:
-        entry = await self.store.get_points_entry(entry_id)
-        if entry is None:
-            raise not_found("points entry", entry_id, domain=DOMAIN)
-        return entry
-
     async def _move_points(
-        self, scope: str, member_id: str, idem: Idem, request_id: str, make
-    ) -> PointsEntry:
-        async def attempt() -> tuple[Change, str, PointsEntry]:
-            m = await self.member(member_id)
-            now, expected = self.now(), m.version
-            lots = await self.store.open_lots(member_id)
-            try:
-                move: dp.PointsMove = make(m, lots, now)
-            except RuleViolation as exc:
-                raise rule_error(exc) from exc
-            m.points_balance = move.balance
-            self.touch(m, now)
-            events = EventWriter(now, request_id)
-            events.points(move.entry)
-            change = Change(
-                member=m,
-                expected_version=expected,
-                lots=list(move.lots),
-                points_entries=[move.entry],
-                events=events.events,
-            )
-            return change, move.entry.id, move.entry
+        self, call: IdempotentCall[R], member_id: str, request_id: str, make
+    ) -> R:
+        return await self.idempotent(
+            member_id, call, lambda: self._points_write(member_id, request_id, make)
+        )
 
-        return await self.idempotent(member_id, scope, idem, attempt, self._points_entry)
+    async def _points_write(
+        self, member_id: str, request_id: str, make
+    ) -> tuple[MemberWrite, PointsEntry]:
+        m = await self.member(member_id)
+        now = self.now()
+        lots = await self.store.open_lots(member_id)
+        try:
+            move: dp.PointsMove = make(m, lots, now)
+        except RuleViolation as exc:
+            raise rule_error(exc) from exc
+        m.points_balance = move.balance
+        self.touch(m, now)
+        events = EventWriter(now, request_id)
+        events.points(move.entry)
+        w = MemberWrite()
+        w.save_lots(move.lots)
+        w.add_points_entries([move.entry])
+        w.save_member(m)
+        w.emit(*events.events)
+        return w, move.entry
 
     async def redeem_points(
-        self, member_id: str, points: int, reason: str, idem: Idem, request_id: str = ""
-    ) -> PointsEntry:
+        self, member_id: str, points: int, reason: str, call: IdempotentCall[R],
+        request_id: str = "",
+    ) -> R:
+        """Renders the points entry (call.render)."""
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
             return dp.spend(
                 entry_id=new_id("p"),
@@ -73,11 +77,13 @@ class LedgerUseCases(MemberCore):
                 reason=reason,
             )
 
-        return await self._move_points("RedeemPoints", member_id, idem, request_id, make)
+        return await self._move_points(call, member_id, request_id, make)
 
     async def adjust_points(
-        self, member_id: str, delta: int, reason: str, idem: Idem, request_id: str = ""
-    ) -> PointsEntry:
+        self, member_id: str, delta: int, reason: str, call: IdempotentCall[R],
+        request_id: str = "",
+    ) -> R:
+        """Renders the points entry (call.render)."""
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
             if delta > 0:
                 return self.grant_points(m, delta, now, kind=PointsEntryKind.ADJUST, reason=reason)
@@ -91,7 +97,7 @@ class LedgerUseCases(MemberCore):
                 reason=reason,
             )
 
-        return await self._move_points("AdjustPoints", member_id, idem, request_id, make)
+        return await self._move_points(call, member_id, request_id, make)
 
     async def grant_birthday_gifts(self, batch: int = 500) -> tuple[int, int]:
         """Gives every member whose birthday is today (the brand's calendar) their
@@ -112,17 +118,28 @@ class LedgerUseCases(MemberCore):
         return gifted, granted
 
     async def _give_birthday_gift(self, member_id: str, points: int, year: int) -> bool:
-        scope, idem = "GrantBirthdayGifts", Idem(f"{member_id}:{year}", "birthday-gift")
-        if await self.store.get_idempotency(scope, idem.key) is not None:
-            return False  # given earlier this year
+        scope, key = "GrantBirthdayGifts", f"{member_id}:{year}"
 
         def make(m, lots: list[Lot], now: datetime) -> dp.PointsMove:
             return self.grant_points(
                 m, points, now, kind=PointsEntryKind.GIFT, reason=f"birthday gift {year}"
             )
 
-        await self._move_points(scope, member_id, idem, "", make)
-        return True
+        async def once() -> bool:
+            if await self.store.docs.recall(scope, key) is not None:
+                return False  # given earlier this year
+            w, _entry = await self._points_write(member_id, "", make)
+            until = self.now() + timedelta(days=BIRTHDAY_MARK_DAYS)
+            w.remember(IdempotencyRecord(scope, key, "birthday-gift", b"", epoch_micros(until)))
+            try:
+                await self.commit(w)
+            except DuplicateKey as exc:
+                if exc.collection != IDEMPOTENCY:
+                    raise
+                return False  # given by another replica meanwhile
+            return True
+
+        return await self.retrying(member_id, once)
 
     async def list_points_entries(
         self, member_id: str, before_id: str, limit: int
@@ -144,7 +161,9 @@ class LedgerUseCases(MemberCore):
         self, remind_within_days: int, batch: int = 500
     ) -> tuple[int, int, int]:
         """Expires every due lot (one EXPIRE entry per member) and announces lots
-        expiring within `remind_within_days` once each. Safe to rerun at any time."""
+        expiring within `remind_within_days` once each. Safe to rerun at any time.
+        Also the service's periodic housekeeping: forgets idempotency records past
+        their retention."""
         members = points = 0
         while True:
             due = await self.store.members_with_due_lots(self.now(), batch)
@@ -176,6 +195,7 @@ class LedgerUseCases(MemberCore):
                 announced += await self.retrying(
                     member_id, partial(self._announce, member_id, lot_ids)
                 )
+        await self.prune_idempotency()
         return members, points, announced
 
     async def _announce(self, member_id: str, lot_ids: set[str]) -> int:
@@ -190,19 +210,16 @@ class LedgerUseCases(MemberCore):
         events = EventWriter(self.now())
         for lot in lots:
             events.expiring(lot)
-        await self.commit(
-            Change(
-                member=m,
-                expected_version=m.version,
-                lots=[replace(lot, announced=True) for lot in lots],
-                events=events.events,
-            )
-        )
+        w = MemberWrite()
+        w.save_lots(replace(lot, announced=True) for lot in lots)
+        w.save_member(m)
+        w.emit(*events.events)
+        await self.commit(w)
         return len(lots)
 
     async def _expire_member(self, member_id: str) -> int:
         m = await self.member(member_id)
-        now, expected = self.now(), m.version
+        now = self.now()
         move = dp.expire(
             entry_id=new_id("p"),
             member_id=m.id,
@@ -215,30 +232,23 @@ class LedgerUseCases(MemberCore):
         self.touch(m, now)
         events = EventWriter(now)
         events.points(move.entry)
-        await self.commit(
-            Change(
-                member=m,
-                expected_version=expected,
-                lots=list(move.lots),
-                points_entries=[move.entry],
-                events=events.events,
-            )
-        )
+        w = MemberWrite()
+        w.save_lots(move.lots)
+        w.add_points_entries([move.entry])
+        w.save_member(m)
+        w.emit(*events.events)
+        await self.commit(w)
         return -move.entry.delta
 
     # -- stored value --
-    async def _sv_entry(self, entry_id: str) -> StoredValueEntry:
-        entry = await self.store.get_stored_value_entry(entry_id)
-        if entry is None:
-            raise not_found("stored value entry", entry_id, domain=DOMAIN)
-        return entry
-
     async def _move_stored_value(
-        self, scope: str, member_id: str, idem: Idem, request_id: str, make
-    ) -> StoredValueEntry:
-        async def attempt() -> tuple[Change, str, StoredValueEntry]:
+        self, call: IdempotentCall[R], member_id: str, request_id: str, make
+    ) -> R:
+        """Renders the stored-value entry (call.render)."""
+
+        async def attempt() -> tuple[MemberWrite, StoredValueEntry]:
             m = await self.member(member_id)
-            now, expected = self.now(), m.version
+            now = self.now()
             try:
                 entry: StoredValueEntry = await make(m, now)
             except RuleViolation as exc:
@@ -250,15 +260,13 @@ class LedgerUseCases(MemberCore):
             events = EventWriter(now, request_id)
             if m.kind is not before:
                 events.updated(m, ["kind"])
-            change = Change(
-                member=m,
-                expected_version=expected,
-                stored_value_entries=[entry],
-                events=events.events,
-            )
-            return change, entry.id, entry
+            w = MemberWrite()
+            w.add_sv_entries([entry])
+            w.save_member(m)
+            w.emit(*events.events)
+            return w, entry
 
-        return await self.idempotent(member_id, scope, idem, attempt, self._sv_entry)
+        return await self.idempotent(member_id, call, attempt)
 
     async def top_up(
         self,
@@ -266,9 +274,9 @@ class LedgerUseCases(MemberCore):
         amount_fen: int,
         bonus_fen: int,
         reference: str,
-        idem: Idem,
+        call: IdempotentCall[R],
         request_id: str = "",
-    ) -> StoredValueEntry:
+    ) -> R:
         async def make(m, now: datetime) -> StoredValueEntry:
             return dsv.top_up(
                 entry_id=new_id("s"),
@@ -280,11 +288,12 @@ class LedgerUseCases(MemberCore):
                 reference=reference,
             )
 
-        return await self._move_stored_value("TopUpStoredValue", member_id, idem, request_id, make)
+        return await self._move_stored_value(call, member_id, request_id, make)
 
     async def pay(
-        self, member_id: str, amount_fen: int, reference: str, idem: Idem, request_id: str = ""
-    ) -> StoredValueEntry:
+        self, member_id: str, amount_fen: int, reference: str, call: IdempotentCall[R],
+        request_id: str = "",
+    ) -> R:
         async def make(m, now: datetime) -> StoredValueEntry:
             return dsv.pay(
                 entry_id=new_id("s"),
@@ -295,18 +304,16 @@ class LedgerUseCases(MemberCore):
                 reference=reference,
             )
 
-        return await self._move_stored_value(
-            "PayWithStoredValue", member_id, idem, request_id, make
-        )
+        return await self._move_stored_value(call, member_id, request_id, make)
 
     async def refund_payment(
         self,
         member_id: str,
         payment_entry_id: str,
         amount_fen: int,
-        idem: Idem,
+        call: IdempotentCall[R],
         request_id: str = "",
-    ) -> StoredValueEntry:
+    ) -> R:
         async def make(m, now: datetime) -> StoredValueEntry:
             payment = await self.store.get_stored_value_entry(payment_entry_id)
             if payment is None:
@@ -322,9 +329,7 @@ class LedgerUseCases(MemberCore):
                 now=now,
             )
 
-        return await self._move_stored_value(
-            "RefundStoredValuePayment", member_id, idem, request_id, make
-        )
+        return await self._move_stored_value(call, member_id, request_id, make)
 
     async def list_stored_value_entries(
         self, member_id: str, before_id: str, limit: int

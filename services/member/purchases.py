@@ -1,6 +1,11 @@
 """Use cases of orders from every channel: recording one (growth, points at the tier
 multiplier, kind, purchase statistics, tier upgrade) and refunding it (reversing
-points and growth in proportion, once per refund id)."""
+points and growth in proportion, once per refund id).
+
+Both are idempotent calls (the order id, the refund id within its order): a replay
+returns the first response. Past the records' retention the order itself still
+knows: a recorded order replays from its stored fingerprint (as it is now), a
+recorded refund id is refused (REFUND_ALREADY_RECORDED) rather than applied twice."""
 
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ from services.member.domain.members import Member
 from services.member.domain.orders import Order, OrderItem
 from services.member.domain.points import PointsEntryKind
 from services.member.events import EventWriter
-from services.member.service import DOMAIN, Idem, MemberCore, rule_error
-from services.member.store import Change, DuplicateKey, StoreConflict
-from services.runtime.errors import not_found
-from services.runtime.idempotency import key_reused
+from services.member.service import DOMAIN, MemberCore, R, rule_error
+from services.member.store import ORDERS, MemberWrite
+from services.runtime.documents import Conflict, DuplicateKey
+from services.runtime.errors import failed_precondition, not_found
+from services.runtime.idempotency import IdempotentCall, key_reused
 from services.runtime.ids import new_id
 
 
@@ -44,23 +50,23 @@ class PurchaseUseCases(MemberCore):
         items: tuple[OrderItem, ...],
         amount_fen: int,
         paid_at: datetime | None,
-        fingerprint: str,
+        call: IdempotentCall[R],
         request_id: str = "",
-    ) -> tuple[Order, Member, bool]:
+    ) -> R:
+        """Renders (order, member, replayed) with call.render."""
         first_try = True
 
-        async def once() -> tuple[Order, Member, bool]:
-            nonlocal first_try
-            # The first try skips the replay check: a recorded order id fails the
-            # insert (DuplicateKey), and the retry below finds and replays it.
+        async def attempt() -> tuple[MemberWrite | None, tuple[Order, Member, bool]]:
+            # The first round reads neither the record nor the order (the hot path):
+            # a used order id fails the order's insert, and the next round finds it.
             existing = None if first_try else await self.store.get_order(order_id)
-            first_try = False
             if existing is not None:
-                if existing.fingerprint != fingerprint:
+                # Recorded, but its idempotency record is gone (past the retention).
+                if existing.fingerprint != call.fingerprint:
                     raise key_reused(order_id, domain=DOMAIN)
-                return existing, self.view(await self.member(existing.member_id)), True
+                return None, (existing, self.view(await self.member(existing.member_id)), True)
             m = await self.member(member_id)
-            now, expected = self.now(), m.version
+            now = self.now()
             when = paid_at or now
             program = await self.tier_program()
             multiplier = program.tier(m.tier_level).points_multiplier_permille
@@ -77,10 +83,11 @@ class PurchaseUseCases(MemberCore):
                 when,
                 points,
                 growth,
-                fingerprint,
+                call.fingerprint,
             )
             events = EventWriter(now, request_id)
-            change = Change(member=m, expected_version=expected, order=order, new_order=True)
+            w = MemberWrite()
+            w.add_order(order)
             moves: list[dp.PointsMove] = []
             if points:
                 # Earned when the order was paid: a late-recorded order's points expire
@@ -97,8 +104,8 @@ class PurchaseUseCases(MemberCore):
                 )
                 if stale := dp.expire_stale_grant(moves[0], entry_id=new_id("p"), now=now):
                     moves.append(stale)
-                change.lots += moves[-1].lots  # the lot as it ends up
-                change.points_entries += [move.entry for move in moves]
+                w.save_lots(moves[-1].lots)  # the lot as it ends up
+                w.add_points_entries(move.entry for move in moves)
                 m.points_balance = moves[-1].balance
             m.growth_value += growth
             m.paid_order_count += 1
@@ -106,7 +113,7 @@ class PurchaseUseCases(MemberCore):
             m.first_paid_at = min(m.first_paid_at or when, when)
             m.last_paid_at = max(m.last_paid_at or when, when)
             in_window = when >= program.window_start(now)
-            await self.apply_tier_upgrade(m, now, events, change, growth if in_window else 0)
+            await self.apply_tier_upgrade(m, now, events, w, growth if in_window else 0)
             kind_before = m.kind
             self.touch(m, now)
             events.order_paid(order, m.paid_order_count)
@@ -114,41 +121,54 @@ class PurchaseUseCases(MemberCore):
                 events.points(move.entry)
             if m.kind is not kind_before:
                 events.updated(m, ["kind"])
-            change.events = events.events
+            w.save_member(m)
+            w.emit(*events.events)
+            return w, (order, self.view(m), False)
+
+        async def commit(w: MemberWrite) -> None:
             try:
-                await self.commit(change)
+                await self.commit(w)
             except DuplicateKey as exc:
-                raise StoreConflict(order_id) from exc  # recorded concurrently: replay it
-            return order, self.view(m), False
+                if exc.collection != ORDERS.name:
+                    raise
+                raise Conflict(exc.collection, exc.key) from exc  # recorded: replay it
+
+        async def once() -> R:
+            nonlocal first_try
+            try:
+                return await self.idempotency.run(call, attempt, commit, recall=not first_try)
+            finally:
+                first_try = False
 
         return await self.retrying(member_id, once)
 
     async def refund_order(
-        self, order_id: str, refund_id: str, refund_fen: int, idem: Idem, request_id: str = ""
-    ) -> tuple[Order, Member, int, int]:
-        async def replay(result_id: str) -> tuple[Order, Member, int, int]:
-            o = await self.order(order_id)
-            refund = o.refund(refund_id)
-            entry_id = result_id.partition("|")[2]
-            entry = await self.store.get_points_entry(entry_id) if entry_id else None
-            reversed_points = -entry.delta if entry else 0
-            return o, await self.get(o.member_id), reversed_points, refund.growth if refund else 0
+        self, order_id: str, refund_id: str, refund_fen: int, call: IdempotentCall[R],
+        request_id: str = "",
+    ) -> R:
+        """Renders (order, member, points reversed, growth reversed) with call.render."""
 
-        async def attempt() -> tuple[Change, str, tuple[Order, Member, int, int]]:
+        async def attempt() -> tuple[MemberWrite, tuple[Order, Member, int, int]]:
             o = await self.order(order_id)
             m = await self.member(o.member_id)
-            now, expected = self.now(), m.version
+            now = self.now()
+            if o.refund(refund_id) is not None:
+                # Applied, but its idempotency record is gone (past the retention).
+                raise failed_precondition(
+                    "REFUND_ALREADY_RECORDED",
+                    f"refund {refund_id!r} of order {order_id!r} was recorded earlier",
+                    domain=DOMAIN,
+                    order_id=order_id,
+                    refund_id=refund_id,
+                )
             try:
                 refund = do.plan_refund(o, refund_id, refund_fen, now)
             except RuleViolation as exc:
                 raise rule_error(exc) from exc
-            # Guarded by the refunds the order had when read, like the member by its
-            # version: a refund that lands meanwhile makes this one go round again.
-            change = Change(
-                member=m, expected_version=expected, expected_order_refunds=len(o.refunds)
-            )
+            # The order is replaced guarded by its version, like the member: a refund
+            # that lands meanwhile makes this one go round again.
             events = EventWriter(now, request_id)
-            reversed_points, entry_id = 0, ""
+            reversed_points, lots, entries = 0, [], []
             if refund.points > 0 and m.points_balance > 0:
                 # If the member already spent them, take back what is left: the
                 # balance never goes negative; the entry shows what was recovered.
@@ -164,10 +184,9 @@ class PurchaseUseCases(MemberCore):
                     allow_partial=True,
                 )
                 if move.entry.delta:
-                    change.lots += move.lots
-                    change.points_entries.append(move.entry)
+                    lots, entries = list(move.lots), [move.entry]
                     m.points_balance = move.balance
-                    reversed_points, entry_id = -move.entry.delta, move.entry.id
+                    reversed_points = -move.entry.delta
                     events.points(move.entry)
             fully = o.refunded_fen + refund.fen >= o.amount_fen
             o = replace(o, refunds=[*o.refunds, refund])
@@ -180,17 +199,17 @@ class PurchaseUseCases(MemberCore):
             if m.kind is not kind_before:
                 events.updated(m, ["kind"])
             events.order_refunded(o, refund, reversed_points)
-            change.order = o
-            change.events = events.events
-            return (
-                change,
-                f"{refund_id}|{entry_id}",
-                (o, self.view(m), reversed_points, refund.growth),
-            )
+            w = MemberWrite()
+            w.save_order(o)
+            w.save_lots(lots)
+            w.add_points_entries(entries)
+            w.save_member(m)
+            w.emit(*events.events)
+            return w, (o, self.view(m), reversed_points, refund.growth)
 
         # The order's member never changes: its writes are the ones to take turns with.
         member_id = (await self.order(order_id)).member_id
-        return await self.idempotent(member_id, f"RefundOrder:{order_id}", idem, attempt, replay)
+        return await self.idempotent(member_id, call, attempt)
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         await self.member(member_id)

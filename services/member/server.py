@@ -6,7 +6,7 @@ work stay as operator tools)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import time
+from datetime import time, timedelta
 from typing import Any
 
 from pond.member.v1 import member_pb2, member_pb2_grpc
@@ -75,13 +75,14 @@ async def build(ctx: HostContext[MemberSettings], store: MemberStore | None = No
         settings.points_valid_days,
         settings.timezone,
     )
-    app = MemberApp(store, ctx.clock, FieldCipher.from_b64(key), rules,
-                    on_commit=ctx.notify_commit)
+    app = MemberApp(
+        store, ctx.clock, FieldCipher.from_b64(key), rules, on_commit=ctx.notify_commit,
+        idempotency_retention=timedelta(days=settings.idempotency_retention_days),
+    )
     return Service(
         registration=registration(MemberServicer(app)),
         publishes=STREAM,
-        outbox=store,
-        probe=lambda: store.outbox_pending(1),
+        store=store.docs,  # the host prunes its idempotency records; closed below
         jobs=jobs(app),
         closers=[store.close],
         handle=app,

@@ -1,12 +1,17 @@
 """The member service's units of work: load, apply the domain rules, commit the
-change with its events and idempotency record, retry on a concurrent change.
+write (a MemberWrite: a runtime UnitOfWork) with its events and idempotency record,
+retry on a concurrent change.
 
 Concurrency: every write to a member runs through `retrying` (or `idempotent`, built
 on it) under that member's key. Within one process the attempts on one member take
 turns (a keyed lock), so they never conflict and contention is never a failure: each
 attempt sees the one before it committed. Across processes (replicas) the store's
-guards decide (the member's version, an order's refunds); the loser reloads and tries
-again after a short, growing, jittered pause, MAX_ATTEMPTS times in all.
+guards decide (the member's version, an order's version); the loser (Conflict)
+reloads and tries again after a short, growing, jittered pause, MAX_ATTEMPTS times.
+
+Idempotent calls (services.runtime.idempotency) keep their first response: the api
+passes an IdempotentCall whose render turns the use case's result into the response;
+a replay returns the stored response.
 
 No gRPC here (api.py translates); no rules here (domain/ decides)."""
 
@@ -21,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import structlog
+from google.protobuf import message
 
 from services.member.domain import members as dm
 from services.member.domain import points as dp
@@ -29,22 +35,21 @@ from services.member.domain.members import Identity, IdentityKind, Member
 from services.member.domain.points import PointsEntryKind
 from services.member.domain.tiers import DEFAULT_PROGRAM, TierChange, TierProgram, upgrade_to
 from services.member.events import EventWriter
-from services.member.store import (
-    Change,
-    DuplicateKey,
-    MemberFilter,
-    MemberStore,
-    StoreConflict,
-)
+from services.member.store import MemberFilter, MemberStore, MemberWrite
 from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
+from services.runtime.documents import Conflict
 from services.runtime.errors import (
     PondError,
     conflict,
     failed_precondition,
     not_found,
 )
-from services.runtime.idempotency import IdempotencyRecord, key_reused
+from services.runtime.idempotency import (
+    DEFAULT_RETENTION,
+    IdempotencyKeeper,
+    IdempotentCall,
+)
 from services.runtime.ids import new_id
 from services.runtime.keyed_lock import KeyedLock
 
@@ -55,6 +60,7 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE = 0.005
 BACKOFF_CAP = 0.2
 T = TypeVar("T")
+R = TypeVar("R", bound=message.Message)
 log = structlog.get_logger("pond.member")
 
 
@@ -67,14 +73,6 @@ class LoyaltyRules:
     growth_per_yuan: int = 1
     points_valid_days: int = 365
     timezone: str = "Asia/Shanghai"  # whose calendar birthdays follow
-
-
-@dataclass(frozen=True)
-class Idem:
-    """A value-moving call's idempotency key and request digest."""
-
-    key: str
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -98,20 +96,33 @@ class MemberCore:
         cipher: FieldCipher,
         rules: LoyaltyRules,
         on_commit: Callable[[], None] = lambda: None,
+        idempotency_retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self.store = store
         self.clock = clock
         self.cipher = cipher
         self.rules = rules
+        self.idempotency = IdempotencyKeeper(
+            store.docs, clock, idempotency_retention, domain=DOMAIN
+        )
         self._on_commit = on_commit
         self._program: tuple[float, TierProgram] | None = None
         self._writing = KeyedLock()  # by member id: one write at a time per member
 
     # -- plumbing --
-    async def commit(self, change: Change) -> None:
-        await self.store.commit(change)
-        if change.events:
+    async def commit(self, w: MemberWrite) -> None:
+        await self.store.commit(w)
+        if w.events:
             self._on_commit()
+
+    @staticmethod
+    def write(m: Member, events: EventWriter | None = None) -> MemberWrite:
+        """A write of `m` (guarded by the version it was read with) and its events."""
+        w = MemberWrite()
+        w.save_member(m)
+        if events is not None:
+            w.emit(*events.events)
+        return w
 
     async def retrying(self, member_id: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt` (load, decide, commit) with the member's writes in this
@@ -129,40 +140,29 @@ class MemberCore:
                 await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n)))
             try:
                 return await attempt()
-            except StoreConflict:
+            except Conflict:
                 continue
         raise conflict("CONCURRENT_UPDATE", "the member changed concurrently; retry", domain=DOMAIN)
 
     async def idempotent(
         self,
         member_id: str,
-        scope: str,
-        idem: Idem,
-        attempt: Callable[[], Awaitable[tuple[Change, str, T]]],
-        replay: Callable[[str], Awaitable[T]],
-    ) -> T:
-        """Replays the first result for a known key (same request), rejects the key
-        with other parameters, otherwise runs `attempt` -> (change, result id, result)
-        and commits the change together with the idempotency record; retrying on
-        `member_id`, the member the change writes."""
+        call: IdempotentCall[R],
+        attempt: Callable[[], Awaitable[tuple[MemberWrite | None, object]]],
+    ) -> R:
+        """The first response for a known key (same request; IDEMPOTENCY_KEY_REUSED
+        with other parameters), otherwise runs `attempt` -> (write, result) and
+        commits the write with the rendered result as the record; retrying on
+        `member_id`, the member the write changes."""
+        return await self.retrying(
+            member_id, lambda: self.idempotency.run(call, attempt, self.commit)
+        )
 
-        async def once() -> T:
-            record = await self.store.get_idempotency(scope, idem.key)
-            if record is not None:
-                if record.fingerprint != idem.fingerprint:
-                    raise key_reused(idem.key, domain=DOMAIN)
-                return await replay(record.response.decode())
-            change, result_id, result = await attempt()
-            change.idempotency = IdempotencyRecord(
-                scope, idem.key, idem.fingerprint, result_id.encode()
-            )
-            try:
-                await self.commit(change)
-            except DuplicateKey as exc:
-                raise StoreConflict(idem.key) from exc  # a concurrent replay: go round again
-            return result
-
-        return await self.retrying(member_id, once)
+    async def prune_idempotency(self) -> int:
+        """Forgets idempotency records past their retention (periodic maintenance)."""
+        pruned = await self.idempotency.prune()
+        log.info("idempotency records pruned", pruned=pruned)
+        return pruned
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -242,7 +242,7 @@ class MemberCore:
         )
 
     async def apply_tier_upgrade(
-        self, m: Member, now: datetime, events: EventWriter, change: Change, extra_growth: int = 0
+        self, m: Member, now: datetime, events: EventWriter, w: MemberWrite, extra_growth: int = 0
     ) -> None:
         program = await self.tier_program()
         if m.tier_level + 1 >= len(program.tiers) or (
@@ -253,7 +253,7 @@ class MemberCore:
         qualifying = await self.store.growth_since(m.id, program.window_start(now)) + extra_growth
         target = upgrade_to(program, m.tier_level, qualifying)
         if target is not None:
-            change.tier_changes.append(TierChange(m.id, m.tier_level, target, "growth", now))
+            w.add_tier_change(TierChange(m.id, m.tier_level, target, "growth", now))
             events.tier(m.id, m.tier_level, target, "growth")
             m.tier_level, m.tier_since = target, now
 
@@ -276,7 +276,7 @@ class MemberUseCases(MemberCore):
                 raise failed_precondition(
                     "SELF_REFERRAL", "a member cannot refer themselves", domain=DOMAIN
                 )
-            expected, now = m.version, self.now()
+            now = self.now()
             changed = [k for k, v in values.items() if getattr(m, k) != v]
             for k, v in values.items():
                 setattr(m, k, v)
@@ -288,17 +288,19 @@ class MemberUseCases(MemberCore):
                 return self.view(m)
             events = EventWriter(now, request_id)
             events.updated(m, changed)
-            await self.commit(Change(member=m, expected_version=expected, events=events.events))
+            await self.commit(self.write(m, events))
             return self.view(m)
 
         return await self.retrying(member_id, once)
 
     async def set_paid_membership(
-        self, member_id: str, until: datetime, idem: Idem, request_id: str = ""
-    ) -> Member:
-        async def attempt() -> tuple[Change, str, Member]:
+        self, member_id: str, until: datetime, call: IdempotentCall[R], request_id: str = ""
+    ) -> R:
+        """Renders the member (call.render) as of this call; a replay returns that."""
+
+        async def attempt() -> tuple[MemberWrite, Member]:
             m = await self.member(member_id)
-            now, expected = self.now(), m.version
+            now = self.now()
             if until <= now:
                 raise failed_precondition(
                     "END_IN_PAST", "paid_until must be in the future", domain=DOMAIN
@@ -307,9 +309,9 @@ class MemberUseCases(MemberCore):
             self.touch(m, now)
             events = EventWriter(now, request_id)
             events.updated(m, ["paid_until", "kind"])
-            return Change(member=m, expected_version=expected, events=events.events), m.id, m
+            return self.write(m, events), self.view(m)
 
-        return await self.idempotent(member_id, "SetPaidMembership", idem, attempt, self.get)
+        return await self.idempotent(member_id, call, attempt)
 
     async def lapse_paid_memberships(self, batch: int = 500) -> int:
         """Stores the lapsed kind of paid memberships past their end (announced)."""
@@ -318,11 +320,11 @@ class MemberUseCases(MemberCore):
 
             async def once(member_id: str = member_id) -> None:
                 m = await self.member(member_id)
-                now, expected = self.now(), m.version
+                now = self.now()
                 self.touch(m, now)
                 events = EventWriter(now)
                 events.updated(m, ["kind"])
-                await self.commit(Change(member=m, expected_version=expected, events=events.events))
+                await self.commit(self.write(m, events))
 
             await self.retrying(member_id, once)
             lapsed += 1

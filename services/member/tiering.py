@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from services.member.domain.tiers import TierChange, TierProgram, program_problems, reevaluate
 from services.member.events import EventWriter
 from services.member.service import DOMAIN, MemberCore
-from services.member.store import Change, MemberFilter
+from services.member.store import MemberFilter, MemberWrite
 from services.runtime.errors import invalid_argument
 
 
@@ -28,7 +28,9 @@ class TierUseCases(MemberCore):
         program = TierProgram(
             program.tiers, program.evaluation_window_days, program.retention_days, self.now()
         )
-        await self.commit(Change(tier_program=program))
+        w = MemberWrite()
+        w.set_tier_program(program)
+        await self.commit(w)
         self.forget_program()
         return program
 
@@ -52,7 +54,7 @@ class TierUseCases(MemberCore):
     async def _reevaluate(self, member_id: str) -> int:
         m = await self.member(member_id)
         program = await self.tier_program()
-        now, expected = self.now(), m.version
+        now = self.now()
         qualifying = await self.store.growth_since(m.id, program.window_start(now))
         target = reevaluate(program, m.tier_level, m.tier_since, qualifying, now)
         if target is None:
@@ -60,16 +62,14 @@ class TierUseCases(MemberCore):
         reason = "re-evaluation"
         events = EventWriter(now)
         events.tier(m.id, m.tier_level, target, reason)
-        change = Change(
-            member=m,
-            expected_version=expected,
-            events=events.events,
-            tier_changes=[TierChange(m.id, m.tier_level, target, reason, now)],
-        )
+        w = MemberWrite()
+        w.add_tier_change(TierChange(m.id, m.tier_level, target, reason, now))
         moved_down = int(target < m.tier_level)
         m.tier_level, m.tier_since = target, now
         self.touch(m, now)
-        await self.commit(change)
+        w.save_member(m)
+        w.emit(*events.events)
+        await self.commit(w)
         return moved_down
 
     async def list_tier_changes(

@@ -9,9 +9,8 @@ from pond.member.v1 import member_pb2 as pb
 
 from services.member.domain import members as dm
 from services.member.domain.members import Gender, IdentityKind
-from services.member.service import Idem, NewIdentity
+from services.member.service import NewIdentity
 from services.runtime.errors import Violations
-from services.runtime.idempotency import fingerprint
 from services.runtime.logs import current_request_id
 
 MAX_ID = 128
@@ -35,15 +34,6 @@ def text(
         v.add(path, "is required")
     elif len(value) > limit:
         v.add(path, f"must be at most {limit} characters")
-
-
-def idem(v: Violations, request) -> Idem:
-    key = request.idempotency_key
-    if not key:
-        v.add("idempotency_key", "is required for calls that move value")
-    elif len(key) > MAX_ID:
-        v.add("idempotency_key", f"must be at most {MAX_ID} characters")
-    return Idem(key, fingerprint(request))
 
 
 def enum(v: Violations, path: str, value: int, valid, *, required: bool = False) -> None:

@@ -97,6 +97,8 @@ class RuntimeSettings(BaseSettings):
     # 0: each scheduled job on its own schedule; N: every job at every whole multiple
     # of N seconds after local midnight (the dev stack's default: hourly).
     jobs_interval_seconds: float = 0.0
+    # Idempotency records (first responses) are kept this long, then pruned.
+    idempotency_retention_days: float = 7.0
 
     def secret(self) -> str:
         return _read_secret(self.auth_secret, self.auth_secret_file)

@@ -65,7 +65,7 @@ def test_every_reason_the_services_raise_is_upper_snake() -> None:
     reasons = raised_reasons()
     # The scan sees the reasons (not an empty pass): some of every source.
     assert {"INSUFFICIENT_POINTS", "CONCURRENT_UPDATE", "IDEMPOTENCY_KEY_REUSED",
-            "MEMBER_NOT_KNOWN_YET", "RUN_IN_PROGRESS", "POINTS_ENTRY_NOT_FOUND",
+            "MEMBER_NOT_KNOWN_YET", "RUN_IN_PROGRESS", "ORDER_NOT_FOUND",
             "STORED_VALUE_PAYMENT_NOT_FOUND", "IDENTITY_TAKEN"} <= set(reasons)
     bad = {r: where for r, where in reasons.items() if not errors.REASON_RE.fullmatch(r)}
     assert not bad

@@ -1,5 +1,5 @@
 """Property test of the two money-like ledgers, driven through MemberApp (the real use
-cases) on a real SqliteMemberStore: random sequences of orders, redemptions,
+cases) on a real member store over SQLite: random sequences of orders, redemptions,
 adjustments, expiry sweeps, order refunds, stored-value top-ups, payments, payment
 refunds and replays. After every step each ledger must agree with itself: the member's
 balance is the sum of its entries and (for points) of its lots' remaining points,
@@ -28,6 +28,16 @@ from hypothesis.stateful import (
 )
 from pond.member.v1 import member_pb2 as pb
 
+from services.member import convert
+from services.member.api import (
+    ADJUST,
+    PAY,
+    RECORD_ORDER,
+    REDEEM,
+    REFUND_ORDER,
+    REFUND_PAYMENT,
+    TOP_UP,
+)
 from services.member.app import MemberApp
 from services.member.domain import orders as do
 from services.member.domain import points as dp
@@ -40,14 +50,14 @@ from services.member.domain.stored_value import (
     StoredValueEntryKind,
 )
 from services.member.domain.tiers import DEFAULT_PROGRAM
-from services.member.service import Idem, LoyaltyRules, NewIdentity
-from services.member.store.sqlite import SqliteMemberStore
+from services.member.service import LoyaltyRules, NewIdentity
+from services.member.store import MemberStore, open_store
 from services.runtime.clock import ManualClock
 from services.runtime.crypto import FieldCipher
 from services.runtime.errors import FailedPrecondition, PondError
-from services.runtime.idempotency import fingerprint
 
 VALID_DAYS = 30
+RECORDS_KEPT = timedelta(days=36_500)
 REMIND_DAYS = 7
 SWEEP_TIMEOUT = 30.0  # seconds; a sweep takes milliseconds
 PAGE = 7  # small, so listing every entry crosses page boundaries
@@ -87,10 +97,13 @@ class LedgerMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.tmp = tempfile.TemporaryDirectory(prefix="pond-ledger-", dir=TMP_DIR)
         self.clock = ManualClock()
-        self.store: SqliteMemberStore = self.run(
-            SqliteMemberStore.open(str(Path(self.tmp.name) / "member.db")))
+        self.store: MemberStore = self.run(
+            open_store(sqlite_path=str(Path(self.tmp.name) / "member.db")))
+        # Replays are checked across the whole run, while time moves on by up to 40
+        # days a step: the idempotency records (first responses) outlive the run.
         self.app = MemberApp(self.store, self.clock, FieldCipher(b"k" * 32),
-                             LoyaltyRules(points_valid_days=VALID_DAYS))
+                             LoyaltyRules(points_valid_days=VALID_DAYS),
+                             idempotency_retention=RECORDS_KEPT)
         self.members: list[str] = []
         for phone in PHONES:
             m, created = self.run(self.app.register([NewIdentity(IdentityKind.PHONE, phone)], {}))
@@ -162,7 +175,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 sorted(e.id for e in await self.points_entries(mid)),
                 sorted(e.id for e in await self.sv_entries(mid)), lots, orders,
             ))
-        state.append(len(await self.store.outbox_pending(1_000_000)))
+        state.append(len(await self.store.docs.outbox_pending(1_000_000)))
         return tuple(state)
 
     async def sweep(self) -> tuple[int, int, int]:
@@ -186,7 +199,7 @@ class LedgerMachine(RuleBasedStateMachine):
         app = self.app
         event(f"call {type(request).__name__}")
         if isinstance(request, pb.RecordOrderRequest):
-            o, _m, replayed = await app.record_order(
+            response = await app.record_order(
                 order_id=request.order_id, member_id=request.member_id,
                 channel=request.channel, store_id=request.store_id,
                 guide_id=request.guide_id,
@@ -195,28 +208,35 @@ class LedgerMachine(RuleBasedStateMachine):
                 amount_fen=request.amount_fen,
                 paid_at=(request.paid_time.ToDatetime(tzinfo=UTC)
                          if request.HasField("paid_time") else None),
-                fingerprint=fingerprint(request))
-            return (o.id, o.points_earned, o.growth_earned), replayed
+                call=RECORD_ORDER.call(request, lambda r: pb.RecordOrderResponse(
+                    order=convert.order_pb(r[0]), replayed=r[2])))
+            o = response.order
+            return (o.id, o.points_earned, o.growth_earned), response.replayed
         if isinstance(request, pb.RefundOrderRequest):
-            o, _m, points, growth = await app.refund_order(
+            response = await app.refund_order(
                 request.order_id, request.refund_id, request.refund_fen,
-                Idem(request.refund_id, fingerprint(request)))
-            refund = o.refund(request.refund_id)
+                REFUND_ORDER.call(request, lambda r: pb.RefundOrderResponse(
+                    order=convert.order_pb(r[0]), points_reversed=r[2], growth_reversed=r[3])))
+            refund = (await self.store.get_order(request.order_id)).refund(request.refund_id)
             assert refund is not None
-            return (refund.refund_id, refund.fen, points, growth), None
-        idem = Idem(request.idempotency_key, fingerprint(request))
+            return (refund.refund_id, refund.fen, response.points_reversed,
+                    response.growth_reversed), None
         if isinstance(request, pb.RedeemPointsRequest):
-            e = await app.redeem_points(request.member_id, request.points, request.reason, idem)
+            e = await app.redeem_points(request.member_id, request.points, request.reason,
+                                        REDEEM.call(request, convert.points_entry_pb))
         elif isinstance(request, pb.AdjustPointsRequest):
-            e = await app.adjust_points(request.member_id, request.delta, request.reason, idem)
+            e = await app.adjust_points(request.member_id, request.delta, request.reason,
+                                        ADJUST.call(request, convert.points_entry_pb))
         elif isinstance(request, pb.TopUpStoredValueRequest):
             e = await app.top_up(request.member_id, request.amount_fen, request.bonus_fen,
-                                 request.reference, idem)
+                                 request.reference, TOP_UP.call(request, convert.sv_entry_pb))
         elif isinstance(request, pb.PayWithStoredValueRequest):
-            e = await app.pay(request.member_id, request.amount_fen, request.reference, idem)
+            e = await app.pay(request.member_id, request.amount_fen, request.reference,
+                              PAY.call(request, convert.sv_entry_pb))
         elif isinstance(request, pb.RefundStoredValuePaymentRequest):
             e = await app.refund_payment(request.member_id, request.payment_entry_id,
-                                         request.amount_fen, idem)
+                                         request.amount_fen,
+                                         REFUND_PAYMENT.call(request, convert.sv_entry_pb))
         else:
             raise AssertionError(f"no use case for {type(request).__name__}")
         return (e.id,), None

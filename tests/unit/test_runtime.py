@@ -576,7 +576,7 @@ def test_replay_returns_the_first_response_or_rejects_the_key() -> None:
     request = pb.RedeemPointsRequest(member_id="m1", points=50, idempotency_key="k1")
     response = pb.PointsEntry(id="p1", delta=-50)
     record = IdempotencyRecord("RedeemPoints", "k1", fingerprint(request),
-                               response.SerializeToString())
+                               response.SerializeToString(), expires_at=0)
     assert replay(record, fingerprint(request), pb.PointsEntry) == response
     other = pb.RedeemPointsRequest(member_id="m1", points=60, idempotency_key="k1")
     with pytest.raises(PondError) as exc:

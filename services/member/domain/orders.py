@@ -42,6 +42,9 @@ class Order:
     # Digest of the request that recorded it: a replay must match.
     fingerprint: str = ""
     refunds: list[Refund] = field(default_factory=list)
+    # The store's version of the order as read: its replacement is guarded by it, so
+    # two refunds planned on one read of the order cannot both land.
+    version: int = 0
 
     @property
     def refunded_fen(self) -> int:

@@ -1,6 +1,8 @@
-"""Domain objects <-> plain documents, shared by both backends. Times are stored as
-integer microseconds since the epoch (UTC): sortable and queryable the same way in
-SQLite and MongoDB."""
+"""The member service's domain objects <-> documents of the runtime document store
+(services/member/store.py declares the collections). Times are integer microseconds
+since the epoch (UTC), sortable and queryable the same way on both engines. A
+document's version is the store's `_v`: a member's and an order's is carried on the
+domain object, so the write guarded by it can be built from the object alone."""
 
 from __future__ import annotations
 
@@ -55,7 +57,9 @@ def member_to_doc(m: Member) -> dict:
         "total_spent_fen": m.total_spent_fen,
         "first_paid_at": ts(m.first_paid_at),
         "last_paid_at": ts(m.last_paid_at),
-        "version": m.version,
+        # The "-MM-DD" ending, indexed: the daily birthday job looks members up by it.
+        "birthday_md": m.birthday[4:],
+        "_v": m.version,
     }
 
 
@@ -87,7 +91,7 @@ def member_from_doc(d: dict) -> Member:
         total_spent_fen=d["total_spent_fen"],
         first_paid_at=dt(d["first_paid_at"]),
         last_paid_at=dt(d["last_paid_at"]),
-        version=d["version"],
+        version=d["_v"],
     )
 
 
@@ -189,8 +193,9 @@ def order_to_doc(o: Order) -> dict:
         "growth_earned": o.growth_earned,
         "fingerprint": o.fingerprint,
         "refunds": [[r.refund_id, r.fen, r.points, r.growth, ts(r.at)] for r in o.refunds],
-        # Denormalised so growth_since is one indexed sum.
+        # Denormalised so growth_since reads one field per order.
         "net_growth": o.growth_earned - o.growth_reversed,
+        "_v": o.version,
     }
 
 
@@ -208,12 +213,16 @@ def order_from_doc(d: dict) -> Order:
         d["growth_earned"],
         d["fingerprint"],
         [Refund(rid, fen, pts, gr, dt(at)) for rid, fen, pts, gr, at in d["refunds"]],
+        d["_v"],
     )
+
+
+TIER_PROGRAM = "tier_program"  # its key in `settings`
 
 
 def program_to_doc(p: TierProgram) -> dict:
     return {
-        "_id": "tier_program",
+        "_id": TIER_PROGRAM,
         "tiers": [
             [
                 t.level,
@@ -240,8 +249,9 @@ def program_from_doc(d: dict) -> TierProgram:
     )
 
 
-def tier_change_to_doc(c: TierChange) -> dict:
+def tier_change_to_doc(seq: int, c: TierChange) -> dict:
     return {
+        "_id": seq,
         "member_id": c.member_id,
         "from_level": c.from_level,
         "to_level": c.to_level,
