@@ -153,7 +153,7 @@ async def realtime_probe(engine: TagEngine, samples: int = 50, seed: int = 7) ->
     random members: as it is, with the share spent reading the current bitmaps into
     masks, then with masks_from_bitmaps replaced by a membership test (same changes
     required); and building the TagsChanged payloads of the changes, which
-    handle_member_event does next."""
+    the member event handlers do next."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(engine.ids), size=min(samples, len(engine.ids)), replace=False)
     histories = []
@@ -167,7 +167,7 @@ async def realtime_probe(engine: TagEngine, samples: int = 50, seed: int = 7) ->
             t = time.perf_counter()
             changes = await engine.rescore_member(history)
             times.append(time.perf_counter() - t)
-            # What handle_member_event does next: payloads of the changes (of one
+            # What the member event handlers do next: payloads of the changes (of one
             # gained tag when this member's rescore changed nothing).
             one = changes
             if not changes.tags:

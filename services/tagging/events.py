@@ -1,9 +1,10 @@
 """What the tagging service consumes and publishes.
 
 Consumes the member stream ("pond.events.member"): registrations, orders paid and
-refunded, tier and points changes feed each member's history; each event is applied
-once (its id is recorded with the change). Publishes TagsChanged batches on
-"pond.events.tagging" through the outbox."""
+refunded, tier and points changes feed each member's history, one runtime event
+handler per payload type (services/tagging/members.py); each event is applied once
+(the runtime's processed mark is committed with the change). Publishes TagsChanged
+batches on "pond.events.tagging" through the outbox."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from services.runtime.eventbus import stream_for
 PRODUCER = "tagging"
 STREAM = stream_for(PRODUCER)
 MEMBER_STREAM = stream_for("member")
-CONSUMER_GROUP = "tagging"
+CONSUMER_GROUP = "tagging"  # the Redis group, and the consumer its processed marks name
 CHANGES_PER_EVENT = 1000  # members per message, gained and lost each
 
 

@@ -3,14 +3,16 @@ path, each event applied once, the member rescored at once) and the profile."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
-from pond.events.v1 import event_pb2
 from pond.events.v1 import member_events_pb2 as mev
 
+from services.runtime.documents import UnitOfWork
 from services.runtime.errors import PondError, not_found
+from services.runtime.events import EventHandlers, Received
 from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import scoring as sc
 from services.tagging.domain.definitions import MANUAL, RULE
@@ -18,14 +20,8 @@ from services.tagging.domain.features import NEVER
 from services.tagging.domain.history import MemberHistory
 from services.tagging.service import TaggingCore
 
-# The member events that feed features: payload name -> message class.
-MEMBER_EVENT_TYPES = {
-    "MemberRegistered": mev.MemberRegistered,
-    "OrderPaid": mev.OrderPaid,
-    "OrderRefunded": mev.OrderRefunded,
-    "TierChanged": mev.TierChanged,
-    "PointsChanged": mev.PointsChanged,
-}
+# Changes one member's history under the engine's lock (I/O allowed: categories).
+HistoryChange = Callable[[MemberHistory], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,64 +50,92 @@ class MemberProfile:
 
 
 class MemberUseCases(TaggingCore):
-    # -- the real-time path --
-    async def handle_member_event(self, event: event_pb2.Event) -> None:
-        """Applies one member-service event, once, and re-evaluates the member."""
+    # -- the real-time path: one handler per member event payload type, each event
+    # applied once (the runtime commits its processed mark with the history) --
+    def member_event_handlers(self, handlers: EventHandlers) -> EventHandlers:
+        """Registers the member events that feed features on `handlers`."""
+        return (
+            handlers.on(mev.MemberRegistered, self.on_member_registered)
+            .on(mev.OrderPaid, self.on_order_paid)
+            .on(mev.OrderRefunded, self.on_order_refunded)
+            .on(mev.TierChanged, self.on_tier_changed)
+            .on(mev.PointsChanged, self.on_points_changed)
+        )
+
+    async def on_member_registered(
+        self, event: Received[mev.MemberRegistered], uow: UnitOfWork
+    ) -> None:
+        async def change(history: MemberHistory) -> None:
+            history.registered_day = self.engine.day_of(event.occurred_at)
+
+        await self._change_history(event, uow, change)
+
+    async def on_order_paid(self, event: Received[mev.OrderPaid], uow: UnitOfWork) -> None:
+        async def change(history: MemberHistory) -> None:
+            order = event.payload
+            known = await self._categories(sorted({i.category for i in order.items if i.category}))
+            history.order_paid(
+                self.engine.day_of(order.paid_at.ToDatetime(tzinfo=UTC)),
+                order.amount_fen,
+                set(known.values()),  # untracked categories count in totals only
+                self.engine.today(),
+            )
+
+        await self._change_history(event, uow, change)
+
+    async def on_order_refunded(self, event: Received[mev.OrderRefunded], uow: UnitOfWork) -> None:
+        async def change(history: MemberHistory) -> None:
+            refund, today = event.payload, self.engine.today()
+            paid_day = (
+                self.engine.day_of(refund.paid_at.ToDatetime(tzinfo=UTC))
+                if refund.HasField("paid_at")
+                else today
+            )
+            history.order_refunded(paid_day, refund.refund_fen, refund.fully_refunded, today)
+
+        await self._change_history(event, uow, change)
+
+    async def on_tier_changed(self, event: Received[mev.TierChanged], uow: UnitOfWork) -> None:
+        async def change(history: MemberHistory) -> None:
+            history.tier = event.payload.to_level
+
+        await self._change_history(event, uow, change)
+
+    async def on_points_changed(self, event: Received[mev.PointsChanged], uow: UnitOfWork) -> None:
+        async def change(history: MemberHistory) -> None:
+            history.points_balance = event.payload.balance
+
+        await self._change_history(event, uow, change)
+
+    async def _change_history(
+        self, event: Received[Any], uow: UnitOfWork, change: HistoryChange
+    ) -> None:
+        """Applies `change` to the event's member, rescores it and commits the history
+        and its TagsChanged events with the event's mark, all under the engine's lock;
+        the engine takes the changes only once that commit succeeded."""
+        if not event.subject_id:
+            return  # about no member: only the mark is committed
         engine = self.engine
-        if await self.store.event_applied(event.id):  # a redelivery: nothing to redo
-            return
-        kind = event.type.rsplit(".", 1)[-1]
-        if kind not in MEMBER_EVENT_TYPES or not event.subject_id:
-            await self.store.apply_event(event.id, None, [])
-            return
-        payload = MEMBER_EVENT_TYPES[kind]()
-        event.payload.Unpack(payload)
         async with engine.lock:
             arriving = event.subject_id not in engine.index
             idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
             if arriving:  # known to the profile only once its first event is applied
                 engine.arriving.add(idx)
             try:
-                await self._apply(event, kind, payload, idx)
+                history = await self.store.get_history(idx) or MemberHistory(idx)
+                await change(history)
+                if history.registered_day == NEVER:  # known from an event before it
+                    history.registered_day = engine.today()
+                changes = await engine.rescore_member(history)
+                events = self._events(changes)
+                self.store.add_history(uow, history)
+                uow.emit(*events)
+                if await event.commit():  # False: applied before, nothing written
+                    engine.apply_changes(changes)
+                    if events:
+                        self._on_commit()
             finally:
                 engine.arriving.discard(idx)
-
-    async def _apply(self, event: event_pb2.Event, kind: str, payload: Any, idx: int) -> None:
-        """One event's change to member `idx`'s history, scored and saved (under the
-        engine's lock)."""
-        engine = self.engine
-        history = await self.store.get_history(idx) or MemberHistory(idx)
-        today = engine.today()
-        if kind == "MemberRegistered":
-            history.registered_day = engine.day_of(event.occurred_at.ToDatetime(tzinfo=UTC))
-        elif kind == "OrderPaid":
-            names = sorted({i.category for i in payload.items if i.category})
-            known = await self._categories(names)
-            history.order_paid(
-                engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC)),
-                payload.amount_fen,
-                set(known.values()),  # untracked categories count in totals only
-                today,
-            )
-        elif kind == "OrderRefunded":
-            paid_day = (
-                engine.day_of(payload.paid_at.ToDatetime(tzinfo=UTC))
-                if payload.HasField("paid_at")
-                else today
-            )
-            history.order_refunded(paid_day, payload.refund_fen, payload.fully_refunded, today)
-        elif kind == "TierChanged":
-            history.tier = payload.to_level
-        elif kind == "PointsChanged":
-            history.points_balance = payload.balance
-        if history.registered_day == NEVER and kind != "MemberRegistered":
-            history.registered_day = today
-        changes = await engine.rescore_member(history)
-        events = self._events(changes)
-        if await self.store.apply_event(event.id, history, events):
-            engine.apply_changes(changes)
-            if events:
-                self._on_commit()
 
     async def _rescore_indexes(self, indexes: list[int]) -> None:
         """Re-evaluates members whose manual tags changed (rules may use them)."""

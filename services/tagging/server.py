@@ -16,6 +16,7 @@ from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
 from services.runtime.clock import Clock, SystemClock
 from services.runtime.errors import PondError
+from services.runtime.events import EventHandlers
 from services.runtime.host import (
     Consumer,
     HostContext,
@@ -130,7 +131,9 @@ async def build(ctx: HostContext[TaggingSettings]) -> Service:
         publishes=STREAM,
         store=engine.store.docs,
         consumers=[Consumer(
-            MEMBER_STREAM, app.handle_member_event, group=CONSUMER_GROUP,
+            MEMBER_STREAM,
+            app.member_event_handlers(EventHandlers(CONSUMER_GROUP, engine.store.docs, ctx.clock)),
+            group=CONSUMER_GROUP,
             max_deliveries=settings.tagging_max_deliveries,
             claim_idle_ms=settings.tagging_claim_idle_ms, block_ms=200,
         )],

@@ -15,9 +15,10 @@ What the in-memory engine rebuilds itself from (see SCHEMA):
   runs           by run id (ids sort by time), written guarded by their version;
                  run_lock, one document taken, refreshed and released guarded;
                  run_stats "<exchange>#<partition>", what partitions exchange (blob)
-Applied member events are the runtime's event marks (consumer "tagging"), the outbox
-the runtime's; what belongs together (a history, its event mark and its TagsChanged
-events; bitmaps and their events) is one unit of work."""
+Applied member events are the runtime's processed marks, committed by its event
+handlers (services/tagging/members.py) with the history; the outbox is the runtime's.
+What belongs together (a history, its event mark and its TagsChanged events; bitmaps
+and their events) is one unit of work."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from services.runtime.documents import (
-    PROCESSED,
     Collection,
     Conflict,
     DocumentStore,
@@ -50,7 +50,6 @@ from services.tagging.domain.packed import pack_row, unpack_row
 from services.tagging.domain.scoring_runs import Run
 
 SQLITE_FILE = "tagging.sqlite"  # under the data directory
-CONSUMER = "tagging"  # whose marks say which member events were applied
 SCHEMA = Schema(
     "tagging",
     (
@@ -160,26 +159,10 @@ class TaggingStore:
         doc = await self.docs.get("history", idx)
         return MemberHistory.from_row(unpack_row(idx, doc["row"])) if doc else None
 
-    async def event_applied(self, event_id: str) -> bool:
-        return await self.docs.is_processed(CONSUMER, event_id)
-
-    async def apply_event(
-        self, event_id: str, history: MemberHistory | None, events: Sequence[bytes] = ()
-    ) -> bool:
-        """Atomically: mark `event_id` applied, replace the member's history (if
-        given), queue `events`. False, and nothing written, if it was applied before."""
-        uow = UnitOfWork()
-        uow.mark_processed(CONSUMER, event_id)
-        if history is not None:
-            uow.put("history", {"_id": history.idx, "row": pack_row(history.to_row())})
-        uow.emit(*events)
-        try:
-            await self.docs.commit(uow)
-        except DuplicateKey as exc:
-            if exc.collection != PROCESSED:
-                raise
-            return False
-        return True
+    def add_history(self, uow: UnitOfWork, history: MemberHistory) -> None:
+        """Adds the replacement of the member's history row to `uow` (an event
+        handler's, committed with the event's processed mark)."""
+        uow.put("history", {"_id": history.idx, "row": pack_row(history.to_row())})
 
     async def put_histories(self, rows: Iterable[tuple]) -> None:
         """Bulk replace history rows (ROW_COLUMNS: imports, backfills, benchmarks)."""

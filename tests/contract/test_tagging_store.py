@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from services.runtime.documents import Conflict
+from services.runtime.documents import PROCESSED, Conflict, DuplicateKey, UnitOfWork
 from services.tagging.domain.definitions import (
     ManualTag,
     SegmentDefinition,
@@ -24,9 +24,29 @@ from services.tagging.domain.definitions import (
 from services.tagging.domain.history import ROW_COLUMNS, MemberHistory
 from services.tagging.domain.packed import unpack_row
 from services.tagging.domain.scoring_runs import Run
-from services.tagging.store import CONSUMER, AlreadyExists, TaggingStore, open_store
+from services.tagging.store import AlreadyExists, TaggingStore, open_store
 
 TODAY = 20_000
+CONSUMER = "tagging"
+
+
+async def commit_history(
+    store: TaggingStore, event_id: str, history: MemberHistory | None, events=()
+) -> bool:
+    """What a member event handler commits: the history (if any) and its events with
+    the event's processed mark; False, nothing written, if the mark existed."""
+    uow = UnitOfWork()
+    uow.mark_processed(CONSUMER, event_id)
+    if history is not None:
+        store.add_history(uow, history)
+    uow.emit(*events)
+    try:
+        await store.docs.commit(uow)
+    except DuplicateKey as exc:
+        if exc.collection != PROCESSED:
+            raise
+        return False
+    return True
 
 
 @pytest.fixture(params=["sqlite", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongodb)])
@@ -196,7 +216,7 @@ async def test_histories_round_trip_exactly(store):
     empty = MemberHistory(1)
     big = history(2, orders=5, spend_total=-(2**40), first_order_day=-1)
     for i, h in enumerate((full, empty, big)):
-        assert await store.apply_event(f"ev-{i}", h, []) is True
+        assert await commit_history(store, f"ev-{i}", h, []) is True
     assert len(full.to_row()) == len(ROW_COLUMNS)
     for h in (full, empty, big):
         got = await store.get_history(h.idx)
@@ -206,23 +226,23 @@ async def test_histories_round_trip_exactly(store):
     assert await store.get_history(99) is None
 
 
-async def test_apply_event_is_processed_once(store):
+async def test_a_history_commits_once_with_its_event_mark(store):
     h1 = history(5)
-    assert await store.apply_event("order-1", h1, [b"tag-added", b"tag-removed"]) is True
-    assert await store.event_applied("order-1") and not await store.event_applied("order-9")
+    assert await commit_history(store, "order-1", h1, [b"tag-added", b"tag-removed"]) is True
     assert await store.docs.is_processed(CONSUMER, "order-1")
+    assert not await store.docs.is_processed(CONSUMER, "order-9")
     # A replay writes nothing: neither the history nor the events.
-    assert await store.apply_event("order-1", history(5, orders=1), [b"again"]) is False
+    assert await commit_history(store, "order-1", history(5, orders=1), [b"again"]) is False
     assert await store.get_history(5) == h1
     assert [e for _, e in await store.docs.outbox_pending(10)] == [b"tag-added", b"tag-removed"]
     # No history: only the events (and the event mark).
-    assert await store.apply_event("order-2", None, [b"second"]) is True
+    assert await commit_history(store, "order-2", None, [b"second"]) is True
     assert await store.get_history(5) == h1
-    assert await store.apply_event("order-2", history(5, orders=0), []) is False
+    assert await commit_history(store, "order-2", history(5, orders=0), []) is False
     assert await store.get_history(5) == h1
     # A new history replaces the old one.
     h2 = history(5, orders=3)
-    assert await store.apply_event("order-3", h2, []) is True
+    assert await commit_history(store, "order-3", h2, []) is True
     assert await store.get_history(5) == h2
     assert [e for _, e in await store.docs.outbox_pending(10)] == [
         b"tag-added",
@@ -497,9 +517,9 @@ async def test_learned_cycles_and_untracked_categories(store):
 
 async def test_outbox_order_and_publishing(store):
     assert await store.docs.outbox_pending(10) == []
-    await store.apply_event("e-1", None, [b"a", b"b"])
+    await commit_history(store, "e-1", None, [b"a", b"b"])
     await store.put_bitmaps("tag", {"x": b"1"}, [b"c"])
-    await store.apply_event("e-2", history(1), [b"d"])
+    await commit_history(store, "e-2", history(1), [b"d"])
 
     pending = await store.docs.outbox_pending(10)
     assert [e for _, e in pending] == [b"a", b"b", b"c", b"d"]
@@ -515,7 +535,7 @@ async def test_outbox_order_and_publishing(store):
     assert await store.docs.outbox_pending(10) == []
 
     # Sequence numbers keep increasing after everything was published.
-    await store.apply_event("e-3", None, [b"e"])
+    await commit_history(store, "e-3", None, [b"e"])
     [(seq, event)] = await store.docs.outbox_pending(10)
     assert event == b"e" and seq > seqs[-1]
 
