@@ -195,7 +195,6 @@ class LedgerUseCases(MemberCore):
                 announced += await self.retrying(
                     member_id, partial(self._announce, member_id, lot_ids)
                 )
-        await self.prune_idempotency()
         return members, points, announced
 
     async def _announce(self, member_id: str, lot_ids: set[str]) -> int:

@@ -158,12 +158,6 @@ class MemberCore:
             member_id, lambda: self.idempotency.run(call, attempt, self.commit)
         )
 
-    async def prune_idempotency(self) -> int:
-        """Forgets idempotency records past their retention (periodic maintenance)."""
-        pruned = await self.idempotency.prune()
-        log.info("idempotency records pruned", pruned=pruned)
-        return pruned
-
     def now(self) -> datetime:
         return self.clock.now()
 

@@ -46,10 +46,12 @@ from services.runtime.documents import DocumentStore, Schema, open_document_stor
 from services.runtime.eventbus import EventConsumer
 from services.runtime.health import HealthMonitor
 from services.runtime.jobs import Job, JobLoop, with_interval
+from services.runtime.leases import Leases
 from services.runtime.notifying_store import NotifyingStore
 from services.runtime.outbox import OutboxRelay, OutboxStore
 from services.runtime.redis_conn import connect_redis
 from services.runtime.redis_health import Backoff
+from services.runtime.redis_scripts import ScriptRegistry
 from services.runtime.schedule import Schedule
 from services.runtime.server import PondServer, ServiceRegistration
 from services.runtime.supervision import Supervised, Task
@@ -167,6 +169,8 @@ class ServiceHost(Generic[S]):
         self._port = spec.port(settings) if port is None else port
         self._metrics_port = spec.metrics_port(settings) if metrics else 0
         self.redis: aioredis.Redis | None = None
+        # The service's Lua scripts (pond:<service>:): the relay's and the jobs' leases.
+        self.scripts: ScriptRegistry | None = None
         self.channels = Channels()
         self._token: ServiceToken | None = None
         self._stores: list[DocumentStore] = []
@@ -251,7 +255,11 @@ class ServiceHost(Generic[S]):
     def _declare_tasks(self, service: Service) -> None:
         s, name, opts = self.settings, self.spec.name, self.options
         work: list[Task] = []
+        leases: Leases | None = None
         if self.redis is not None:
+            self.scripts = ScriptRegistry(self.redis, f"pond:{name}:",
+                                          streams=[service.publishes] if service.publishes else [])
+            leases = Leases(self.scripts)
             for c in service.consumers:
                 consumer = EventConsumer(
                     self.redis, c.stream, c.group or name, f"{socket.gethostname()}-{os.getpid()}",
@@ -275,9 +283,9 @@ class ServiceHost(Generic[S]):
             jobs.append(prune_job(store, s, self.clock))
         if s.jobs_interval_seconds > 0:
             jobs = [with_interval(job, s.jobs_interval_seconds) for job in jobs]
-        if self.redis is not None:
+        if leases is not None:
             for job in jobs:
-                loop = JobLoop(name, job, self.redis, self.clock, s.timezone,
+                loop = JobLoop(name, job, leases, self.clock, s.timezone,
                                poll_seconds=opts.job_poll_seconds)
                 self.job_loops.append(loop)
                 work.append(Task(f"job:{job.name}", loop.run))
@@ -287,9 +295,9 @@ class ServiceHost(Generic[S]):
         work.extend(service.tasks)
         outbox = service.outbox or store
         relay: list[Task] = []
-        if service.publishes and outbox is not None and self.redis is not None:
+        if service.publishes and outbox is not None and leases is not None:
             self.relay = OutboxRelay(
-                outbox, self.redis, service.publishes, poll_seconds=s.outbox_poll_seconds,
+                outbox, leases, service.publishes, poll_seconds=s.outbox_poll_seconds,
                 service=name, lease_ttl_seconds=s.outbox_lease_seconds,
             )
             if s.outbox_relay_enabled:
@@ -370,8 +378,9 @@ def _store_probe(store: DocumentStore | None) -> Callable[[], Awaitable[object]]
 
 
 def prune_job(store: DocumentStore, settings: RuntimeSettings, clock: Clock) -> Job:
-    """Hourly: expired idempotency records and processed-event marks older than
-    POND_PROCESSED_RETENTION_DAYS go."""
+    """Hourly, for every service: idempotency records past their expires_at (each set
+    when written, POND_IDEMPOTENCY_RETENTION_DAYS on) and processed-event marks older
+    than POND_PROCESSED_RETENTION_DAYS go. The one path that prunes either."""
     retention = timedelta(days=settings.processed_retention_days)
 
     async def prune() -> int:

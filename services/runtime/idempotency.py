@@ -4,7 +4,8 @@ the unit of work that makes the call's effect, so the record exists exactly when
 effect does; a replay returns that response unchanged (not a fresh rendering of
 today's state); the same key with other parameters is refused (FAILED_PRECONDITION
 IDEMPOTENCY_KEY_REUSED). Records expire after a retention (POND_IDEMPOTENCY_RETENTION_DAYS,
-7 by default) and DocumentStore.prune removes them; until then they are honoured.
+7 by default; each record carries its expires_at) and the host's hourly prune job
+removes them (host.prune_job, for every service); until then they are honoured.
 
     # api.py: the declaration, and one call of it (render: result -> response proto)
     REDEEM = Idempotent("RedeemPoints", pb.PointsEntry)
@@ -193,8 +194,3 @@ class IdempotencyKeeper:
         return IdempotencyRecord(
             call.scope, call.key, call.fingerprint, response, epoch_micros(expires)
         )
-
-    async def prune(self) -> int:
-        """Removes the records past their retention (and event marks as old)."""
-        now = self.clock.now()
-        return await self.store.prune(epoch_micros(now), epoch_micros(now - self.retention))

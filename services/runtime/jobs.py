@@ -45,7 +45,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from services.runtime.clock import Clock
-from services.runtime.leases import Lease
+from services.runtime.leases import Lease, Leases
 from services.runtime.logs import request_id_var
 from services.runtime.redis_health import Backoff, RedisLink
 from services.runtime.schedule import Schedule
@@ -79,14 +79,14 @@ class JobLoop:
         self,
         service: str,
         job: Job,
-        redis: aioredis.Redis,
+        leases: Leases,
         clock: Clock,
         timezone: str,
         *,
         poll_seconds: float = 1.0,
         retry: Backoff | None = None,
     ) -> None:
-        self.service, self.job, self.redis, self.clock = service, job, redis, clock
+        self.service, self.job, self.leases, self.clock = service, job, leases, clock
         self.timezone, self.poll_seconds = timezone, poll_seconds
         self.retry = retry or Backoff(first=10.0, cap=600.0)
         self.link = RedisLink(f"job:{service}:{job.name}")
@@ -97,8 +97,9 @@ class JobLoop:
         """Look at the clock now (tests move a ManualClock, then wake the loop)."""
         self._wake.set()
 
-    def key(self, occurrence: datetime) -> str:
-        return f"pond:{self.service}:job:{self.job.name}:{int(occurrence.timestamp())}"
+    def lease_name(self, occurrence: datetime) -> str:
+        """Under the service's prefix: pond:<service>:job:<name>:<epoch seconds>."""
+        return f"job:{self.job.name}:{int(occurrence.timestamp())}"
 
     async def run(self, stop: asyncio.Event) -> None:
         due = self.job.schedule.next_after(self.clock.now(), self.timezone)
@@ -125,12 +126,12 @@ class JobLoop:
         return found
 
     async def _occurrence(self, due: datetime, following: datetime, stop: asyncio.Event) -> None:
-        key = self.key(due)
+        name = self.lease_name(due)
         done_ms = int(max(2 * (following - due).total_seconds(), 3600) * 1000)
         self.retry.reset()
         taken = False
         while not stop.is_set() and self.clock.now() < following:
-            lease = Lease(self.redis, key, self.ttl_ms)
+            lease = self.leases.lease(name, self.ttl_ms)
             try:
                 if await lease.acquire():
                     self.link.ok()

@@ -8,9 +8,9 @@ new holder's. Writes that must only happen under the lease check the token in th
 same script as the write (fencing: see outbox.py's publish), so a holder that
 paused past its expiry cannot write after it lost the lease.
 
-The scripts are small and local here (EVALSHA, loaded on first use and again after
-a Redis restart, by redis-py's Script); services.runtime.redis_scripts, when it
-lands, is where they belong.
+A service's leases live under its key prefix (`pond:<service>:`) and their scripts
+are registered once on the service's ScriptRegistry (redis_scripts.py: EVALSHA,
+loaded again after a Redis restart), like any other Lua the service runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 
-import redis.asyncio as aioredis
+from services.runtime.redis_scripts import ScriptRegistry
 
 # KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms. 1 if renewed, 0 if not ours.
 RENEW = """
@@ -43,16 +43,30 @@ def holder_token(name: str = "") -> str:
     return f"{prefix}{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
+class Leases:
+    """A service's leases: their scripts, registered once on the service's registry."""
+
+    def __init__(self, scripts: ScriptRegistry) -> None:
+        self.scripts = scripts
+        self.redis = scripts.redis
+        self.renew = scripts.register("lease_renew", RENEW)
+        self.hand_over = scripts.register("lease_hand_over", HAND_OVER)
+
+    def lease(self, name: str, ttl_ms: int, token: str | None = None) -> Lease:
+        """The lease `name` under the service's prefix (`relay` is pond:<service>:relay)."""
+        return Lease(self, name, ttl_ms, token)
+
+
 class Lease:
     def __init__(
-        self, redis: aioredis.Redis, key: str, ttl_ms: int, token: str | None = None
+        self, leases: Leases, name: str, ttl_ms: int, token: str | None = None
     ) -> None:
         if ttl_ms < 1:
             raise ValueError("a lease lives at least 1 ms")
-        self.redis, self.key, self.ttl_ms = redis, key, ttl_ms
+        self.leases, self.redis = leases, leases.redis
+        self.name, self.ttl_ms = name, ttl_ms
+        self.key = leases.scripts.key(name)  # in full, for the plain commands
         self.token = token or holder_token()
-        self._renew = redis.register_script(RENEW)
-        self._hand_over = redis.register_script(HAND_OVER)
         self.held = False
 
     async def acquire(self) -> bool:
@@ -63,7 +77,7 @@ class Lease:
         return self.held
 
     async def renew(self) -> bool:
-        self.held = bool(await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
+        self.held = bool(await self.leases.renew(keys=[self.name], args=[self.token, self.ttl_ms]))
         return self.held
 
     async def release(self) -> bool:
@@ -74,7 +88,7 @@ class Lease:
     async def hand_over(self, value: str, ttl_ms: int) -> bool:
         """Replaces our lease with `value` for `ttl_ms` (a record others read, e.g.
         "done"), if it is still ours."""
-        ok = bool(await self._hand_over(keys=[self.key], args=[self.token, value, ttl_ms]))
+        ok = bool(await self.leases.hand_over(keys=[self.name], args=[self.token, value, ttl_ms]))
         self.held = False
         return ok
 

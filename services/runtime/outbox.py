@@ -31,7 +31,7 @@ from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
 
 from services.runtime.eventbus import STREAM_MAXLEN, publish
-from services.runtime.leases import Lease
+from services.runtime.leases import Leases
 from services.runtime.redis_health import RedisLink
 
 log = structlog.get_logger("pond.outbox")
@@ -73,7 +73,7 @@ class OutboxRelay:
     def __init__(
         self,
         store: OutboxStore,
-        redis: aioredis.Redis,
+        leases: Leases,
         stream: str,
         *,
         poll_seconds: float = 1.0,
@@ -82,15 +82,19 @@ class OutboxRelay:
         service: str = "",
         lease_ttl_seconds: float = 10.0,
     ) -> None:
-        self.store, self.redis, self.stream = store, redis, stream
+        self.store, self.stream = store, stream
         self.poll_seconds, self.batch = poll_seconds, batch
         self.coalesce_seconds = 0.002
         self._wake = asyncio.Event()
         # How this relay is named in the Redis-health metrics and logs.
         self.link = RedisLink(name or f"outbox:{stream}")
         self.service = service or stream.rsplit(".", 1)[-1]
-        self.lease = Lease(redis, f"pond:{self.service}:relay", int(lease_ttl_seconds * 1000))
-        self._publish = redis.register_script(FENCED_PUBLISH)
+        scripts = leases.scripts
+        if scripts.key(stream) != stream:
+            raise ValueError(f"{stream} must be one of the script registry's streams")
+        # pond:<service>:relay under the host's registry for the service.
+        self.lease = leases.lease("relay", int(lease_ttl_seconds * 1000))
+        self._publish = scripts.register("outbox_publish", FENCED_PUBLISH)
         self._renewed_at = 0.0
 
     @property
@@ -112,7 +116,7 @@ class OutboxRelay:
             if not pending:
                 return total
             added = await self._publish(
-                keys=[self.lease.key, self.stream],
+                keys=[self.lease.name, self.stream],
                 args=[self.lease.token, self.lease.ttl_ms, STREAM_MAXLEN,
                       *(raw for _seq, raw in pending)],
             )

@@ -15,7 +15,12 @@ Keys: a script reaches only the keys it is given in KEYS (never names built insi
 the Lua: Redis Cluster routes a script by its KEYS, and the prefix could not reach
 them). The registry puts the service's prefix in front of each, so two services
 sharing a Redis cannot touch each other's keys and a script reads as if it were
-alone. ARGV is passed as it is.
+alone. The one exception is the service's own event stream (pond.events.<service>,
+which every consumer reads by that name): given in `streams`, it is passed in full.
+ARGV is passed as it is.
+
+The runtime's own scripts are here too, on the host's registry for the service: the
+leases (leases.py) and the outbox relay's fenced publish (outbox.py).
 
 Durable state lives in the service's document store; Redis holds counters and
 claims that make hot paths fast (stock left, claims per member, rate limits) and
@@ -26,7 +31,7 @@ belongs to."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -72,11 +77,14 @@ class Script:
 class ScriptRegistry:
     """A service's Lua scripts and its key prefix (e.g. `pond:campaign:`)."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, *, streams: Collection[str] = ()
+    ) -> None:
         if not prefix or not prefix.endswith(":"):
             raise ValueError("a key prefix names the service and ends with ':' (pond:campaign:)")
         self.redis = redis
         self.prefix = prefix
+        self.streams = frozenset(streams)  # the service's streams, named in full
         self._scripts: dict[str, Script] = {}
 
     def register(self, name: str, source: str) -> Script:
@@ -87,8 +95,9 @@ class ScriptRegistry:
         return script
 
     def key(self, name: str) -> str:
-        """The full name of one of the service's keys."""
-        return self.prefix + name
+        """The full name of one of the service's keys (a stream of the service's is
+        already one)."""
+        return name if name in self.streams else self.prefix + name
 
     async def load(self) -> None:
         """Loads every registered script (SCRIPT LOAD), e.g. at start-up so the first

@@ -21,7 +21,9 @@ from services.runtime.eventbus import (
     publish,
     stream_for,
 )
+from services.runtime.leases import Leases
 from services.runtime.outbox import OutboxRelay
+from services.runtime.redis_scripts import ScriptRegistry
 from tests.conftest import eventually
 
 STREAM = stream_for("test")
@@ -308,7 +310,8 @@ async def test_relay_does_not_lose_a_wakeup_that_arrives_while_it_reads(
 ) -> None:
     store = CommitDuringRead()
     # A long idle poll: only the notify can bring the event out within the wait.
-    relay = store.relay = OutboxRelay(store, redis, STREAM, poll_seconds=60)
+    leases = Leases(ScriptRegistry(redis, "pond:relay-test:", streams=[STREAM]))
+    relay = store.relay = OutboxRelay(store, leases, STREAM, poll_seconds=60)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:

@@ -286,6 +286,26 @@ async def test_stop_reports_not_serving_first_and_leaves_no_lease(
     assert not await redis.get("pond:example:relay")  # ...and hands over at once on stop
 
 
+async def test_the_relay_runs_its_lua_from_the_service_script_registry(
+    start, clock: ManualClock, redis: aioredis.Redis
+):
+    """The lease and the fenced publish are the service's registered scripts (one way to
+    run Lua): after the server lost its scripts, the relay loads them again and goes on."""
+    ex = await start(clock)
+    await ex.stub.AddNote(pb.AddNoteRequest(note_id="f1"), metadata=ex.md())
+    await eventually(lambda: ex.note("f1"), lambda n: n.seen == 1)
+    assert ex.host.scripts is not None and ex.host.scripts.prefix == "pond:example:"
+    publish = ex.host.scripts["outbox_publish"]
+    assert await redis.script_exists(publish.sha) == [True]
+    reloads = publish.reloads
+    await redis.script_flush()  # as after a Redis restart
+    await ex.stub.AddNote(pb.AddNoteRequest(note_id="f2"), metadata=ex.md())
+    await eventually(lambda: ex.note("f2"), lambda n: n.seen == 1)
+    assert publish.reloads == reloads + 1
+    assert await redis.xlen(STREAM) == 2
+    assert await redis.get("pond:example:relay")
+
+
 def test_schedules_are_on_the_brand_clock():
     shanghai = "Asia/Shanghai"
     at_ten = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)  # 10:00 local

@@ -1,11 +1,12 @@
 """Idempotent member RPCs over a real grpc.aio server (services.runtime.idempotency):
 a replay returns the FIRST response unchanged, whatever happened since; the same key
 with other parameters is refused; phones in a kept response are shown as the
-replaying caller may see them; records expire after the retention and the periodic
-maintenance prunes them."""
+replaying caller may see them; records expire after the retention and the host's
+hourly prune job removes them."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,13 +18,14 @@ from google.protobuf import field_mask_pb2
 from mongomock_motor import AsyncMongoMockClient
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.member.server import start_member_service
 from services.member.store import open_store
 from services.runtime.auth import Role
 from services.runtime.clock import ManualClock
 from services.runtime.errors import error_details
-from tests.conftest import MemberHarness, member_settings
+from tests.conftest import MemberHarness, eventually, member_settings
 
 PHONE = "13812345678"
 
@@ -162,9 +164,11 @@ async def test_a_replay_shows_phones_as_the_replaying_caller_may_see_them(
 
 @pytest_asyncio.fixture
 async def short_memory(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness]:
-    """A member service that keeps idempotency records for two days."""
+    """A member service that keeps idempotency records for two days, with its scheduled
+    jobs on (the host's prune job among them)."""
     clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
-    settings = member_settings(tmp_path, redis_url, idempotency_retention_days=2)
+    settings = member_settings(tmp_path, redis_url, idempotency_retention_days=2,
+                               jobs_enabled=True)
     service = await start_member_service(settings, clock=clock, port=0, metrics=False)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     try:
@@ -172,6 +176,18 @@ async def short_memory(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberH
     finally:
         await channel.close()
         await service.stop(0)
+
+
+def prune_runs() -> float:
+    return REGISTRY.get_sample_value("pond_job_runs_total", {
+        "service": "member", "job": "prune-records", "outcome": "succeeded"}) or 0.0
+
+
+async def run_prune_job(h: MemberHarness) -> None:
+    """Moves on to the clock's time: the host's hourly prune job runs once."""
+    runs = prune_runs()
+    h.service.host.wake_timers_and_jobs()
+    await eventually(lambda: asyncio.sleep(0, prune_runs()), lambda n: n == runs + 1)
 
 
 async def test_records_expire_after_the_retention_and_maintenance_prunes_them(
@@ -184,14 +200,13 @@ async def test_records_expire_after_the_retention_and_maintenance_prunes_them(
     adjust = pb.AdjustPointsRequest(member_id=m, delta=40, reason="goodwill",
                                     idempotency_key="k")
     first = await h.stub.AdjustPoints(adjust, metadata=h.md())
-    maintenance = pb.RunPointsExpiryRequest()
 
     h.clock.advance(days=1)  # within the retention: still replayed
-    await h.stub.RunPointsExpiry(maintenance, metadata=h.md())
+    await run_prune_job(h)
     assert await h.stub.AdjustPoints(adjust, metadata=h.md()) == first
 
     h.clock.advance(days=1, seconds=1)  # past it: pruned, the key is new again
-    await h.stub.RunPointsExpiry(maintenance, metadata=h.md())
+    await run_prune_job(h)
     again = await h.stub.AdjustPoints(adjust, metadata=h.md())
     assert again.id != first.id and again.balance_after == first.balance_after + 40
     other = pb.AdjustPointsRequest(member_id=m, delta=41, reason="goodwill",
