@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-import structlog
 from google.protobuf import message
 
 from services.member.domain import members as dm
@@ -61,7 +60,6 @@ BACKOFF_BASE = 0.005
 BACKOFF_CAP = 0.2
 T = TypeVar("T")
 R = TypeVar("R", bound=message.Message)
-log = structlog.get_logger("pond.member")
 
 
 @dataclass(frozen=True)
