@@ -5,9 +5,7 @@ work stay as operator tools)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import time, timedelta
-from typing import Any
 
 from pond.member.v1 import member_pb2, member_pb2_grpc
 
@@ -20,10 +18,11 @@ from services.member.settings import MemberSettings
 from services.member.store import MemberStore, open_store
 from services.runtime.clock import Clock
 from services.runtime.crypto import FieldCipher
-from services.runtime.host import HostContext, Service, ServiceHost, ServiceSpec, start_service
+from services.runtime.host import HostContext, Service, ServiceSpec, start_service
+from services.runtime.hosted import HostedService
 from services.runtime.jobs import Job
 from services.runtime.schedule import Schedule
-from services.runtime.server import PondServer, ServiceRegistration
+from services.runtime.server import ServiceRegistration
 
 SERVICE = member_pb2.DESCRIPTOR.services_by_name["MemberService"]
 
@@ -99,28 +98,12 @@ SPEC = ServiceSpec(
 )
 
 
-@dataclass
-class MemberService:
+class MemberService(HostedService):
     """A running member service (what tests and benchmarks hold)."""
-
-    host: ServiceHost[Any]
-
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    @property
-    def server(self) -> PondServer:
-        assert self.host.server is not None
-        return self.host.server
 
     @property
     def app(self) -> MemberApp:
-        assert self.host.service is not None
-        return self.host.service.handle
-
-    async def stop(self, grace: float = 5.0) -> None:
-        await self.host.stop(grace)
+        return self.handle
 
 
 async def start_member_service(

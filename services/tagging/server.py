@@ -21,13 +21,13 @@ from services.runtime.host import (
     Consumer,
     HostContext,
     Service,
-    ServiceHost,
     ServiceSpec,
     start_service,
 )
+from services.runtime.hosted import HostedService
 from services.runtime.jobs import Job
 from services.runtime.schedule import Schedule
-from services.runtime.server import PondServer, ServiceRegistration
+from services.runtime.server import ServiceRegistration
 from services.runtime.supervision import Task
 from services.tagging.api import AUTH_RULES, TaggingServicer
 from services.tagging.app import TaggingApp
@@ -164,25 +164,12 @@ class TaggingParts:
     servicer: TaggingServicer
 
 
-@dataclass
-class TaggingService:
+class TaggingService(HostedService):
     """A running tagging service (what tests and benchmarks hold)."""
-
-    host: ServiceHost[Any]
 
     @property
     def parts(self) -> TaggingParts:
-        assert self.host.service is not None
-        return self.host.service.handle
-
-    @property
-    def port(self) -> int:
-        return self.host.port
-
-    @property
-    def server(self) -> PondServer:
-        assert self.host.server is not None
-        return self.host.server
+        return self.handle
 
     @property
     def engine(self) -> TagEngine:
@@ -195,9 +182,6 @@ class TaggingService:
     @property
     def app(self) -> TaggingApp:
         return self.parts.app
-
-    async def stop(self, grace: float = 5.0) -> None:
-        await self.host.stop(grace)
 
 
 async def start_tagging_service(
