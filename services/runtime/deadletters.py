@@ -115,11 +115,11 @@ async def _main(argv: list[str]) -> int:
             for letter in await list_dead_letters(redis, args.stream, group=args.group,
                                                   count=args.limit):
                 if not args.id or letter.id in args.id:
-                    print(json.dumps(asdict(letter), ensure_ascii=False))
+                    sys.stdout.write(json.dumps(asdict(letter), ensure_ascii=False) + "\n")
         else:
             count = await replay_dead_letters(redis, args.stream, group=args.group,
                                               ids=args.id, limit=args.limit)
-            print(json.dumps({"replayed": count}))
+            sys.stdout.write(json.dumps({"replayed": count}) + "\n")
     finally:
         await redis.aclose()
     return 0
