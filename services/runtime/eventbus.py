@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +33,7 @@ from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
 
 from services.runtime.clock import timestamp_pb
+from services.runtime.ids import random_hex
 from services.runtime.logs import current_request_id, request_id_var
 from services.runtime.redis_health import RedisLink
 
@@ -82,7 +82,7 @@ def make_event(
     packed.Pack(payload)
     ts = timestamp_pb(occurred_at)
     return event_pb2.Event(
-        id=os.urandom(16).hex(),
+        id=random_hex(16),
         type=payload.DESCRIPTOR.full_name,
         occurred_at=ts,
         producer=producer,
