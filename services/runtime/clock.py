@@ -50,7 +50,9 @@ def timestamp_from_micros(micros: int) -> Timestamp:
 # Integer arithmetic, not float timestamps: those lose a microsecond on ~2% of round trips.
 def epoch_micros(when: datetime) -> int:
     """Microseconds since the epoch: how stores keep times (sortable in SQLite and Mongo)."""
-    return (when.astimezone(UTC) - _EPOCH) // _MICROSECOND
+    if when.tzinfo is None:  # naive: local time, as astimezone reads it
+        when = when.astimezone(UTC)
+    return (when - _EPOCH) // _MICROSECOND  # aware minus aware counts the offsets
 
 
 def from_epoch_micros(micros: int) -> datetime:

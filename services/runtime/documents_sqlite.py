@@ -337,9 +337,13 @@ class SqliteDocumentStore(DocumentStore):
                 )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKey(PROCESSED, event_id, ("consumer", "event_id")) from exc
-        if uow.events:
-            raw.executemany(
-                'INSERT INTO "_outbox" (event) VALUES (?)', [(e,) for e in uow.events]
+        for start in range(0, len(uow.events), _CHUNK):
+            # One statement per chunk, not executemany's step per event (each step
+            # lets the event loop's thread take the GIL back and forth); rows are
+            # numbered in the order of the VALUES.
+            chunk = uow.events[start : start + _CHUNK]
+            raw.execute(
+                'INSERT INTO "_outbox" (event) VALUES ' + ", ".join(["(?)"] * len(chunk)), chunk
             )
 
     # -- the runtime's records --
