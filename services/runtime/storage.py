@@ -76,8 +76,9 @@ class SqliteWriter:
     one job on aiosqlite's thread (group commit): one thread hop and one wake-up of
     the event loop for the batch, instead of one of each per transaction with a lock
     held across the round trip, which bounded a busy store's write rate (RecordOrder
-    in `python -m bench`). The batch commits once (each transaction in a savepoint),
-    and one that fails still rolls back alone. A caller cancelled before its transaction starts is
+    in `python -m bench`). The batch commits once, and one that fails still rolls
+    back alone (the batch's others are then run again, see _run_transactions: a
+    transaction's work only writes through the connection it is given). A caller cancelled before its transaction starts is
     skipped; once started, the transaction runs to COMMIT or ROLLBACK anyway."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -133,11 +134,31 @@ class SqliteWriter:
 def _run_transactions(
     raw: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], object]]
 ) -> list[tuple[bool, object]]:
-    """The batch in one IMMEDIATE transaction, each work in its own savepoint (rolled
-    back alone when it raises): one COMMIT, so one write of the WAL's pages per
-    batch instead of per work (most of the writer's cost under load). Results count
-    only once the COMMIT succeeded; if SQLite ended the transaction itself (an I/O
-    error) or the COMMIT fails, the works that had succeeded fail with that error."""
+    """The batch in one IMMEDIATE transaction: one COMMIT, so one write of the WAL's
+    pages per batch instead of per work (most of the writer's cost under load).
+    First all together, no savepoints (two statements a work, each a GIL hand-off
+    with the event loop); if one raises, that is rolled back and the batch runs
+    again with each work in a savepoint, so the one that fails rolls back alone
+    (a work only writes through `raw`, so a rolled-back run leaves no trace)."""
+    if len(works) > 1:
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            results = [work(raw) for work in works]
+            raw.execute("COMMIT")
+        except Exception:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+        else:
+            return [(True, result) for result in results]
+    return _run_in_savepoints(raw, works)
+
+
+def _run_in_savepoints(
+    raw: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], object]]
+) -> list[tuple[bool, object]]:
+    """Each work in its own savepoint, rolled back alone when it raises. Results
+    count only once the COMMIT succeeded; if SQLite ended the transaction itself (an
+    I/O error) or the COMMIT fails, the works that had succeeded fail with that error."""
     outcomes: list[tuple[bool, object]] = []
     kept: list[int] = []  # indexes of the outcomes that wait for the COMMIT
     raw.execute("BEGIN IMMEDIATE")
