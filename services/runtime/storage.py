@@ -69,8 +69,8 @@ def open_mongo(uri: str, db_name: str) -> Any:  # motor's AsyncIOMotorDatabase
 
 class SqliteWriter:
     """The one writing connection of a store: runs transactions in arrival order,
-    each a plain synchronous `work(raw_connection)` in its own IMMEDIATE transaction
-    (COMMIT when it returns, ROLLBACK when it raises).
+    each a plain synchronous `work(raw_connection)` applied all or nothing (kept when
+    it returns, rolled back when it raises).
 
     Transactions that arrive while others are being written are written together in
     one job on aiosqlite's thread (group commit): one thread hop and one wake-up of
@@ -78,8 +78,9 @@ class SqliteWriter:
     held across the round trip, which bounded a busy store's write rate (RecordOrder
     in `python -m bench`). The batch commits once, and one that fails still rolls
     back alone (the batch's others are then run again, see _run_transactions: a
-    transaction's work only writes through the connection it is given). A caller cancelled before its transaction starts is
-    skipped; once started, the transaction runs to COMMIT or ROLLBACK anyway."""
+    transaction's work only writes through the connection it is given). A caller
+    cancelled before its transaction starts is skipped; once started, the
+    transaction runs to COMMIT or ROLLBACK anyway."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn

@@ -86,3 +86,30 @@ async def test_a_caller_cancelled_before_its_turn_writes_nothing(writer):
         await second
     await writer.transaction(insert("third"))
     assert [k for k, _ in await rows(writer)] == ["first", "third"]
+
+
+async def test_a_batch_commits_once_and_a_failure_in_it_still_rolls_back_alone(writer):
+    statements: list[str] = []
+    await writer.conn.set_trace_callback(statements.append)  # called on the writer's thread
+    blocker = asyncio.ensure_future(writer.transaction(insert("first")))
+    await asyncio.sleep(0)  # the first may go alone; the next ones queue behind it
+
+    def fail(raw: sqlite3.Connection) -> None:
+        raw.execute("INSERT INTO t (k, v) VALUES ('partial', 1)")
+        raise ValueError("refused")
+
+    together = await asyncio.gather(*(writer.transaction(insert(f"k{i}")) for i in range(5)))
+    await blocker
+    assert together == [f"k{i}" for i in range(5)]
+    assert statements.count("COMMIT") <= 2  # the five in one (the first maybe alone)
+
+    statements.clear()
+    mixed = await asyncio.gather(
+        writer.transaction(insert("x")),
+        writer.transaction(fail),
+        writer.transaction(insert("y")),
+        return_exceptions=True,
+    )
+    assert mixed[0] == "x" and isinstance(mixed[1], ValueError) and mixed[2] == "y"
+    keys = [k for k, _ in await rows(writer)]
+    assert "partial" not in keys and {"x", "y", "first"} <= set(keys)
