@@ -1,11 +1,6 @@
-"""Opening the two storage backends every service store sits on.
-
-SQLite (aiosqlite) is the embedded default: one file per service under the data
-directory, WAL, foreign keys on. MongoDB (motor) is production: chosen when
-MONGODB_URI is set, majority writes. Every motor import stays in the services'
-store/mongo.py, here and in services.runtime.mongo (what those stores are built on), so
-moving to PyMongo's async client is a small change.
-"""
+"""SQLite connections and the single writer with group commit that the document
+store's SQLite engine (documents_sqlite.py) is built on. MongoDB is opened by
+documents_mongo.py, the one module with motor calls."""
 
 from __future__ import annotations
 
@@ -57,14 +52,6 @@ def open_point_reader(path: Path | str) -> sqlite3.Connection:
     )
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
-
-
-def open_mongo(uri: str, db_name: str) -> Any:  # motor's AsyncIOMotorDatabase
-    from motor.motor_asyncio import AsyncIOMotorClient
-    from pymongo import WriteConcern
-
-    client: Any = AsyncIOMotorClient(uri, tz_aware=True, uuidRepresentation="standard")
-    return client.get_database(db_name, write_concern=WriteConcern(w="majority"))
 
 
 class SqliteWriter:
