@@ -13,7 +13,7 @@ import structlog
 from services.member.domain import points as dp
 from services.member.domain import stored_value as dsv
 from services.member.domain.errors import RuleViolation
-from services.member.domain.members import birthday_endings
+from services.member.domain.members import Member, birthday_endings
 from services.member.domain.points import Lot, PointsEntry, PointsEntryKind
 from services.member.domain.stored_value import StoredValueEntry
 from services.member.events import EventWriter
@@ -40,6 +40,21 @@ class LedgerUseCases(MemberCore):
             member_id, call, lambda: self._points_write(member_id, request_id, make)
         )
 
+    def _applied(
+        self, m: Member, move: dp.PointsMove, now: datetime, request_id: str = ""
+    ) -> MemberWrite:
+        """The write of `move` on member `m` (lots, entry, balance) with its event."""
+        m.points_balance = move.balance
+        self.touch(m, now)
+        events = EventWriter(now, request_id)
+        events.points(move.entry)
+        w = MemberWrite()
+        w.save_lots(move.lots)
+        w.add_points_entries([move.entry])
+        w.save_member(m)
+        w.emit(*events.events)
+        return w
+
     async def _points_write(
         self, member_id: str, request_id: str, make
     ) -> tuple[MemberWrite, PointsEntry]:
@@ -50,16 +65,7 @@ class LedgerUseCases(MemberCore):
             move: dp.PointsMove = make(m, lots, now)
         except RuleViolation as exc:
             raise rule_error(exc) from exc
-        m.points_balance = move.balance
-        self.touch(m, now)
-        events = EventWriter(now, request_id)
-        events.points(move.entry)
-        w = MemberWrite()
-        w.save_lots(move.lots)
-        w.add_points_entries([move.entry])
-        w.save_member(m)
-        w.emit(*events.events)
-        return w, move.entry
+        return self._applied(m, move, now, request_id), move.entry
 
     async def redeem_points(
         self, member_id: str, points: int, reason: str, call: IdempotentCall[R],
@@ -227,16 +233,7 @@ class LedgerUseCases(MemberCore):
         )
         if move is None:
             return 0
-        m.points_balance = move.balance
-        self.touch(m, now)
-        events = EventWriter(now)
-        events.points(move.entry)
-        w = MemberWrite()
-        w.save_lots(move.lots)
-        w.add_points_entries([move.entry])
-        w.save_member(m)
-        w.emit(*events.events)
-        await self.commit(w)
+        await self.commit(self._applied(m, move, now))
         return -move.entry.delta
 
     # -- stored value --
