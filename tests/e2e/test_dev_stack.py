@@ -108,10 +108,9 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     try:
         wait_serving(stack.member_port, proc)
         wait_serving(stack.tagging_port, proc)
-        deadline = time.monotonic() + 30
-        while "Pond is running" not in stack.log():  # the banner follows start-up
-            assert time.monotonic() < deadline and proc.poll() is None, stack.log()
-            time.sleep(0.05)
+        # The banner follows start-up.
+        wait_until(lambda: "Pond is running" in stack.log() or proc.poll() is not None)
+        assert proc.poll() is None, stack.log()
         yield stack
     finally:
         if proc.poll() is None:
