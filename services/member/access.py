@@ -21,6 +21,8 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "UpdateMember": EVERYONE,
     "AddMemberIdentity": EVERYONE,
     "SetPaidMembership": BACK_OFFICE,
+    "BindVerifiedPhone": BACK_OFFICE | {Role.GATEWAY},
+    "MergeMembers": OPERATORS,
     "GetTierProgram": EVERYONE,
     "UpdateTierProgram": OPERATORS,
     "EvaluateTiers": BACK_OFFICE,

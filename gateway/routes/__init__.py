@@ -1,0 +1,15 @@
+"""The gateway's route groups, one module each; a component adds its group here
+(e.g. `community.router`) and nowhere else."""
+
+from fastapi import APIRouter
+
+from gateway.routes import auth, health, me, orders, points, program
+
+ROUTE_GROUPS: list[APIRouter] = [
+    health.router,
+    auth.router,
+    me.router,
+    points.router,
+    orders.router,
+    program.router,
+]
