@@ -45,6 +45,8 @@ _STATUS_BY_KIND = {
 # FAILED_PRECONDITION is 409 (the resource's state says no: BIRTHDAY_ALREADY_SET,
 # INSUFFICIENT_POINTS) except for these, which say the request itself is wrong.
 FAILED_PRECONDITION_AS_400 = frozenset({"IDEMPOTENCY_KEY_REUSED", "SELF_REFERRAL", "END_IN_PAST"})
+# The request messages' wrappers around what the client sent.
+_SERVICE_FIELD_PREFIXES = ("member.profile.", "member.", "profile.")
 # Kinds whose message describes the caller's own request and may be shown.
 _SHOWN_KINDS = frozenset({
     ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND, ErrorKind.ALREADY_EXISTS,
@@ -116,8 +118,9 @@ def from_service_error(error: PondError) -> Problem:
     if error.kind is ErrorKind.FAILED_PRECONDITION and error.reason in FAILED_PRECONDITION_AS_400:
         status = 400
     if error.kind in _SHOWN_KINDS:
+        violations = [(_client_field(f), d) for f, d in error.violations]
         return Problem(status, error.reason, shorten(error.message, 256),
-                       violations=error.violations or None)
+                       violations=violations or None)
     if error.kind is ErrorKind.UNAVAILABLE:
         return Problem(503, "SERVICE_UNAVAILABLE", "a service is unavailable; retry later",
                        headers={"Retry-After": "1"})
@@ -127,6 +130,14 @@ def from_service_error(error: PondError) -> Problem:
     # credentials or rules are wrong, not the customer's: an internal error.
     log.error("service refused the gateway", kind=str(error.kind), reason=error.reason)
     return Problem(500, "INTERNAL", "internal error")
+
+
+def _client_field(name: str) -> str:
+    """A service's field path as the client named it (member.profile.birthday -> birthday)."""
+    for prefix in _SERVICE_FIELD_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> Problem:

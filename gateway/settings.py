@@ -49,7 +49,8 @@ class GatewaySettings(RuntimeSettings):
     cors_origins: str = ""
     # Proxies whose X-Forwarded-For is believed (the ingress), for the per-IP limits.
     forwarded_allow_ips: str = "127.0.0.1"
-    page_size_max: int = 50
+    # The tier programme (public, changed a few times a year) is kept this long.
+    tier_program_cache_seconds: float = 10.0
 
     def gateway_token_config(self) -> AuthConfig:
         """How customers' access tokens are signed and checked (ValueError when unusable,

@@ -6,6 +6,7 @@ the WeChat adapter and the rate limiter. `open_gateway` builds it and closes it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -52,6 +53,19 @@ class Gateway:
     wechat: WeChat
     wechat_token: WeChatAccessToken
     limiter: RateLimiter
+    _program: tuple[float, member_pb2.TierProgram] | None = None
+
+    async def program(self) -> member_pb2.TierProgram:
+        """The brand's tier programme, kept POND_TIER_PROGRAM_CACHE_SECONDS (it changes
+        a few times a year; every /v1/me needs it)."""
+        now = time.monotonic()
+        if self._program is not None and self._program[0] > now:
+            return self._program[1]
+        members = self.members
+        program = await members.call(members.stub.GetTierProgram,
+                                     member_pb2.GetTierProgramRequest())
+        self._program = (now + self.settings.tier_program_cache_seconds, program)
+        return program
 
 
 def gateway_token(settings: GatewaySettings) -> ServiceToken:

@@ -3,12 +3,13 @@
 
 from fastapi import APIRouter
 
-from gateway.routes import auth, health, me, orders, points, program
+from gateway.routes import auth, health, me, orders, phone, points, program
 
 ROUTE_GROUPS: list[APIRouter] = [
     health.router,
     auth.router,
     me.router,
+    phone.router,
     points.router,
     orders.router,
     program.router,

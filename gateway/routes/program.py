@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pond.member.v1 import member_pb2 as pb
 
 from gateway import convert
 from gateway.models import TierProgramView
@@ -18,6 +17,4 @@ router = APIRouter(prefix="/v1", tags=["programme"])
             summary="The tiers, their thresholds and benefits")
 async def tier_program(request: Request,
                        _: Annotated[None, Depends(admitted("read"))]) -> TierProgramView:
-    members = request.app.state.gateway.members
-    program = await members.call(members.stub.GetTierProgram, pb.GetTierProgramRequest())
-    return convert.tier_program(program)
+    return convert.tier_program(await request.app.state.gateway.program())

@@ -67,6 +67,8 @@ class DevStack:
     member_metrics_port: int
     tagging_metrics_port: int
     valkey_port: int
+    gateway_port: int
+    wechat_port: int
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -92,11 +94,12 @@ class DevStack:
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     work = tmp_path_factory.mktemp("devstack")
     data_dir = work / "pond"  # made by the stack
-    ports = [_free_port() for _ in range(5)]
+    ports = [_free_port() for _ in range(7)]
     env = base_env()
     env.update(POND_DATA_DIR=str(data_dir), POND_MEMBER_PORT=str(ports[0]),
                POND_TAGGING_PORT=str(ports[1]), POND_MEMBER_METRICS_PORT=str(ports[2]),
                POND_TAGGING_METRICS_PORT=str(ports[3]), POND_VALKEY_PORT=str(ports[4]),
+               POND_GATEWAY_PORT=str(ports[5]), POND_WECHAT_STANDIN_PORT=str(ports[6]),
                POND_JOBS_INTERVAL_SECONDS=str(JOBS_INTERVAL), POND_LOG_FORMAT="json")
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
@@ -109,7 +112,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         wait_serving(stack.member_port, proc)
         wait_serving(stack.tagging_port, proc)
         # The banner follows start-up.
-        wait_until(lambda: "Pond is running" in stack.log() or proc.poll() is not None)
+        wait_until(lambda: "Gateway  HTTP" in stack.log() or proc.poll() is not None)
         assert proc.poll() is None, stack.log()
         yield stack
     finally:
@@ -150,7 +153,8 @@ LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "0000000000000000000
 
 def test_every_port_listens_on_loopback_only(dev_stack: DevStack):
     for port in (dev_stack.member_port, dev_stack.tagging_port, dev_stack.member_metrics_port,
-                 dev_stack.tagging_metrics_port, dev_stack.valkey_port):
+                 dev_stack.tagging_metrics_port, dev_stack.valkey_port, dev_stack.gateway_port,
+                 dev_stack.wechat_port):
         addresses = listening_addresses(port)
         assert addresses, f"nothing listens on {port}"
         assert addresses <= LOOPBACK, (port, addresses)
