@@ -108,12 +108,12 @@ async def member(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness
 async def gateway_factory(member: MemberHarness, redis_url: str):
     """Starts gateways (real uvicorn, free port) over the `member` service, each with
     its own WeChat stand-in; settings overrides as keywords. Stopped after the test."""
+    from gateway.server import gateway_server
     from stack.wechat_standin import WeChatStandIn
     from tests.gateway_harness import (
         WECHAT_APP_ID,
         WECHAT_APP_SECRET,
         GatewayHarness,
-        gateway_server,
         gateway_settings,
         standin_server,
     )
@@ -125,8 +125,8 @@ async def gateway_factory(member: MemberHarness, redis_url: str):
                                 token_ttl_seconds=overrides.pop("wechat_token_ttl", 7200))
         wechat = await standin_server(standin).start()
         started.append(wechat)
-        settings = gateway_settings(member.target, redis_url, wechat.url, TEST_SECRET,
-                                    **overrides)
+        target = overrides.pop("member_target", member.target)
+        settings = gateway_settings(target, redis_url, wechat.url, TEST_SECRET, **overrides)
         server = await gateway_server(settings, port=0).start()
         started.append(server)
         harness = GatewayHarness(server, standin, httpx.AsyncClient(base_url=server.url),

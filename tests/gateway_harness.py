@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from gateway.server import EmbeddedServer, gateway_server
+from gateway.server import EmbeddedServer
 from gateway.settings import GatewaySettings
 from stack.wechat_standin import WeChatStandIn
 

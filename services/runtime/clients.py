@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import time
-from contextvars import ContextVar
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import grpc
