@@ -21,7 +21,10 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "UpdateMember": EVERYONE,
     "AddMemberIdentity": EVERYONE,
     "SetPaidMembership": BACK_OFFICE,
+    # The gateway binds the phone WeChat verified for its signed-in member (and may
+    # thereby merge that member into the phone's owner); the back office may too.
     "BindVerifiedPhone": BACK_OFFICE | {Role.GATEWAY},
+    # Merging two records moves all their value: a person answers for it.
     "MergeMembers": OPERATORS,
     "GetTierProgram": EVERYONE,
     "UpdateTierProgram": OPERATORS,
@@ -47,8 +50,17 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
 # data). Every other gateway call without a member is refused by the runtime.
 GATEWAY_BEFORE_SIGN_IN = frozenset({"RegisterMember", "GetTierProgram"})
 # What a customer may change about themselves through the gateway.
+# The birthday only while none is set (BIRTHDAY_ALREADY_SET afterwards).
 GATEWAY_UPDATABLE = frozenset(
-    {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city", "consents"}
+    {
+        "profile",
+        "profile.name",
+        "profile.nickname",
+        "profile.gender",
+        "profile.birthday",
+        "profile.city",
+        "consents",
+    }
 )
 
 # Operators and services: any identity identifies its member, errors name owners.

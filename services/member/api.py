@@ -159,8 +159,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         src = request.member
         values = (
             val.profile_fields(v, src.profile, "member.profile", paths)
-            if paths
-            & {"profile", "profile.name", "profile.gender", "profile.birthday", "profile.city"}
+            if paths & dm.PROFILE_PATHS
             else {}
         )
         for path in ("store_id", "guide_id", "referrer_id"):
@@ -175,7 +174,11 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         ensure_acts_for(member_id)
         if values.get("referrer_id"):
             await self.app.get(values["referrer_id"])
-        return await self._member_pb(await self.app.update(member_id, values, val.request_id()))
+        # A customer sets their birthday once; operators may correct it.
+        once = caller is not None and caller.role is Role.GATEWAY
+        return await self._member_pb(
+            await self.app.update(member_id, values, val.request_id(), birthday_once=once)
+        )
 
     async def AddMemberIdentity(self, request: pb.AddMemberIdentityRequest, context) -> pb.Member:
         v = Violations(DOMAIN)
@@ -200,6 +203,39 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         return self._shown(
             await self.app.set_paid_membership(request.member_id, until, call, val.request_id())
         )
+
+    async def BindVerifiedPhone(
+        self, request: pb.BindVerifiedPhoneRequest, context
+    ) -> pb.BindVerifiedPhoneResponse:
+        v = Violations(DOMAIN)
+        val.text(v, "member_id", request.member_id, required=True)
+        phone = val.identity(
+            v, "phone", pb.Identity(kind=pb.IDENTITY_KIND_PHONE, value=request.phone)
+        )
+        v.raise_if_any()
+        assert phone is not None  # a violation otherwise, and raise_if_any ended the call
+        ensure_acts_for(request.member_id)
+        m, merged_id = await self.app.bind_verified_phone(
+            request.member_id, phone, val.request_id()
+        )
+        return pb.BindVerifiedPhoneResponse(
+            member=await self._member_pb(m), merged=bool(merged_id), merged_id=merged_id
+        )
+
+    async def MergeMembers(
+        self, request: pb.MergeMembersRequest, context
+    ) -> pb.MergeMembersResponse:
+        v = Violations(DOMAIN)
+        val.text(v, "surviving_id", request.surviving_id, required=True)
+        val.text(v, "merged_id", request.merged_id, required=True)
+        val.text(v, "reason", request.reason, limit=val.MAX_TEXT)
+        if request.surviving_id and request.surviving_id == request.merged_id:
+            v.add("merged_id", "a member cannot be merged into itself")
+        v.raise_if_any()
+        m = await self.app.merge_members(
+            request.surviving_id, request.merged_id, request.reason, val.request_id()
+        )
+        return pb.MergeMembersResponse(member=await self._member_pb(m))
 
     # -- tiers --
     async def GetTierProgram(self, request, context) -> pb.TierProgram:

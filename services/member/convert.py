@@ -32,7 +32,13 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
     return pb.Member(
         id=m.id,
         identities=identities,
-        profile=pb.Profile(name=m.name, gender=m.gender.value, birthday=m.birthday, city=m.city),
+        profile=pb.Profile(
+            name=m.name,
+            gender=m.gender.value,
+            birthday=m.birthday,
+            city=m.city,
+            nickname=m.nickname,
+        ),
         store_id=m.store_id,
         guide_id=m.guide_id,
         acquisition_channel=m.channel,
@@ -55,6 +61,7 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
         last_paid_at=timestamp(m.last_paid_at),
         create_time=timestamp(m.created_at),
         update_time=timestamp(m.updated_at),
+        merged_into=m.merged_into,
     )
 
 

@@ -36,6 +36,7 @@ def member_to_doc(m: Member) -> dict:
         "created_at": ts(m.created_at),
         "updated_at": ts(m.updated_at),
         "name": m.name,
+        "nickname": m.nickname,
         "gender": m.gender.value,
         "birthday": m.birthday,
         "city": m.city,
@@ -57,8 +58,11 @@ def member_to_doc(m: Member) -> dict:
         "total_spent_fen": m.total_spent_fen,
         "first_paid_at": ts(m.first_paid_at),
         "last_paid_at": ts(m.last_paid_at),
-        # The "-MM-DD" ending, indexed: the daily birthday job looks members up by it.
-        "birthday_md": m.birthday[4:],
+        # The "-MM-DD" ending, indexed: the daily birthday job looks members up by it
+        # (a merged member's birthday is celebrated on its survivor only).
+        "birthday_md": "" if m.merged_into else m.birthday[4:],
+        "merged_into": m.merged_into,
+        "absorbed": list(m.absorbed),
         "_v": m.version,
     }
 
@@ -70,6 +74,8 @@ def member_from_doc(d: dict) -> Member:
         created_at=dt(d["created_at"]),
         updated_at=dt(d["updated_at"]),
         name=d["name"],
+        # Documents written before nicknames and merges have neither.
+        nickname=d.get("nickname", ""),
         gender=Gender(d["gender"]),
         birthday=d["birthday"],
         city=d["city"],
@@ -91,6 +97,8 @@ def member_from_doc(d: dict) -> Member:
         total_spent_fen=d["total_spent_fen"],
         first_paid_at=dt(d["first_paid_at"]),
         last_paid_at=dt(d["last_paid_at"]),
+        merged_into=d.get("merged_into", ""),
+        absorbed=list(d.get("absorbed", ())),
         version=d["_v"],
     )
 

@@ -1,5 +1,5 @@
 """What the member service publishes, on the stream "pond.events.member":
-MemberRegistered, MemberUpdated, OrderPaid, OrderRefunded, TierChanged,
+MemberRegistered, MemberUpdated, MembersMerged, OrderPaid, OrderRefunded, TierChanged,
 PointsChanged and PointsExpiring (pond.events.v1). It consumes nothing yet.
 
 Events are serialized here and written to the outbox in the same commit as the
@@ -47,6 +47,15 @@ class EventWriter:
                 referrer_id=m.referrer_id,
                 store_id=m.store_id,
                 guide_id=m.guide_id,
+            ),
+        )
+
+    def merged(self, surviving_id: str, merged_id: str, cause: str, reason: str = "") -> None:
+        # About the survivor: it is what consumers keep afterwards.
+        self.add(
+            surviving_id,
+            ev.MembersMerged(
+                surviving_id=surviving_id, merged_id=merged_id, cause=cause, reason=reason
             ),
         )
 

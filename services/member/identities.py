@@ -131,7 +131,7 @@ class IdentityUseCases(MemberCore):
         lookup = self.lookup(ident)
 
         async def once() -> Member:
-            m = await self.member(member_id)
+            m = await self.active_member(member_id)
             owner = await self.store.member_id_for(lookup)
             if owner == m.id:
                 return self.view(m)

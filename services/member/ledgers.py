@@ -58,7 +58,7 @@ class LedgerUseCases(MemberCore):
     async def _points_write(
         self, member_id: str, request_id: str, make
     ) -> tuple[MemberWrite, PointsEntry]:
-        m = await self.member(member_id)
+        m = await self.active_member(member_id)
         now = self.now()
         lots = await self.store.open_lots(member_id)
         try:
@@ -116,6 +116,8 @@ class LedgerUseCases(MemberCore):
         after = ""
         while page := await self.store.members_with_birthday(endings, after, batch):
             for m in page:
+                if m.merged_into:
+                    continue  # celebrated on the member it was merged into
                 gift = program.tier(m.tier_level).birthday_gift_points
                 if gift > 0 and await self._give_birthday_gift(m.id, gift, today.year):
                     gifted += 1
@@ -243,7 +245,7 @@ class LedgerUseCases(MemberCore):
         """Renders the stored-value entry (call.render)."""
 
         async def attempt() -> tuple[MemberWrite, StoredValueEntry]:
-            m = await self.member(member_id)
+            m = await self.active_member(member_id)
             now = self.now()
             try:
                 entry: StoredValueEntry = await make(m, now)

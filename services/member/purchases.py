@@ -20,12 +20,23 @@ from services.member.domain.members import Member
 from services.member.domain.orders import Order, OrderItem
 from services.member.domain.points import PointsEntryKind
 from services.member.events import EventWriter
-from services.member.service import DOMAIN, MemberCore, R, rule_error
-from services.member.store import ORDERS, MemberWrite
+from services.member.service import (
+    DOMAIN,
+    MAX_ATTEMPTS,
+    MemberCore,
+    R,
+    member_merged,
+    rule_error,
+)
+from services.member.store import MEMBERS, ORDERS, MemberWrite
 from services.runtime.documents import Conflict, DuplicateKey
-from services.runtime.errors import failed_precondition, not_found
+from services.runtime.errors import conflict, failed_precondition, not_found
 from services.runtime.idempotency import IdempotentCall, key_reused
 from services.runtime.ids import new_id
+
+
+class _OwnerChanged(Exception):
+    """The order was re-owned (a merge) after this call chose whose writes to hold."""
 
 
 class PurchaseUseCases(MemberCore):
@@ -66,6 +77,12 @@ class PurchaseUseCases(MemberCore):
                     raise key_reused(order_id, domain=DOMAIN)
                 return None, (existing, self.view(await self.member(existing.member_id)), True)
             m = await self.member(member_id)
+            if m.merged_into:
+                if first_try:
+                    # Maybe a replay of an order recorded before the merge: the next
+                    # round recalls it (or finds the order) before refusing.
+                    raise Conflict(MEMBERS.name, member_id)
+                raise member_merged(m)
             now = self.now()
             when = paid_at or now
             program = await self.tier_program()
@@ -148,9 +165,13 @@ class PurchaseUseCases(MemberCore):
     ) -> R:
         """Renders (order, member, points reversed, growth reversed) with call.render."""
 
+        holding = ""  # the member whose writes this call takes turns with
+
         async def attempt() -> tuple[MemberWrite, tuple[Order, Member, int, int]]:
             o = await self.order(order_id)
-            m = await self.member(o.member_id)
+            if o.member_id != holding:
+                raise _OwnerChanged  # re-owned by a merge meanwhile: hold the new owner
+            m = await self.active_member(o.member_id)
             now = self.now()
             if o.refund(refund_id) is not None:
                 # Applied, but its idempotency record is gone (past the retention).
@@ -207,9 +228,15 @@ class PurchaseUseCases(MemberCore):
             w.emit(*events.events)
             return w, (o, self.view(m), reversed_points, refund.growth)
 
-        # The order's member never changes: its writes are the ones to take turns with.
-        member_id = (await self.order(order_id)).member_id
-        return await self.idempotent(member_id, call, attempt)
+        # The order's member changes only by a merge (to the survivor, for good): its
+        # writes are the ones to take turns with.
+        for _ in range(MAX_ATTEMPTS):
+            holding = (await self.order(order_id)).member_id
+            try:
+                return await self.idempotent(holding, call, attempt)
+            except _OwnerChanged:
+                continue
+        raise conflict("CONCURRENT_UPDATE", "the order changed concurrently; retry", domain=DOMAIN)
 
     async def list_orders(self, member_id: str, before_id: str, limit: int) -> list[Order]:
         await self.member(member_id)

@@ -18,6 +18,7 @@ No gRPC here (api.py translates); no rules here (domain/ decides)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,17 @@ def rule_error(exc: RuleViolation) -> PondError:
     return failed_precondition(exc.reason, exc.message, domain=DOMAIN, **exc.metadata)
 
 
+def member_merged(m: Member) -> PondError:
+    """A write to a member that was merged away: the caller follows merged_into."""
+    return failed_precondition(
+        "MEMBER_MERGED",
+        f"member {m.id} was merged into member {m.merged_into} and takes no new activity",
+        domain=DOMAIN,
+        member_id=m.id,
+        merged_into=m.merged_into,
+    )
+
+
 class MemberCore:
     """Shared plumbing for the member service's use cases."""
 
@@ -129,6 +141,15 @@ class MemberCore:
         if not member_id:
             return await self._attempts(attempt)
         async with self._writing.hold(member_id):
+            return await self._attempts(attempt)
+
+    async def retrying_all(self, member_ids: set[str], attempt: Callable[[], Awaitable[T]]) -> T:
+        """`retrying` holding several members' writes (a merge): their keys are taken
+        in sorted order, so two calls holding overlapping sets never wait on each
+        other crosswise."""
+        async with contextlib.AsyncExitStack() as held:
+            for member_id in sorted(member_ids):
+                await held.enter_async_context(self._writing.hold(member_id))
             return await self._attempts(attempt)
 
     @staticmethod
@@ -196,6 +217,13 @@ class MemberCore:
             raise not_found("member", member_id, domain=DOMAIN)
         return m
 
+    async def active_member(self, member_id: str) -> Member:
+        """The member for a write: one merged into another takes no new activity."""
+        m = await self.member(member_id)
+        if m.merged_into:
+            raise member_merged(m)
+        return m
+
     def view(self, m: Member) -> Member:
         """The member as of now: a paid membership past its end shows its lapsed kind
         even before the maintenance sweep stores it."""
@@ -259,14 +287,24 @@ class MemberUseCases(MemberCore):
     async def list(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
         return [self.view(m) for m in await self.store.list_members(flt, after_id, limit)]
 
-    async def update(self, member_id: str, values: dict, request_id: str = "") -> Member:
-        """`values`: attribute -> new value, already validated by the api layer."""
+    async def update(
+        self, member_id: str, values: dict, request_id: str = "", birthday_once: bool = False
+    ) -> Member:
+        """`values`: attribute -> new value, already validated by the api layer.
+        `birthday_once`: the customer sets their birthday once (the birthday gift
+        follows it); a set birthday is then only an operator's to correct."""
 
         async def once() -> Member:
-            m = await self.member(member_id)
+            m = await self.active_member(member_id)
             if values.get("referrer_id") == member_id:
                 raise failed_precondition(
                     "SELF_REFERRAL", "a member cannot refer themselves", domain=DOMAIN
+                )
+            if birthday_once and m.birthday and values.get("birthday", m.birthday) != m.birthday:
+                raise failed_precondition(
+                    "BIRTHDAY_ALREADY_SET",
+                    "the birthday is set once; ask the brand's service to correct it",
+                    domain=DOMAIN,
                 )
             now = self.now()
             changed = [k for k, v in values.items() if getattr(m, k) != v]
@@ -291,7 +329,7 @@ class MemberUseCases(MemberCore):
         """Renders the member (call.render) as of this call; a replay returns that."""
 
         async def attempt() -> tuple[MemberWrite, Member]:
-            m = await self.member(member_id)
+            m = await self.active_member(member_id)
             now = self.now()
             if until <= now:
                 raise failed_precondition(

@@ -26,6 +26,7 @@ from datetime import datetime
 from services.member import documents as d
 from services.member import legacy
 from services.member.domain.members import Member, MemberKind
+from services.member.domain.merging import MergedRows
 from services.member.domain.orders import Order
 from services.member.domain.points import Lot, PointsEntry
 from services.member.domain.stored_value import StoredValueEntry
@@ -109,6 +110,25 @@ class MemberWrite(UnitOfWork):
     def bind_identities(self, lookups: Iterable[str], member_id: str) -> None:
         for lookup in lookups:
             self.insert(IDENTITIES.name, {"_id": lookup, "member_id": member_id})
+
+    def rebind_identities(self, lookups: Iterable[str], member_id: str) -> None:
+        """Identities that change hands (a merge): unguarded, both members' versions
+        in the same unit of work cover them."""
+        for lookup in lookups:
+            self.put(IDENTITIES.name, {"_id": lookup, "member_id": member_id})
+
+    def release_identities(self, lookups: Iterable[str]) -> None:
+        for lookup in lookups:
+            self.delete(IDENTITIES.name, lookup)
+
+    def move_ledger_entries(
+        self, points: Iterable[PointsEntry], stored_value: Iterable[StoredValueEntry]
+    ) -> None:
+        """Entries re-owned by a merge, by id (the members' versions cover them)."""
+        if docs := [d.points_entry_to_doc(e) for e in points]:
+            self.put_many(POINTS_ENTRIES.name, docs)
+        if docs := [d.sv_entry_to_doc(e) for e in stored_value]:
+            self.put_many(SV_ENTRIES.name, docs)
 
     def save_lots(self, lots: Iterable[Lot]) -> None:
         """Inserted or replaced by id: the member's guarded version covers them."""
@@ -312,6 +332,23 @@ class MemberStore:
                     limit=limit - len(docs),
                 )
         return [d.order_from_doc(doc) for doc in docs]
+
+    async def rows_of(self, member_id: str, window_start: datetime) -> MergedRows:
+        """What a merge moves from `member_id`: its open lots, ledger entries and
+        orders, and the net growth of its orders paid since `window_start`."""
+        where = {"member_id": member_id}
+        points, stored, orders = [], [], []
+        async for batch in self.docs.scan(POINTS_ENTRIES.name, where):
+            points += [d.points_entry_from_doc(doc) for doc in batch]
+        async for batch in self.docs.scan(SV_ENTRIES.name, where):
+            stored += [d.sv_entry_from_doc(doc) for doc in batch]
+        async for batch in self.docs.scan(ORDERS.name, where):
+            orders += [d.order_from_doc(doc) for doc in batch]
+        growth = sum(
+            o.growth_earned - o.growth_reversed for o in orders if o.paid_at >= window_start
+        )
+        lots = await self.open_lots(member_id)
+        return MergedRows(tuple(lots), tuple(points), tuple(stored), tuple(orders), growth)
 
     async def growth_since(self, member_id: str, since: datetime) -> int:
         """Net growth (earned minus reversed) of orders paid at or after `since`."""

@@ -71,6 +71,11 @@ def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -
     if wanted("name"):
         text(v, f"{prefix}.name", p.name, limit=64)
         out["name"] = p.name.strip()
+    if wanted("nickname"):
+        problem = dm.nickname_problem(p.nickname)
+        if problem:
+            v.add(f"{prefix}.nickname", problem)
+        out["nickname"] = dm.normalize_nickname(p.nickname)
     if wanted("gender"):
         enum(v, f"{prefix}.gender", p.gender, [g.value for g in Gender])
         known = p.gender in Gender._value2member_map_

@@ -760,3 +760,50 @@ async def test_events_commit_with_the_write_in_order(store: MemberStore) -> None
     await update(store, m, events=[b"e3"])
     await store.commit(write(events=[b"\x00e4\xff"]))
     assert await pending_events(store) == [b"e1", b"e2", b"e3", b"\x00e4\xff"]
+
+
+async def test_a_merge_write_moves_rows_and_identities(store: MemberStore) -> None:
+    """What a merge commits (services/member/merging.py), the same on every engine:
+    identities rebound and released, lots, ledger entries and orders re-owned, both
+    members guarded, and rows_of finds what is to move."""
+    a = await add(store, new_member("m-a", "phone:a"))
+    b = await add(store, new_member("m-b", "phone:b", "unionid:b", nickname="鱼"))
+    lot = Lot("l-1", "m-b", T0, FAR, 50, 20, "o-1")
+    entry = PointsEntry("p-1", "m-b", PointsEntryKind.EARN, 50, 50, T0, "", "o-1", FAR)
+    sv = StoredValueEntry("s-1", "m-b", StoredValueEntryKind.TOP_UP, 900, 0, 900, T0)
+    o = Order("o-1", "m-b", 4, "", "", (), 5_000, T0, 50, 50)
+    await store.commit(write(b, new_order=o, lots=[lot], points_entries=[entry],
+                             sv_entries=[sv]))
+    b = await store.get_member("m-b")
+    rows = await store.rows_of("m-b", T0 - timedelta(days=1))
+    assert [x.id for x in rows.lots] == ["l-1"] and rows.window_growth == 50
+    assert [x.id for x in rows.orders] == ["o-1"] and len(rows.points_entries) == 1
+    assert [x.id for x in rows.sv_entries] == ["s-1"]
+
+    w = MemberWrite()
+    a = await store.get_member("m-a")
+    a.merged_into, b.merged_into = "", "m-a"
+    w.save_member(a)
+    w.save_member(b)
+    w.save_order(replace(rows.orders[0], member_id="m-a"))
+    w.rebind_identities(["unionid:b"], "m-a")
+    w.release_identities(["phone:b"])
+    w.save_lots([replace(lot, member_id="m-a")])
+    w.move_ledger_entries([replace(entry, member_id="m-a")], [replace(sv, member_id="m-a")])
+    await store.commit(w)
+
+    assert await store.member_id_for("unionid:b") == "m-a"
+    assert await store.member_id_for("phone:b") is None
+    assert [x.id for x in await store.open_lots("m-a")] == ["l-1"]
+    assert await store.open_lots("m-b") == []
+    assert [e.id for e in await store.list_points_entries("m-a", "", 10)] == ["p-1"]
+    assert [e.id for e in await store.list_stored_value_entries("m-a", "", 10)] == ["s-1"]
+    assert [x.id for x in await store.list_orders("m-a", "", 10)] == ["o-1"]
+    assert await store.growth_since("m-a", T0) == 50
+    merged = await store.get_member("m-b")
+    assert merged.merged_into == "m-a" and merged.nickname == "鱼"
+    # The merged member's copy read before the merge is stale: guarded.
+    stale = await store.get_member("m-b")
+    stale.version -= 1
+    with pytest.raises(Conflict):
+        await store.commit(write(stale))

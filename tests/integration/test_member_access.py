@@ -152,6 +152,8 @@ def _gateway_requests(member_id: str, order_id: str) -> dict[str, object]:
         "ListStoredValueEntries": pb.ListStoredValueEntriesRequest(member_id=member_id),
         "GetOrder": pb.GetOrderRequest(order_id=order_id),
         "ListOrders": pb.ListOrdersRequest(member_id=member_id),
+        "BindVerifiedPhone": pb.BindVerifiedPhoneRequest(member_id=member_id,
+                                                         phone="13700000000"),
     }
 
 

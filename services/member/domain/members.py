@@ -71,6 +71,7 @@ class Member:
     created_at: datetime
     updated_at: datetime
     name: str = ""
+    nickname: str = ""
     gender: Gender = Gender.UNSPECIFIED
     birthday: str = ""
     city: str = ""
@@ -93,10 +94,20 @@ class Member:
     total_spent_fen: int = 0
     first_paid_at: datetime | None = None
     last_paid_at: datetime | None = None
+    # Set once the member was merged into another (domain/merging.py): the survivor.
+    merged_into: str = ""
+    # Ids of the members merged into this one (their merged_into names it), so a later
+    # merge of this member re-points them to the new survivor: never a chain.
+    absorbed: list[str] = field(default_factory=list)
     version: int = 0
 
     def copy(self) -> Member:
-        return replace(self, identities=list(self.identities), consents=dict(self.consents))
+        return replace(
+            self,
+            identities=list(self.identities),
+            consents=dict(self.consents),
+            absorbed=list(self.absorbed),
+        )
 
 
 def _has_control(text: str) -> bool:
@@ -231,6 +242,26 @@ def birthday_problem(text: str) -> str | None:
     return None if day.year >= 1900 else "is before 1900"
 
 
+NICKNAME_MAX = 32
+
+
+def nickname_problem(text: str) -> str | None:
+    """A nickname is 1-32 characters after NFKC (what the mini-program shows), with no
+    control or format characters; empty clears it."""
+    if not text:
+        return None
+    normal = unicodedata.normalize("NFKC", text).strip()
+    if _has_control(normal):
+        return "must not contain control characters"
+    if not 1 <= len(normal) <= NICKNAME_MAX:
+        return f"must be 1-{NICKNAME_MAX} characters"
+    return None
+
+
+def normalize_nickname(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).strip()
+
+
 def derive_kind(member: Member, now: datetime, consuming_threshold: int) -> MemberKind:
     """One kind shown per member, the most committed relationship first; a paid
     membership lapses back to whatever else holds once its end date passes."""
@@ -245,10 +276,21 @@ def derive_kind(member: Member, now: datetime, consuming_threshold: int) -> Memb
     return MemberKind.REGISTERED
 
 
+PROFILE_PATHS = frozenset(
+    {
+        "profile",
+        "profile.name",
+        "profile.nickname",
+        "profile.gender",
+        "profile.birthday",
+        "profile.city",
+    }
+)
 UPDATABLE_PATHS = frozenset(
     {
         "profile",
         "profile.name",
+        "profile.nickname",
         "profile.gender",
         "profile.birthday",
         "profile.city",
