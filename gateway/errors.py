@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.runtime.errors import ErrorKind, PondError, shorten
@@ -186,6 +188,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(Problem(exc.status_code, code, _TITLES.get(exc.status_code, ""),
                                         headers=dict(exc.headers or {})))
 
+    async def on_redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("redis unreachable", error=type(exc).__name__)
+        return problem_response(Problem(503, "SERVICE_UNAVAILABLE", "retry later",
+                                        headers={"Retry-After": "1"}))
+
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return problem_response(Problem(500, "INTERNAL", "internal error"))
@@ -195,6 +202,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(grpc.aio.AioRpcError, on_rpc_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Sessions and rate limits live in Redis: without it, nothing is admitted.
+    app.add_exception_handler(RedisConnectionError, on_redis_down)
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
 
 

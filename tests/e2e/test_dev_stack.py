@@ -7,9 +7,11 @@ its scheduled jobs on the clock rather than at start-up, and its companion comma
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -293,6 +295,33 @@ def test_killed_valkey_is_restarted_and_events_still_reach_tagging(dev_stack: De
     wait_until(lambda: 'pond_redis_up{client="consumer:tagging:pond.events.member"} 1.0'
                in dev_stack.metrics(dev_stack.tagging_metrics_port))
     assert dev_stack.proc.poll() is None
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the banner's walk-through uses curl")
+def test_the_banners_curl_walk_through_signs_in_and_reads_me(dev_stack: DevStack):
+    """The gateway's lines of the banner, run as printed: sign in with a stand-in
+    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's)."""
+    lines = dev_stack.log().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("LOGIN="))
+    script = "\n".join(lines[start:start + 7])
+    assert "/v1/me" in script and "/v1/me/phone" in script
+    # Ready: member answers and Redis too (another test here restarts Valkey).
+    wait_until(lambda: _status(f"http://127.0.0.1:{dev_stack.gateway_port}/readyz") == 200)
+    run = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    me, phone = (json.loads(doc) for doc in run.stdout.replace("}{", "}\n{").splitlines())
+    assert me["id"].startswith("m") and me["tier"]["level"] == 0
+    assert phone["me"]["id"] == me["id"] and phone["me"]["phone"] == "138****5678"
+    listening = listening_addresses(dev_stack.gateway_port)
+    assert listening and listening <= LOOPBACK
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except OSError:  # refused, or an HTTP error (HTTPError is one)
+        return 0
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:
