@@ -88,7 +88,7 @@ def me(member: pb.Member, program: pb.TierProgram) -> MeView:
         id=member.id,
         nickname=getattr(profile, "nickname", ""),
         name=profile.name,
-        gender=_GENDERS.get(profile.gender, "unspecified"),  # type: ignore[arg-type]
+        gender=_GENDERS.get(profile.gender, "unspecified"),
         birthday=date.fromisoformat(profile.birthday) if profile.birthday else None,
         city=profile.city,
         phone=mask_phone(phone) if phone else None,
@@ -105,7 +105,7 @@ def me(member: pb.Member, program: pb.TierProgram) -> MeView:
 
 def points_entry(e: pb.PointsEntry) -> PointsEntryView:
     return PointsEntryView(
-        id=e.id, kind=enum_word(pb.PointsEntryKind, e.kind, "POINTS_ENTRY_KIND_"),  # type: ignore[arg-type]
+        id=e.id, kind=enum_word(pb.PointsEntryKind, e.kind, "POINTS_ENTRY_KIND_"),
         delta=e.delta, balance_after=e.balance_after, reason=e.reason, order_id=e.order_id,
         created_at=time_of(e.create_time), expires_at=time_of(e.expire_time),
     )
@@ -114,7 +114,7 @@ def points_entry(e: pb.PointsEntry) -> PointsEntryView:
 def stored_value_entry(e: pb.StoredValueEntry) -> StoredValueEntryView:
     return StoredValueEntryView(
         id=e.id,
-        kind=enum_word(pb.StoredValueEntryKind, e.kind, "STORED_VALUE_ENTRY_KIND_"),  # type: ignore[arg-type]
+        kind=enum_word(pb.StoredValueEntryKind, e.kind, "STORED_VALUE_ENTRY_KIND_"),
         delta_fen=e.delta_fen, bonus_fen=e.bonus_fen, balance_after_fen=e.balance_after_fen,
         reference=e.reference, created_at=time_of(e.create_time),
     )

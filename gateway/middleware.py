@@ -99,7 +99,8 @@ def _replay(messages: list[dict[str, Any]], then: Any = None) -> Any:
         if messages:
             return messages.pop(0)
         if then is not None:
-            return await then()  # after the body: the disconnect
+            message: dict[str, Any] = await then()  # after the body: the disconnect
+            return message
         return {"type": "http.disconnect"}
 
     return receive

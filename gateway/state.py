@@ -62,7 +62,7 @@ class Gateway:
         if self._program is not None and self._program[0] > now:
             return self._program[1]
         members = self.members
-        program = await members.call(members.stub.GetTierProgram,
+        program: member_pb2.TierProgram = await members.call(members.stub.GetTierProgram,
                                      member_pb2.GetTierProgramRequest())
         self._program = (now + self.settings.tier_program_cache_seconds, program)
         return program

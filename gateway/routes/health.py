@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.models import Health
+from gateway.state import Gateway
 
 router = APIRouter(tags=["health"])
 PROBE_SECONDS = 2.0
@@ -33,17 +34,18 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-async def _member_serving(gateway) -> bool:  # type: ignore[no-untyped-def]
+async def _member_serving(gateway: Gateway) -> bool:
     stub = gateway.member_health
     with contextlib.suppress(Exception):
-        reply = await stub.Check(
+        # typeshed's HealthStub declares no methods (grpc adds them at run time).
+        reply = await stub.Check(  # type: ignore[attr-defined]
             health_pb2.HealthCheckRequest(service="pond.member.v1.MemberService"),
             timeout=PROBE_SECONDS)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     return False
 
 
-async def _redis_answers(gateway) -> bool:  # type: ignore[no-untyped-def]
+async def _redis_answers(gateway: Gateway) -> bool:
     with contextlib.suppress(Exception):
         return bool(await asyncio.wait_for(gateway.redis.ping(), PROBE_SECONDS))
     return False

@@ -26,8 +26,8 @@ async def load_me(gateway: Gateway, member_id: str) -> pb.Member:
     """The member, as long as it is still one (a member merged into another, e.g. on a
     second phone, must sign in again to become the survivor)."""
     members = gateway.members
-    member = await members.call(members.stub.GetMember, pb.GetMemberRequest(member_id=member_id),
-                                member_id=member_id)
+    member: pb.Member = await members.call(
+        members.stub.GetMember, pb.GetMemberRequest(member_id=member_id), member_id=member_id)
     if member.merged_into:
         raise unauthorized("this membership was joined with another: sign in again",
                            "MEMBER_MERGED")
@@ -63,7 +63,7 @@ async def patch_me(request: Request, me: Writing, body: MePatch) -> MeView:
         # The service replaces the consents as a whole: the channels not named keep
         # what they were.
         current = await load_me(gateway, me.member_id)
-        wanted = {c.channel: c.granted for c in current.consents}
+        wanted: dict[int, bool] = {int(c.channel): c.granted for c in current.consents}
         wanted.update({convert.contact_channel_number(c.channel): c.granted
                        for c in body.consents})
         update.consents.extend(pb.Consent(channel=ch, granted=g)
