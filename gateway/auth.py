@@ -37,7 +37,14 @@ def unauthorized(detail: str, code: str = "UNAUTHENTICATED") -> Problem:
 
 
 class AccessTokens:
+    """Issues and verifies access tokens; remembers verified ones until they expire
+    (as the runtime's TokenVerifier does), so a member's calls pay for the signature
+    check once per token, not per request."""
+
+    _CACHE_LIMIT = 10_000
+
     def __init__(self, config: AuthConfig, *, audience: str, ttl_seconds: int) -> None:
+        self._cache: dict[str, tuple[SignedInMember, float]] = {}
         self._config = config
         self._keys = {k.key_id: k for k in config.keys()}
         self._algorithms = list(config.algorithms)
@@ -54,6 +61,19 @@ class AccessTokens:
                           headers={"kid": key.key_id})
 
     def verify(self, token: str) -> SignedInMember:
+        hit = self._cache.get(token)
+        if hit is not None:
+            if hit[1] > time.time():
+                return hit[0]
+            del self._cache[token]
+            raise unauthorized("token expired", "TOKEN_EXPIRED")
+        member, expires = self._verified(token)
+        if len(self._cache) >= self._CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[token] = (member, expires)
+        return member
+
+    def _verified(self, token: str) -> tuple[SignedInMember, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -77,7 +97,8 @@ class AccessTokens:
             raise unauthorized("invalid token") from exc
         if claims.get("typ") != "access" or not isinstance(claims.get("sub"), str):
             raise unauthorized("not an access token")
-        return SignedInMember(claims["sub"], str(claims.get("fam", "")))
+        expires = float(claims["exp"]) + self._config.leeway_seconds
+        return SignedInMember(claims["sub"], str(claims.get("fam", ""))), expires
 
 
 _bearer = HTTPBearer(auto_error=False, bearerFormat="JWT",

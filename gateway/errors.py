@@ -193,10 +193,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(Problem(503, "SERVICE_UNAVAILABLE", "retry later",
                                         headers={"Retry-After": "1"}))
 
-    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", exc_info=exc)
-        return problem_response(Problem(500, "INTERNAL", "internal error"))
-
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(PondError, on_service_error)
     app.add_exception_handler(grpc.aio.AioRpcError, on_rpc_error)
@@ -205,7 +201,6 @@ def install_error_handlers(app: FastAPI) -> None:
     # Sessions and rate limits live in Redis: without it, nothing is admitted.
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
-    app.add_exception_handler(Exception, on_unexpected)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+import structlog
 from prometheus_client import REGISTRY
 
 from gateway.errors import PROBLEM_JSON, problem_body
@@ -19,6 +21,7 @@ from services.runtime.logs import log_rpc, request_id_var
 from services.runtime.metrics import RpcMetrics
 from services.runtime.request_ids import request_id_from
 
+log = structlog.get_logger("pond.gateway")
 HTTP_METRICS = RpcMetrics("http", "HTTP requests")
 REGISTRY.register(HTTP_METRICS)
 
@@ -47,7 +50,7 @@ class RequestContext:
         request_id_var.set(request_id)
         request_deadline(self.deadline_seconds)
         id_header = (b"x-request-id", request_id.encode())
-        status = 500
+        status = 0
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
@@ -59,9 +62,17 @@ class RequestContext:
         try:
             body_receive = await self._bounded_body(length, receive)
             if body_receive is None:
-                await _too_large(send_with_id, self.max_body_bytes)
+                await _problem(send_with_id, 413, "BODY_TOO_LARGE",
+                               f"the body may hold {self.max_body_bytes} bytes")
                 return
             await self.app(scope, body_receive, send_with_id)
+        except Exception:
+            # What no handler took: answered here, so it too carries the request id
+            # header and the one shape, and says nothing of what went wrong.
+            log.exception("unhandled error", path=scope.get("path", ""))
+            if status:
+                raise  # the response had begun: nothing else can be sent
+            await _problem(send_with_id, 500, "INTERNAL", "internal error")
         finally:
             route = scope.get("route")
             name = f"{scope['method']} {getattr(route, 'path', 'unmatched')}"
@@ -106,11 +117,9 @@ def _replay(messages: list[dict[str, Any]], then: Any = None) -> Any:
     return receive
 
 
-async def _too_large(send: Any, limit: int) -> None:
-    import orjson
-
-    body = orjson.dumps(problem_body(413, "BODY_TOO_LARGE", f"the body may hold {limit} bytes"))
-    await send({"type": "http.response.start", "status": 413, "headers": [
+async def _problem(send: Any, status: int, code: str, detail: str) -> None:
+    body = orjson.dumps(problem_body(status, code, detail))
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),

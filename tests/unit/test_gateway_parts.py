@@ -4,12 +4,17 @@ services' errors, and the wall that keeps service code out of the gateway."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+import httpx
 import pytest
 
+from gateway.app import create_app
 from gateway.auth import SignedInMember
 from gateway.errors import Problem, from_service_error
 from gateway.idempotency import idempotency_key
 from gateway.ratelimit import Limit, parse_limits
+from gateway.settings import GatewaySettings
 from gateway.wechat import WeChatError
 from services.runtime.errors import (
     Internal,
@@ -20,6 +25,25 @@ from services.runtime.errors import (
 )
 
 ME = SignedInMember("m1", "fam")
+
+
+async def test_an_unexpected_error_is_a_bare_500_problem_with_the_request_id():
+    settings = GatewaySettings(auth_secret="a" * 32, gateway_token_secret="b" * 32)
+    app = create_app(settings, gateway=cast(Any, object()))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("db password is hunter2")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        reply = await client.get("/boom", headers={"X-Request-Id": "req-boom-1"})
+    assert reply.status_code == 500
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.headers["x-request-id"] == "req-boom-1"
+    assert reply.json() == {"type": "https://docs.pond.dev/problems/internal",
+                            "title": "Internal Server Error", "status": 500, "code": "INTERNAL",
+                            "detail": "internal error", "request_id": "req-boom-1"}
 
 
 async def test_idempotency_key_is_required_checked_and_scoped_to_the_member():
