@@ -4,7 +4,9 @@ addresses it needs."""
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -35,8 +37,17 @@ def main() -> int:
     except ValueError as exc:
         log.error("bad configuration", error=str(exc))
         return 2
+    # uvicorn drains on SIGTERM/SIGINT, then raises the signal again with the handler
+    # it found: this one ends the process normally (status 0, atexit flushes the last
+    # log lines) instead of being killed by it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_after_drain)
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
     return 0
+
+
+def _exit_after_drain(_sig: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
