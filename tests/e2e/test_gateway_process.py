@@ -60,12 +60,15 @@ async def test_python_m_gateway_serves_and_stops_on_sigterm(member, redis_url, t
                POND_WECHAT_API_BASE=standin.url, POND_WECHAT_APP_ID=WECHAT_APP_ID,
                POND_WECHAT_APP_SECRET=WECHAT_APP_SECRET, POND_GATEWAY_PORT=str(port),
                POND_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as out:
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "gateway"], cwd=tmp_path, env=env,
+            stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             async def ready() -> int:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert proc.poll() is None, log_path.read_text()
                 try:
                     return (await http.get("/readyz")).status_code
                 except httpx.TransportError:
@@ -80,7 +83,7 @@ async def test_python_m_gateway_serves_and_stops_on_sigterm(member, redis_url, t
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
         assert code == 0
-        output = proc.stdout.read() if proc.stdout else ""
+        output = log_path.read_text()
         assert '"method":"GET /v1/me","code":"200"' in output
         assert "session_key" not in output and login.json()["access_token"] not in output
     finally:
