@@ -121,8 +121,10 @@ def from_service_error(error: PondError) -> Problem:
         status = 400
     if error.kind in _SHOWN_KINDS:
         violations = [(_client_field(f), d) for f, d in error.violations]
-        return Problem(status, error.reason, shorten(error.message, 256),
-                       violations=violations or None)
+        detail = error.message
+        if violations:  # said again with the client's field names
+            detail = "; ".join(f"{f}: {d}" for f, d in violations[:3])
+        return Problem(status, error.reason, shorten(detail, 256), violations=violations or None)
     if error.kind is ErrorKind.UNAVAILABLE:
         return Problem(503, "SERVICE_UNAVAILABLE", "a service is unavailable; retry later",
                        headers={"Retry-After": "1"})

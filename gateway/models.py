@@ -4,10 +4,10 @@ fen, times are RFC 3339 UTC, enums are lower-case words, phone numbers are maske
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ContactChannel = Literal["sms", "wechat", "wecom", "email", "phone_call"]
 CONTACT_CHANNELS: tuple[ContactChannel, ...] = ("sms", "wechat", "wecom", "email", "phone_call")
@@ -106,6 +106,14 @@ class MePatch(Strict):
     nickname: str | None = Field(None, min_length=1, max_length=32)
     birthday: date | None = Field(None, description="Once: a birthday already set stays")
     consents: list[ConsentChange] | None = Field(None, max_length=5)
+
+    @field_validator("birthday")
+    @classmethod
+    def _not_in_the_future(cls, value: date | None) -> date | None:
+        # A day ahead of UTC: it is already tomorrow in the brand's time zone.
+        if value is not None and value > datetime.now(UTC).date() + timedelta(days=1):
+            raise ValueError("a birthday cannot be in the future")
+        return value
 
 
 class PhoneBindRequest(Strict):

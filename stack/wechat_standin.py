@@ -77,8 +77,8 @@ class WeChatStandIn:
         if q.get("grant_type") != "authorization_code":
             return _error(40002, "invalid grant_type")
         code = q.get("js_code", "")
-        if code.startswith("err-"):
-            return _error(int(code[4:]) if re.fullmatch(r"-?\d+", code[4:]) else -1, "stand-in")
+        if code.startswith("err-") and re.fullmatch(r"-?\d{1,6}", code[4:]):
+            return _error(int(code[4:]), "stand-in")
         name = code[4:].partition(".")[0] if code.startswith("dev-") else ""
         if not _NAME_RE.fullmatch(name):
             return _error(40029, "invalid code")

@@ -162,3 +162,14 @@ async def test_patch_nickname_and_birthday_once(gateway: GatewayHarness):
     assert me["birthday"] == "1990-05-17"
     renamed = await gateway.http.patch("/v1/me", headers=headers, json={"nickname": "大鱼"})
     assert renamed.json()["nickname"] == "大鱼"
+
+
+async def test_patch_refusals_name_the_clients_fields(gateway: GatewayHarness):
+    headers = bearer((await gateway.login())["access_token"])
+    for body, field in (({"nickname": "bad\u0000"}, "nickname"),
+                        ({"birthday": "9999-12-31"}, "birthday"),
+                        ({"birthday": "0001-01-01"}, "birthday")):
+        reply = await gateway.http.patch("/v1/me", headers=headers, json=body)
+        problem = assert_problem(reply, 400, "INVALID_ARGUMENT")
+        assert [v["field"] for v in problem["violations"]] == [field], problem
+        assert "member." not in problem["detail"] and "profile." not in problem["detail"]
