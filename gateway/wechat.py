@@ -16,6 +16,7 @@ needs no decryption: the phone comes from getuserphonenumber)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ import structlog
 from gateway.errors import Problem
 
 log = structlog.get_logger("pond.gateway.wechat")
+# httpx logs each request's URL at INFO, and code2session's URL holds the app secret.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # errcode -> (HTTP status, problem code, detail)
 WECHAT_ERRORS: dict[int, tuple[int, str, str]] = {
