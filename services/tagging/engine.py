@@ -78,6 +78,9 @@ class TagEngine:
         # Members whose first event is being applied: indexed, not yet scored or saved.
         self.arriving: set[int] = set()
         self.ids: list[str] = []
+        # Merged member id -> the member it was merged into (MembersMerged): such a
+        # member is in no tag, segment or universe; its late events go to the survivor.
+        self.merged: dict[str, str] = {}
         self.universe = BitMap()
         self.tags: dict[str, TagDefinition] = {}
         self.segments: dict[str, SegmentDefinition] = {}
@@ -117,7 +120,10 @@ class TagEngine:
             for idx, member_id in pairs:
                 self.ids[idx] = member_id
             self.index = {m: i for i, m in pairs}
-            self.universe = sc.bitmap_of(np.array([i for i, _ in pairs], dtype=np.uint32))
+            self.merged = await self.store.load_merges()
+            self.universe = sc.bitmap_of(
+                np.array([i for i, m in pairs if m not in self.merged], dtype=np.uint32)
+            )
             self.categories = await self.store.load_categories()
             self.configured_cycles = await self.store.load_cycles()
             tags = await ensure_score_tags(self.store, self.categories, self.clock.now())
@@ -344,6 +350,31 @@ class TagEngine:
         skip = set(self.manual_names()) | set(self.population_names())
         return self.diff_rows(frame.idx, tag_masks, seg_masks, skip)
 
+    def survivor_of(self, member_id: str) -> str:
+        """The member that `member_id` now is: itself, or the one it was merged into
+        (followed across merges of merges)."""
+        for _ in range(len(self.merged) + 1):
+            into = self.merged.get(member_id)
+            if into is None:
+                return member_id
+            member_id = into
+        raise RuntimeError("merged members form a cycle")
+
+    def leaving(self, idx: int) -> TagChangeSet:
+        """What changes when the member at `idx` leaves every tag and segment (merged
+        into another); a scoring run under way leaves it alone too."""
+        for touched in self._touched.values():
+            touched.add(idx)
+        changes = TagChangeSet()
+        for target, bitmaps in (
+            (changes.tags, self.tag_bitmaps),
+            (changes.segments, self.segment_bitmaps),
+        ):
+            for name, bm in bitmaps.items():
+                if idx in bm:
+                    target[name] = (BitMap(), BitMap([idx]))
+        return changes
+
     async def ensure_members(self, member_ids: list[str]) -> dict[str, int]:
         missing = [m for m in member_ids if m not in self.index]
         if missing:
@@ -353,5 +384,6 @@ class TagEngine:
                     self.ids.extend([""] * (idx + 1 - len(self.ids)))
                 self.ids[idx] = member_id
                 self.index[member_id] = idx
-                self.universe.add(idx)
+                if member_id not in self.merged:
+                    self.universe.add(idx)
         return {m: self.index[m] for m in member_ids}

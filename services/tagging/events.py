@@ -1,9 +1,10 @@
 """What the tagging service consumes and publishes.
 
 Consumes the member stream ("pond.events.member"): registrations, orders paid and
-refunded, tier and points changes feed each member's history, one runtime event
-handler per payload type (services/tagging/members.py); each event is applied once
-(the runtime's processed mark is committed with the change). Publishes TagsChanged
+refunded, tier and points changes feed each member's history, and merges
+(MembersMerged) move a merged member's history and manual tags to the survivor; one
+runtime event handler per payload type (services/tagging/members.py); each event is
+applied once (the runtime's processed mark is committed with the change). Publishes TagsChanged
 batches on "pond.events.tagging" through the outbox."""
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ from datetime import UTC
 from typing import Any
 
 from pond.events.v1 import member_events_pb2 as mev
+from pyroaring import BitMap
 
 from services.runtime.documents import UnitOfWork
 from services.runtime.errors import PondError, not_found
 from services.runtime.events import EventHandlers, Received
 from services.tagging.catalogue import DOMAIN
 from services.tagging.domain import scoring as sc
-from services.tagging.domain.definitions import MANUAL, RULE
+from services.tagging.domain.definitions import MANUAL, RULE, ManualTag
 from services.tagging.domain.features import NEVER
 from services.tagging.domain.history import MemberHistory
 from services.tagging.service import TaggingCore
@@ -60,6 +61,7 @@ class MemberUseCases(TaggingCore):
             .on(mev.OrderRefunded, self.on_order_refunded)
             .on(mev.TierChanged, self.on_tier_changed)
             .on(mev.PointsChanged, self.on_points_changed)
+            .on(mev.MembersMerged, self.on_members_merged)
         )
 
     async def on_member_registered(
@@ -107,18 +109,73 @@ class MemberUseCases(TaggingCore):
 
         await self._change_history(event, uow, change)
 
+    async def on_members_merged(self, event: Received[mev.MembersMerged], uow: UnitOfWork) -> None:
+        """Two records of one person became one (the member service moved everything):
+        the merged member's history adds up into the survivor's, its manual tags
+        follow (who set them and when kept), it leaves every tag and segment, and its
+        late events go to the survivor. Rules over manual tags are rescored after."""
+        engine = self.engine
+        merged_id = event.payload.merged_id
+        async with engine.lock:
+            surviving_id = engine.survivor_of(event.payload.surviving_id)
+            if not merged_id or merged_id in engine.merged or merged_id == surviving_id:
+                return  # nothing (more) to move: only the mark is committed
+            indexes = await engine.ensure_members([surviving_id, merged_id])
+            s_idx, m_idx = indexes[surviving_id], indexes[merged_id]
+            history = await self.store.get_history(s_idx) or MemberHistory(s_idx)
+            if (gone := await self.store.get_history(m_idx)) is not None:
+                history.absorb(gone, engine.today())
+            if history.registered_day == NEVER:
+                history.registered_day = engine.today()
+            changes = engine.leaving(m_idx)
+            rescored = await engine.rescore_member(history)
+            for mine, theirs in ((changes.tags, rescored.tags),
+                                 (changes.segments, rescored.segments)):
+                for name, (gained, lost) in theirs.items():
+                    both = mine.setdefault(name, (BitMap(), BitMap()))
+                    both[0].update(gained)
+                    both[1].update(lost)
+            moved = [
+                ManualTag(s_idx, tag, by, at)
+                for (idx, tag), (by, at) in sorted(engine.manual_meta.items())
+                if idx == m_idx and (s_idx, tag) not in engine.manual_meta
+            ]
+            for t in moved:
+                changes.tags.setdefault(t.tag, (BitMap(), BitMap()))[0].add(s_idx)
+            dropped = [(idx, tag) for idx, tag in engine.manual_meta if idx == m_idx]
+            self.store.add_history(uow, history)
+            self.store.move_manual_tags(uow, moved, dropped)
+            self.store.add_merge(uow, merged_id, surviving_id, m_idx)
+            events = self._events(changes)
+            uow.emit(*events)
+            if not await event.commit():
+                return  # applied before: nothing written
+            engine.apply_changes(changes)
+            for pair in dropped:
+                engine.manual_meta.pop(pair, None)
+            for t in moved:
+                engine.manual_meta[(t.idx, t.tag)] = (t.by, t.at)
+            engine.merged[merged_id] = surviving_id
+            engine.universe.discard(m_idx)
+            if events:
+                self._on_commit()
+        if moved:
+            await self._rescore_indexes([s_idx])
+
     async def _change_history(
         self, event: Received[Any], uow: UnitOfWork, change: HistoryChange
     ) -> None:
-        """Applies `change` to the event's member, rescores it and commits the history
+        """Applies `change` to the event's member (the one it was merged into, for an
+        event of a merged member delivered late), rescores it and commits the history
         and its TagsChanged events with the event's mark, all under the engine's lock;
         the engine takes the changes only once that commit succeeded."""
         if not event.subject_id:
             return  # about no member: only the mark is committed
         engine = self.engine
         async with engine.lock:
-            arriving = event.subject_id not in engine.index
-            idx = (await engine.ensure_members([event.subject_id]))[event.subject_id]
+            subject = engine.survivor_of(event.subject_id)
+            arriving = subject not in engine.index
+            idx = (await engine.ensure_members([subject]))[subject]
             if arriving:  # known to the profile only once its first event is applied
                 engine.arriving.add(idx)
             try:
@@ -153,6 +210,8 @@ class MemberUseCases(TaggingCore):
     # -- profile --
     async def profile(self, member_id: str) -> MemberProfile:
         engine = self.engine
+        if member_id in engine.merged:
+            raise member_merged(member_id, engine.survivor_of(member_id))
         idx = engine.index.get(member_id)
         if idx is None or idx in engine.arriving:
             raise member_not_known_yet(member_id)
@@ -204,4 +263,15 @@ def member_not_known_yet(member_id: str) -> PondError:
         message=f"tagging has not seen member {member_id!r} yet: it learns members from the"
         " member service's events (MemberRegistered, orders), usually within a second of"
         " registration; ask again shortly. An id that stays unknown is not a member.",
+    )
+
+
+def member_merged(member_id: str, survivor_id: str) -> PondError:
+    """A member merged into another has no profile of its own any more: its tags,
+    features and history are the survivor's."""
+    return replace(
+        not_found("member", member_id, domain=DOMAIN),
+        reason="MEMBER_MERGED",
+        message=f"member {member_id!r} was merged into member {survivor_id!r}: ask for that one",
+        metadata={"member_id": member_id, "merged_into": survivor_id},
     )

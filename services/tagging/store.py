@@ -12,6 +12,7 @@ What the in-memory engine rebuilds itself from (see SCHEMA):
                  the members as a bitmap blob); bitmaps "<kind>:<name>" (tag, segment,
                  since-cohort bitmaps); cycles; state (learned cycles, untracked
                  categories)
+  merges         by merged member id: the member it was merged into
   runs           by run id (ids sort by time), written guarded by their version;
                  run_lock, one document taken, refreshed and released guarded;
                  run_stats "<exchange>#<partition>", what partitions exchange (blob)
@@ -67,6 +68,7 @@ SCHEMA = Schema(
         Collection("categories", (Index(("name",), unique=True),), key_type=int),
         Collection("cycles"),
         Collection("state"),
+        Collection("merges"),
     ),
     sequences=("members", "categories"),
 )
@@ -179,6 +181,24 @@ class TaggingStore:
         async for docs in self.docs.scan("history", batch=batch, partition=part):
             idx = np.fromiter((d["_id"] for d in docs), dtype=np.int64, count=len(docs))
             yield idx, [d["row"] for d in docs]
+
+    # -- merges (MembersMerged) --
+    def add_merge(self, uow: UnitOfWork, merged_id: str, surviving_id: str, idx: int) -> None:
+        """Records the merge and drops the merged member's history (runs score it no
+        more), in the event handler's unit of work."""
+        uow.put("merges", {"_id": merged_id, "into": surviving_id})
+        uow.delete("history", idx)
+
+    def move_manual_tags(
+        self, uow: UnitOfWork, add: Sequence[ManualTag], remove: Sequence[tuple[int, str]]
+    ) -> None:
+        for t in add:
+            uow.put("manual_tags", _doc(f"{t.idx}:{t.tag}", t))
+        for idx, tag in remove:
+            uow.delete("manual_tags", f"{idx}:{tag}")
+
+    async def load_merges(self) -> dict[str, str]:
+        return {d["_id"]: d["into"] for d in await self.docs.find("merges")}
 
     # -- manual tags --
     async def set_manual_tags(

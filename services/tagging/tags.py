@@ -180,9 +180,17 @@ class CatalogueUseCases(TaggingCore):
         # A member id tagging has never seen is a typo or not a member: tagging it would
         # make a member out of nothing. (A member registered a moment ago is known as
         # soon as its MemberRegistered event arrives, within milliseconds.)
-        unknown = [(i, m) for i, m in enumerate(member_ids) if m not in self.engine.index]
+        # A merged member is no member any more: its tags are its survivor's.
+        merged = self.engine.merged
+        unknown = [
+            (i, m) for i, m in enumerate(member_ids) if m not in self.engine.index or m in merged
+        ]
         for i, m in unknown[:MAX_REPORTED_UNKNOWN]:
-            problems.append((f"member_ids[{i}]", f"unknown member {m!r}"))
+            problems.append(
+                (f"member_ids[{i}]", f"member {m!r} was merged into {merged[m]!r}")
+                if m in merged
+                else (f"member_ids[{i}]", f"unknown member {m!r}")
+            )
         if len(unknown) > MAX_REPORTED_UNKNOWN:
             problems.append(("member_ids", f"{len(unknown)} unknown members in all"))
         if problems:

@@ -281,6 +281,24 @@ async def test_put_and_scan_histories(store):
     assert all(1 <= len(b) <= 2 for b in batches)
 
 
+# -- merges --
+
+
+async def test_a_merge_moves_manual_tags_drops_the_history_and_is_remembered(store):
+    await store.put_histories([history(1).to_row(), history(2).to_row()])
+    await store.set_manual_tags([mtag(2, "vip", by="bob", at=7)], [])
+    uow = UnitOfWork()
+    store.move_manual_tags(uow, [mtag(1, "vip", by="bob", at=7)], [(2, "vip")])
+    store.add_merge(uow, "m-b", "m-a", 2)
+    uow.mark_processed(CONSUMER, "e-merge")
+    await store.docs.commit(uow)
+    assert await store.load_manual_tags() == [mtag(1, "vip", by="bob", at=7)]
+    assert await store.get_history(2) is None and await store.get_history(1) is not None
+    assert await store.load_merges() == {"m-b": "m-a"}
+    scanned = [int(i) async for idx, _rows in store.scan_histories() for i in idx]
+    assert scanned == [1]
+
+
 # -- manual tags --
 
 

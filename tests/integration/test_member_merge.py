@@ -390,11 +390,16 @@ async def test_bind_refusals(member: MemberHarness):
 async def test_merge_racing_redeems_and_orders_loses_and_doubles_nothing(
     member: MemberHarness,
 ):
+    """Redemptions and orders on both members run back to back while the merge lands:
+    each call on the merged member lands wholly before the merge (and moves with it)
+    or is refused after it; none is lost or counted twice."""
     h = member
     a = await register(h, phone())
     b = await register(h, unionid("u-b"))
     await order(h, a.id, "seed-a", 100_000)
     await order(h, b.id, "seed-b", 100_000)
+    merged, warmed, hammers = asyncio.Event(), asyncio.Event(), 4
+    counts = {"warm": 0}
 
     async def attempt(call):
         try:
@@ -404,15 +409,40 @@ async def test_merge_racing_redeems_and_orders_loses_and_doubles_nothing(
             assert error_details(err)[0] == "MEMBER_MERGED"
             return None
 
-    calls = []
-    for i in range(12):
-        for who in (a.id, b.id):
-            calls.append(h.stub.RedeemPoints(pb.RedeemPointsRequest(
-                member_id=who, points=7, idempotency_key=f"r-{who}-{i}"), metadata=h.md()))
-            calls.append(order(h, who, f"o-{who}-{i}", 1_000 + i))
-        if i == 5:
-            calls.append(merge(h, a.id, b.id))
-    results = await asyncio.gather(*(attempt(c) for c in calls))
+    def call(kind: str, who: str, i: int):
+        if kind == "redeem":
+            return h.stub.RedeemPoints(pb.RedeemPointsRequest(
+                member_id=who, points=7, idempotency_key=f"r-{who}-{i}"), metadata=h.md())
+        return order(h, who, f"o-{who}-{i}", 1_000 + i)
+
+    async def hammer(kind: str, who: str) -> list:
+        """Calls one after another until one made after the merge finished."""
+        out, i = [], 0
+        while True:
+            after_merge = merged.is_set()
+            out.append(await attempt(call(kind, who, i)))
+            i += 1
+            if i == 3:
+                counts["warm"] += 1
+                if counts["warm"] == hammers:
+                    warmed.set()
+            if after_merge:
+                return out
+
+    async def merging() -> None:
+        await warmed.wait()  # every hammer has landed calls before the merge
+        await merge(h, a.id, b.id)
+        merged.set()
+
+    done = await asyncio.gather(*(hammer(k, w) for k in ("redeem", "order")
+                                  for w in (a.id, b.id)), merging())
+    runs = done[:hammers]
+    for (kind, who), out in zip([(k, w) for k in ("redeem", "order") for w in (a.id, b.id)],
+                                runs, strict=True):
+        assert all(r is not None for r in out[:3]), kind
+        # The last call was made after the merge: refused on the merged member only.
+        assert (out[-1] is None) == (who == b.id), (kind, who == b.id)
+    results = [r for out in runs for r in out]
 
     survivor, closed = await get(h, a.id), await get(h, b.id)
     assert closed.merged_into == a.id and closed.points_balance == 0
@@ -424,6 +454,6 @@ async def test_merge_racing_redeems_and_orders_loses_and_doubles_nothing(
     assert survivor.total_spent_fen == 200_000 + sum(r.order.amount_fen for r in landed_orders)
     earned = sum(r.order.points_earned for r in landed_orders)
     redeemed = sum(-r.delta for r in results if isinstance(r, pb.PointsEntry))
-    seeds = 2 * 1000  # 1000 yuan, one point a yuan, entry tier
+    seeds = 2 * 1000  # 1000 yuan each, one point a yuan, entry tier
     assert survivor.points_balance == seeds + earned - redeemed
     assert len(await order_ids(h, a.id)) == survivor.paid_order_count

@@ -72,6 +72,38 @@ class MemberHistory:
         self.interactions.append(day)
         self.trim(today)
 
+    def absorb(self, other: MemberHistory, today: int) -> None:
+        """Takes in the history of another record of the same person (a member merge):
+        orders, spending, categories and interactions add up with their own days; the
+        first registration and order are the earlier, the tier the higher. The points
+        balance adds up too (the member service moved the lots)."""
+        if other.registered_day != NEVER:
+            self.registered_day = (
+                other.registered_day
+                if self.registered_day == NEVER
+                else min(self.registered_day, other.registered_day)
+            )
+        self.tier = max(self.tier, other.tier)
+        self.points_balance += other.points_balance
+        self.orders_total += other.orders_total
+        self.spend_total += other.spend_total
+        if other.first_order_day != NEVER:
+            self.first_order_day = (
+                other.first_order_day
+                if self.first_order_day == NEVER
+                else min(self.first_order_day, other.first_order_day)
+            )
+        self.last_order_day = max(self.last_order_day, other.last_order_day)
+        self.orders = sorted([*self.orders, *other.orders])
+        for cat, (first, last, count) in other.categories.items():
+            mine = self.categories.get(cat)
+            if mine is None:
+                self.categories[cat] = [first, last, count]
+            else:
+                mine[0], mine[1], mine[2] = min(mine[0], first), max(mine[1], last), mine[2] + count
+        self.interactions = sorted([*self.interactions, *other.interactions])
+        self.trim(today)
+
     def trim(self, today: int) -> None:
         oldest = today - HISTORY_DAYS
         self.orders = [o for o in self.orders if o[0] >= oldest]
