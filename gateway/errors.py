@@ -49,6 +49,7 @@ _STATUS_BY_KIND = {
 FAILED_PRECONDITION_AS_400 = frozenset({"IDEMPOTENCY_KEY_REUSED", "SELF_REFERRAL", "END_IN_PAST"})
 # The request messages' wrappers around what the client sent.
 _SERVICE_FIELD_PREFIXES = ("member.profile.", "member.", "profile.")
+MEMBER_MERGED = "MEMBER_MERGED"
 # Kinds whose message describes the caller's own request and may be shown.
 _SHOWN_KINDS = frozenset({
     ErrorKind.INVALID_ARGUMENT, ErrorKind.NOT_FOUND, ErrorKind.ALREADY_EXISTS,
@@ -119,6 +120,11 @@ def from_service_error(error: PondError) -> Problem:
     status = _STATUS_BY_KIND.get(error.kind, 500)
     if error.kind is ErrorKind.FAILED_PRECONDITION and error.reason in FAILED_PRECONDITION_AS_400:
         status = 400
+    if error.reason == MEMBER_MERGED:
+        # The token's member was joined into another (on another device): its session
+        # is over, whatever it tried; signing in again lands on the survivor.
+        return Problem(401, MEMBER_MERGED, "this membership was joined with another: sign in "
+                       "again", headers={"WWW-Authenticate": 'Bearer realm="pond"'})
     if error.kind in _SHOWN_KINDS:
         violations = [(_client_field(f), d) for f, d in error.violations]
         detail = error.message

@@ -82,5 +82,13 @@ async def test_a_session_of_the_merged_member_on_another_phone_must_sign_in_agai
     merged = await gateway.http.post("/v1/me/phone", headers=bearer(phone_a["access_token"]),
                                      json={"code": f"phone-{PHONE}"})
     assert merged.json()["merged"] is True
-    # The other device's session names a member that is gone.
+    # The other device's session names a member that is gone: reads and writes alike.
+    old = bearer(phone_b["access_token"])
     assert_problem(await gateway.get("/v1/me", phone_b["access_token"]), 401, "MEMBER_MERGED")
+    assert_problem(await gateway.http.patch("/v1/me", headers=old, json={"nickname": "x"}),
+                   401, "MEMBER_MERGED")
+    assert_problem(await gateway.http.post("/v1/me/phone", headers=old,
+                                           json={"code": "phone-13900000009"}),
+                   401, "MEMBER_MERGED")
+    again = await gateway.login("lin")
+    assert again["member_id"] == merged.json()["me"]["id"]
