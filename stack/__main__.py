@@ -5,8 +5,10 @@ dies) under ./.pond (POND_DATA_DIR, owner-only: folders 0700, files 0600), every
 service on its own port on 127.0.0.1, each hosted by the runtime's service host
 exactly as in production (`python -m services.<name>`: the same tasks, health,
 scheduled jobs and ordered stop), every scheduled job at every
-POND_JOBS_INTERVAL_SECONDS on the clock (hourly by default), and a dev operator token
-written to a file (never printed) for stack.call."""
+POND_JOBS_INTERVAL_SECONDS on the clock (hourly by default), a dev operator token
+written to a file (never printed) for stack.call, and the gateway (HTTP, :8080) with
+a stand-in for WeChat's APIs (stack/wechat_standin.py, :8081) unless
+POND_WECHAT_API_BASE names a real one."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from gateway.server import EmbeddedServer, gateway_server
+from gateway.settings import GatewaySettings
 from services.member.server import SPEC as MEMBER
 from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
@@ -29,6 +33,7 @@ from services.tagging.server import SPEC as TAGGING
 from services.tagging.settings import TaggingSettings
 from stack import config
 from stack.secrets import dev_secret, write_private
+from stack.wechat_standin import WeChatStandIn
 
 log = get_logger("pond.stack")
 
@@ -49,6 +54,9 @@ async def main() -> int:
         client_env["POND_DATA_DIR"] = str(data_dir.resolve())
     os.environ.setdefault("POND_AUTH_SECRET", dev_secret(data_dir, "auth.secret"))
     os.environ.setdefault("POND_PHONE_KEY", dev_secret(data_dir, "phone.key"))
+    os.environ.setdefault("POND_GATEWAY_TOKEN_SECRET", dev_secret(data_dir, "gateway-token.secret"))
+    os.environ.setdefault("POND_WECHAT_APP_ID", config.DEV_WECHAT_APP_ID)
+    os.environ.setdefault("POND_WECHAT_APP_SECRET", dev_secret(data_dir, "wechat-app.secret"))
     valkey = None
     if not os.environ.get("REDIS_URL"):
         valkey = EmbeddedValkey(
@@ -66,11 +74,18 @@ async def main() -> int:
         supervised.append(Supervised("stack", Task("valkey", valkey.supervise), stop))
         supervised[-1].start()
     hosts: list[ServiceHost] = []
+    http: list[EmbeddedServer] = []
     try:
         # The same hosts as production, one per service, in one process.
         hosts.append(await start_service(MEMBER, settings))
         tagging_settings = TaggingSettings()
         hosts.append(await start_service(TAGGING, tagging_settings))
+        os.environ.setdefault("POND_MEMBER_TARGET", f"{config.client_host()}:{hosts[0].port}")
+        if not os.environ.get("POND_WECHAT_API_BASE"):
+            http.append(await _wechat_standin(settings.host).start())
+            os.environ["POND_WECHAT_API_BASE"] = http[-1].url
+        gateway_settings = GatewaySettings()
+        http.append(await gateway_server(gateway_settings).start())
         freeze_startup_heap()
         token_file = config.token_path(data_dir)
         write_private(
@@ -80,8 +95,11 @@ async def main() -> int:
         )
         _banner(settings, tagging_settings, hosts[0].port, hosts[1].port, token_file,
                 client_env)
+        _gateway_banner(http[-1].url, gateway_settings.wechat_api_base, bool(len(http) > 1))
         await wait_for_termination_signal()
     finally:
+        for server in reversed(http):
+            await server.stop()
         for host in reversed(hosts):
             await host.stop(settings.shutdown_grace)
         stop.set()
@@ -123,6 +141,34 @@ Try it (in another terminal):
       '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
   .venv/bin/python -m stack.token --role guide --subject pos-17   # a token for another role
 Ctrl-C stops the stack.
+""",
+        flush=True,
+    )
+
+
+def _wechat_standin(host: str) -> EmbeddedServer:
+    import uvicorn
+
+    standin = WeChatStandIn(os.environ["POND_WECHAT_APP_ID"], os.environ["POND_WECHAT_APP_SECRET"])
+    port = int(os.environ.get(config.WECHAT_STANDIN_PORT_ENV, config.WECHAT_STANDIN_PORT))
+    return EmbeddedServer(standin.app, uvicorn.Config(
+        standin.app, host=host, port=port, loop="none", lifespan="off", log_config=None,
+        access_log=False, server_header=False))
+
+
+def _gateway_banner(url: str, wechat: str, standin: bool) -> None:
+    codes = " (stand-in: login codes dev-<name>[.n], phone codes phone-<11 digits>[.n])"
+    json_field = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    print(
+        f"""Gateway  HTTP {url}   OpenAPI {url}/docs
+  WeChat {wechat}{codes if standin else ""}
+  # sign in as "alice" (a code works once; the part after the dot makes a new one)
+  LOGIN='{{"code": "dev-alice.'$RANDOM'"}}'
+  TOKEN=$(curl -s -X POST {url}/v1/auth/wechat-login \\
+      -H 'Content-Type: application/json' -d "$LOGIN" | {json_field})
+  curl -s {url}/v1/me -H "Authorization: Bearer $TOKEN"
+  curl -s -X POST {url}/v1/me/phone -H "Authorization: Bearer $TOKEN" \\
+      -H 'Content-Type: application/json' -d '{{"code": "phone-13812345678"}}'
 """,
         flush=True,
     )

@@ -22,7 +22,13 @@ STACK_DEFAULTS = {
     "POND_JOBS_INTERVAL_SECONDS": "3600",
 }
 # What someone may have set for `make run` that a client in another terminal needs too.
-CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT")
+CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT",
+              "POND_GATEWAY_PORT")
+# The dev stack's WeChat: the stand-in (stack/wechat_standin.py) on this port, with
+# this app id, unless POND_WECHAT_API_BASE names another WeChat.
+WECHAT_STANDIN_PORT_ENV = "POND_WECHAT_STANDIN_PORT"
+WECHAT_STANDIN_PORT = 8081
+DEV_WECHAT_APP_ID = "wx0000000000000dev"
 TOKEN_FILE = "dev-operator.token"
 _ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -101,6 +102,49 @@ async def member(tmp_path, redis_url: str, redis) -> AsyncIterator[MemberHarness
     finally:
         await channel.close()
         await service.stop(0)
+
+
+@pytest_asyncio.fixture
+async def gateway_factory(member: MemberHarness, redis_url: str):
+    """Starts gateways (real uvicorn, free port) over the `member` service, each with
+    its own WeChat stand-in; settings overrides as keywords. Stopped after the test."""
+    from gateway.server import gateway_server
+    from stack.wechat_standin import WeChatStandIn
+    from tests.gateway_harness import (
+        WECHAT_APP_ID,
+        WECHAT_APP_SECRET,
+        GatewayHarness,
+        gateway_settings,
+        standin_server,
+    )
+
+    started = []
+
+    async def start(**overrides) -> GatewayHarness:
+        standin = WeChatStandIn(WECHAT_APP_ID, WECHAT_APP_SECRET,
+                                token_ttl_seconds=overrides.pop("wechat_token_ttl", 7200))
+        wechat = await standin_server(standin).start()
+        started.append(wechat)
+        target = overrides.pop("member_target", member.target)
+        settings = gateway_settings(target, redis_url, wechat.url, TEST_SECRET, **overrides)
+        server = await gateway_server(settings, port=0).start()
+        started.append(server)
+        harness = GatewayHarness(server, standin, httpx.AsyncClient(base_url=server.url),
+                                 settings)
+        started.append(harness.http)
+        return harness
+
+    try:
+        yield start
+    finally:
+        for thing in reversed(started):
+            await (thing.aclose() if isinstance(thing, httpx.AsyncClient) else thing.stop())
+
+
+@pytest_asyncio.fixture
+async def gateway(gateway_factory):
+    """A gateway over the `member` service (see gateway_factory)."""
+    return await gateway_factory()
 
 
 T = TypeVar("T")

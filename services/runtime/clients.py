@@ -11,7 +11,8 @@
 - The request id of the call (or event, timer or job) being handled goes on in
   `x-request-id`, so one id follows the work across services.
 - The deadline: the call's own timeout (default 5 s), never past what is left of the
-  deadline of the call being served, so a caller that gave up is not worked for.
+  deadline of the call being served (a gRPC call's, or the one an HTTP front such as
+  the gateway sets with `request_deadline`), so a caller that gave up is not worked for.
 - Retries by gRPC itself, from the channel's service config: a retryPolicy (up to 4
   attempts on UNAVAILABLE, backoff 50 ms doubling up to 1 s, throttled) for the
   methods the client declares idempotent, and none for the others, which a retry
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -130,11 +132,24 @@ class Channels:
         self._channels.clear()
 
 
+# The deadline (time.monotonic()) of the request being served when it is no gRPC
+# call: the gateway sets it per HTTP request.
+request_deadline_var: ContextVar[float | None] = ContextVar("pond_request_deadline",
+                                                            default=None)
+
+
+def request_deadline(seconds: float) -> None:
+    """Every client call made for the request being served (this context) ends within
+    `seconds` from now."""
+    request_deadline_var.set(time.monotonic() + seconds)
+
+
 def remaining_seconds() -> float | None:
     """What is left of the deadline of the call being served, if it has one."""
     context = rpc_context_var.get()
     if context is None:
-        return None
+        deadline = request_deadline_var.get()
+        return None if deadline is None else deadline - time.monotonic()
     return context.time_remaining()
 
 

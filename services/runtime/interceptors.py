@@ -19,9 +19,6 @@ makes the server parse its body, and a body that does not parse is INVALID_ARGUM
 from __future__ import annotations
 
 import inspect
-import itertools
-import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -36,7 +33,7 @@ from services.runtime.errors import InvalidArgument, PondError
 from services.runtime.logs import log_rpc, request_id_var
 from services.runtime.metrics import RPC_METRICS
 from services.runtime.paging import page_key
-from services.runtime.redaction import looks_like_phone
+from services.runtime.request_ids import request_id_from
 from services.runtime.status import grpc_code, to_rpc_status
 
 REQUEST_ID_METADATA = "x-request-id"
@@ -94,9 +91,7 @@ class ServiceInterceptor:
     def _begin(self, method: str, context: Context) -> str:
         # Only `-bin` keys carry bytes, and none of those is read here.
         metadata = cast(dict[str, str], dict(context.invocation_metadata() or ()))
-        request_id = metadata.get(REQUEST_ID_METADATA)
-        if not request_id or not _accepted_request_id(request_id):
-            request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
+        request_id = request_id_from(metadata.get(REQUEST_ID_METADATA))
         request_id_var.set(request_id)
         rpc_context_var.set(context)
         current_caller.set(self._authorizer.authorize(method, metadata))
@@ -196,23 +191,6 @@ def _malformed(method: str, raw: bytes) -> PondError:
         "the request body is not a valid message of this method's request type",
         domain="pond.rpc",
     )
-
-
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-# Ids the server makes: a random prefix per process and a counter, unique without a
-# syscall per call (os.urandom is one, and releases the GIL to grpc's poller thread).
-# The prefix is letters only (hex digits moved to g-p): passed on to another service,
-# an id must never read as a phone number there (see looks_like_phone).
-_REQUEST_ID_PREFIX = os.urandom(6).hex().translate(str.maketrans("0123456789", "ghijklmnop"))
-_REQUEST_ID_PREFIX += "-"
-_request_numbers = itertools.count(1)
-
-
-def _accepted_request_id(request_id: str) -> bool:
-    """A caller's request id goes into every log line unredacted: only a short id
-    that holds no phone number, however it is split, is taken; anything else gets a
-    fresh one."""
-    return bool(_REQUEST_ID_RE.fullmatch(request_id)) and not looks_like_phone(request_id)
 
 
 def _status_code(exc: Exception, context: Context) -> grpc.StatusCode:

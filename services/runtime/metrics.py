@@ -35,7 +35,12 @@ class _Latency:
 
 
 class RpcMetrics(Collector):
-    def __init__(self) -> None:
+    """Calls, errors by reason and latency of one protocol: `pond_<kind>_requests`,
+    `pond_<kind>_errors`, `pond_<kind>_request_seconds` (grpc for services, http for
+    the gateway)."""
+
+    def __init__(self, kind: str = "grpc", what: str = "gRPC calls") -> None:
+        self._kind, self._what = kind, what
         self._calls: dict[tuple[str, str], int] = {}
         self._latency: dict[str, _Latency] = {}
         self._errors: dict[tuple[str, str], int] = {}
@@ -55,21 +60,21 @@ class RpcMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
-            "pond_grpc_requests", "gRPC calls handled", labels=["method", "code"]
+            f"pond_{self._kind}_requests", f"{self._what} handled", labels=["method", "code"]
         )
         for (method, code), count in list(self._calls.items()):
             calls.add_metric([method, code], count)
         yield calls
         errors = CounterMetricFamily(
-            "pond_grpc_errors",
-            "gRPC calls that failed, by ErrorInfo reason",
+            f"pond_{self._kind}_errors",
+            f"{self._what} that failed, by reason",
             labels=["method", "reason"],
         )
         for (method, reason), count in list(self._errors.items()):
             errors.add_metric([method, reason], count)
         yield errors
         latency = HistogramMetricFamily(
-            "pond_grpc_request_seconds", "gRPC call latency", labels=["method"]
+            f"pond_{self._kind}_request_seconds", f"{self._what}: latency", labels=["method"]
         )
         for method, hist in list(self._latency.items()):
             counts, running, buckets = list(hist.counts), 0, []

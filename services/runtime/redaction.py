@@ -20,7 +20,8 @@ _PHONE_RE = re.compile(_PHONE_PATTERN.format(sep=r"[\W_]{0,3}"))
 # In an identifier (a request id), any number of them: the id is written to the logs
 # as it is, and one wrongly taken for a phone only costs the caller its own id.
 _PHONE_IN_ID_RE = re.compile(_PHONE_PATTERN.format(sep=r"[\W_]*"))
-_SECRET_KEY_RE = re.compile("token|secret|authorization|password|phone_key", re.IGNORECASE)
+_SECRET_KEY_RE = re.compile("token|secret|authorization|password|phone_key|session_key",
+                            re.IGNORECASE)
 _PLAIN, _PHONE, _SECRET = 0, 1, 2
 
 

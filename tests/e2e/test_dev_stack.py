@@ -7,9 +7,11 @@ its scheduled jobs on the clock rather than at start-up, and its companion comma
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -67,6 +69,8 @@ class DevStack:
     member_metrics_port: int
     tagging_metrics_port: int
     valkey_port: int
+    gateway_port: int
+    wechat_port: int
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -92,11 +96,12 @@ class DevStack:
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     work = tmp_path_factory.mktemp("devstack")
     data_dir = work / "pond"  # made by the stack
-    ports = [_free_port() for _ in range(5)]
+    ports = [_free_port() for _ in range(7)]
     env = base_env()
     env.update(POND_DATA_DIR=str(data_dir), POND_MEMBER_PORT=str(ports[0]),
                POND_TAGGING_PORT=str(ports[1]), POND_MEMBER_METRICS_PORT=str(ports[2]),
                POND_TAGGING_METRICS_PORT=str(ports[3]), POND_VALKEY_PORT=str(ports[4]),
+               POND_GATEWAY_PORT=str(ports[5]), POND_WECHAT_STANDIN_PORT=str(ports[6]),
                POND_JOBS_INTERVAL_SECONDS=str(JOBS_INTERVAL), POND_LOG_FORMAT="json")
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
@@ -109,7 +114,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         wait_serving(stack.member_port, proc)
         wait_serving(stack.tagging_port, proc)
         # The banner follows start-up.
-        wait_until(lambda: "Pond is running" in stack.log() or proc.poll() is not None)
+        wait_until(lambda: "Gateway  HTTP" in stack.log() or proc.poll() is not None)
         assert proc.poll() is None, stack.log()
         yield stack
     finally:
@@ -150,7 +155,8 @@ LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "0000000000000000000
 
 def test_every_port_listens_on_loopback_only(dev_stack: DevStack):
     for port in (dev_stack.member_port, dev_stack.tagging_port, dev_stack.member_metrics_port,
-                 dev_stack.tagging_metrics_port, dev_stack.valkey_port):
+                 dev_stack.tagging_metrics_port, dev_stack.valkey_port, dev_stack.gateway_port,
+                 dev_stack.wechat_port):
         addresses = listening_addresses(port)
         assert addresses, f"nothing listens on {port}"
         assert addresses <= LOOPBACK, (port, addresses)
@@ -289,6 +295,33 @@ def test_killed_valkey_is_restarted_and_events_still_reach_tagging(dev_stack: De
     wait_until(lambda: 'pond_redis_up{client="consumer:tagging:pond.events.member"} 1.0'
                in dev_stack.metrics(dev_stack.tagging_metrics_port))
     assert dev_stack.proc.poll() is None
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the banner's walk-through uses curl")
+def test_the_banners_curl_walk_through_signs_in_and_reads_me(dev_stack: DevStack):
+    """The gateway's lines of the banner, run as printed: sign in with a stand-in
+    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's)."""
+    lines = dev_stack.log().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("LOGIN="))
+    script = "\n".join(lines[start:start + 7])
+    assert "/v1/me" in script and "/v1/me/phone" in script
+    # Ready: member answers and Redis too (another test here restarts Valkey).
+    wait_until(lambda: _status(f"http://127.0.0.1:{dev_stack.gateway_port}/readyz") == 200)
+    run = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    me, phone = (json.loads(doc) for doc in run.stdout.replace("}{", "}\n{").splitlines())
+    assert me["id"].startswith("m") and me["tier"]["level"] == 0
+    assert phone["me"]["id"] == me["id"] and phone["me"]["phone"] == "138****5678"
+    listening = listening_addresses(dev_stack.gateway_port)
+    assert listening and listening <= LOOPBACK
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except OSError:  # refused, or an HTTP error (HTTPError is one)
+        return 0
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:

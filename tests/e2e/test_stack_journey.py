@@ -37,6 +37,7 @@ def start_stack(data_dir: Path, port: int) -> subprocess.Popen:
     env.update(POND_DATA_DIR=str(data_dir), POND_MEMBER_PORT=str(port),
                POND_MEMBER_METRICS_PORT=str(_free_port()), POND_TAGGING_PORT=str(_free_port()),
                POND_TAGGING_METRICS_PORT=str(_free_port()), POND_HOST="127.0.0.1",
+               POND_GATEWAY_PORT=str(_free_port()), POND_WECHAT_STANDIN_PORT=str(_free_port()),
                PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'gen'}", POND_LOG_FORMAT="json")
     return subprocess.Popen([sys.executable, "-m", "stack"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
