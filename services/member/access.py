@@ -21,6 +21,11 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "UpdateMember": EVERYONE,
     "AddMemberIdentity": EVERYONE,
     "SetPaidMembership": BACK_OFFICE,
+    # The gateway binds the phone WeChat verified for its signed-in member (and may
+    # thereby merge that member into the phone's owner); the back office may too.
+    "BindVerifiedPhone": BACK_OFFICE | {Role.GATEWAY},
+    # Merging two records moves all their value: a person answers for it.
+    "MergeMembers": OPERATORS,
     "GetTierProgram": EVERYONE,
     "UpdateTierProgram": OPERATORS,
     "EvaluateTiers": BACK_OFFICE,
