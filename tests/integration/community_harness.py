@@ -74,10 +74,11 @@ class Community:
         return await self.stub.RouteMember(
             pb.RouteMemberRequest(member_id=member_id, rule_id=rule_id, **kw), metadata=self.md())
 
-    async def register(self, phone: str) -> str:
+    async def register(self, phone: str, store_id: str = "") -> str:
         resp = await self.member.stub.RegisterMember(
             mpb.RegisterMemberRequest(identities=[mpb.Identity(
-                kind=mpb.IDENTITY_KIND_PHONE, value=phone)]), metadata=self.member.md())
+                kind=mpb.IDENTITY_KIND_PHONE, value=phone)], store_id=store_id),
+            metadata=self.member.md())
         return resp.member.id
 
     async def buy(self, member_id: str, order_id: str, fen: int = 5_000) -> None:
