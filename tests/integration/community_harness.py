@@ -122,8 +122,8 @@ def community_settings(tmp_path, redis_url: str, member_target: str, **kw) -> Co
     return CommunitySettings(**env)
 
 
-@pytest_asyncio.fixture
-async def community(member: MemberHarness, redis_url: str, redis,
+@pytest_asyncio.fixture(name="community")
+async def community_fixture(member: MemberHarness, redis_url: str, redis,
                     tmp_path) -> AsyncIterator[Community]:
     clock = member.clock
     clock.set(datetime.fromisoformat("2026-03-01T02:00:00+00:00"))

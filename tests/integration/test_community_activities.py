@@ -14,7 +14,7 @@ from services.runtime.auth import Role
 from tests.conftest import eventually
 from tests.integration.community_harness import (  # noqa: F401 (fixture)
     Community,
-    community,
+    community_fixture,
     fails,
     published,
 )

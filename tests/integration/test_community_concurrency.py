@@ -12,12 +12,11 @@ from pond.community.v1 import community_pb2 as pb
 from pond.community.v1 import community_pb2_grpc
 
 from services.community.server import start_community_service
-
 from services.runtime.errors import error_details
 from tests.conftest import eventually
 from tests.integration.community_harness import (  # noqa: F401 (fixture)
     Community,
-    community,
+    community_fixture,
     community_settings,
     published,
 )

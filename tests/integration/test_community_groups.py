@@ -17,7 +17,7 @@ from tests.integration.community_harness import (  # noqa: F401 (fixture)
     FLASH,
     VIP,
     Community,
-    community,
+    community_fixture,
     fails,
     published,
 )
