@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.community.settings import CommunitySettings
 from services.member.settings import MemberSettings
 from services.runtime.config import RuntimeSettings
 from services.tagging.settings import TaggingSettings
@@ -22,7 +23,8 @@ STACK_DEFAULTS = {
     "POND_JOBS_INTERVAL_SECONDS": "3600",
 }
 # What someone may have set for `make run` that a client in another terminal needs too.
-CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT")
+CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT",
+              "POND_COMMUNITY_PORT")
 TOKEN_FILE = "dev-operator.token"
 _ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
 
@@ -58,3 +60,10 @@ def tagging_target() -> tuple[str, str]:
     if os.environ.get("POND_TAGGING_TARGET"):
         return os.environ["POND_TAGGING_TARGET"], "POND_TAGGING_TARGET"
     return f"{client_host()}:{TaggingSettings().tagging_port}", "POND_HOST and POND_TAGGING_PORT"
+
+
+def community_target() -> tuple[str, str]:
+    if os.environ.get("POND_COMMUNITY_TARGET"):
+        return os.environ["POND_COMMUNITY_TARGET"], "POND_COMMUNITY_TARGET"
+    port = CommunitySettings().community_port
+    return f"{client_host()}:{port}", "POND_HOST and POND_COMMUNITY_PORT"
