@@ -126,15 +126,14 @@ class Routing:
             current = await self.store.find(MEMBERSHIPS.name, {
                 "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
             if current:  # routed before (the code scanned twice): the same group
-                group = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
-                return Routed(Joined(group, current[0], already_member=True), rule_id)
+                mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
+                return Routed(Joined(mine, current[0], already_member=True), rule_id)
             rule = await self.get_rule(rule_id)
             uow = UnitOfWork()
-            group = await open_pool_group(self.store, rule_id,
+            found = await open_pool_group(self.store, rule_id,
                                           dr.POOL_ORDER[rule["fill_strategy"]])
-            opened = group is None
-            if group is None:
-                group = self._open_group(uow, rule)
+            opened = found is None
+            group = self._open_group(uow, rule) if found is None else found
             facts = await self.membership.entry_facts(group["entry_rules"], lookup, payment_id)
             joined = await self.membership.add_member(uow, group, member_id, facts, rule_id)
             if not joined.already_member:
