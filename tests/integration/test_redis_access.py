@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -178,13 +179,16 @@ async def test_the_community_service_runs_on_its_acl_user(
     """Its relay (the lease script, XADD to its own stream) under the documented user."""
     from pond.community.v1 import community_pb2 as cpb
     from pond.community.v1 import community_pb2_grpc
+    from pond.events.v1 import member_events_pb2 as mev
 
     from services.community.server import start_community_service
     from services.community.settings import CommunitySettings
+    from services.runtime.eventbus import make_event
 
     community = await start_community_service(CommunitySettings(
         data_dir=tmp_path / "community", auth_secret=TEST_SECRET, mode="test",
-        redis_url=service_users["community"], outbox_poll_seconds=0.05), port=0, metrics=False)
+        redis_url=service_users["community"], outbox_poll_seconds=0.05, event_block_ms=100),
+        port=0, metrics=False)
     md = call_metadata(token(Role.OPERATOR))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{community.port}") as channel:
@@ -193,5 +197,15 @@ async def test_the_community_service_runs_on_its_acl_user(
                 name="g", kind=cpb.GROUP_KIND_INTEREST)), metadata=md)
             await stub.JoinGroup(cpb.JoinGroupRequest(group_id="g", member_id="m1"), metadata=md)
             await eventually(lambda: redis.xlen(COMMUNITY_STREAM), lambda n: n == 2)
+            # Its consumer of the member stream (MembersMerged) works under the user too.
+            merged = make_event("member", "m2", mev.MembersMerged(
+                surviving_id="m2", merged_id="m1"), datetime.now(UTC))
+            await redis.xadd(MEMBER_STREAM, {b"e": merged.SerializeToString()})
+
+            async def in_group() -> bool:
+                return (await stub.IsMemberInAnyGroup(cpb.IsMemberInAnyGroupRequest(
+                    member_id="m2"), metadata=md)).in_group
+
+            await eventually(in_group, bool)
     finally:
         await community.stop(0)
