@@ -21,6 +21,8 @@ from pathlib import Path
 
 from gateway.server import EmbeddedServer, gateway_server
 from gateway.settings import GatewaySettings
+from services.community.server import SPEC as COMMUNITY
+from services.community.settings import CommunitySettings
 from services.member.server import SPEC as MEMBER
 from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
@@ -80,6 +82,14 @@ async def main() -> int:
         hosts.append(await start_service(MEMBER, settings))
         tagging_settings = TaggingSettings()
         hosts.append(await start_service(TAGGING, tagging_settings))
+        # Community asks member (tiers, purchases) and tagging (tags, segments) where
+        # they listen in this stack.
+        os.environ.setdefault("POND_COMMUNITY_MEMBER_TARGET",
+                              f"{config.client_host()}:{hosts[0].port}")
+        os.environ.setdefault("POND_COMMUNITY_TAGGING_TARGET",
+                              f"{config.client_host()}:{hosts[1].port}")
+        community_settings = CommunitySettings()
+        hosts.append(await start_service(COMMUNITY, community_settings))
         os.environ.setdefault("POND_MEMBER_TARGET", f"{config.client_host()}:{hosts[0].port}")
         if not os.environ.get("POND_WECHAT_API_BASE"):
             http.append(await _wechat_standin(settings.host).start())
@@ -119,6 +129,8 @@ def _banner(
     client_env: dict[str, str],
 ) -> None:
     host = settings.host
+    community = CommunitySettings()  # as the stack started it (the same environment)
+    community_metrics = community.community_metrics_port
     redis = redact_url(os.environ["REDIS_URL"])
     export = ""
     if client_env:
@@ -129,6 +141,7 @@ def _banner(
 Pond is running (data in {settings.data_dir.resolve()}, Redis at {redis})
   member    gRPC {host}:{member_port}   metrics {host}:{settings.member_metrics_port}
   tagging   gRPC {host}:{tagging_port}   metrics {host}:{tagging_settings.tagging_metrics_port}
+  community gRPC {host}:{community.community_port}   metrics {host}:{community_metrics}
 
 Dev operator token (7 days, stack.call uses it): {token_file.resolve()}
 
@@ -139,6 +152,10 @@ Try it (in another terminal):
   .venv/bin/python -m stack.call ListMembers '{{"page_size": 5}}'
   .venv/bin/python -m stack.call TaggingService.CreateSegment \\
       '{{"segment": {{"id": "repeat_buyers", "expression": "orders_90d >= 2"}}}}'
+  .venv/bin/python -m stack.call CreateRoutingRule \\
+      '{{"rule_id": "fruit", "rule": {{"name": "Fruit club", "template": \\
+        {{"name_prefix": "Fruit club", "kind": "GROUP_KIND_STORE", "capacity": 200}}}}}}'
+  .venv/bin/python -m stack.call RouteMember '{{"member_id": "<id>", "rule_id": "fruit"}}'
   .venv/bin/python -m stack.token --role guide --subject pos-17   # a token for another role
 Ctrl-C stops the stack.
 """,

@@ -1,9 +1,10 @@
 """`python -m stack.call [Service.]Method 'JSON'`: call a Pond gRPC method on the dev
 stack and print the response (each streamed message) as JSON. Methods are looked up
-in MemberService and TaggingService.
+in MemberService, TaggingService and CommunityService.
 
 It reads the same settings as `make run`: POND_HOST and POND_MEMBER_PORT /
-POND_TAGGING_PORT (or POND_MEMBER_TARGET / POND_TAGGING_TARGET) for where to call,
+POND_TAGGING_PORT / POND_COMMUNITY_PORT (or POND_MEMBER_TARGET / POND_TAGGING_TARGET /
+POND_COMMUNITY_TARGET) for where to call,
 POND_TOKEN or the dev token file in POND_DATA_DIR (default .pond) for the token."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf import json_format, message_factory
+from pond.community.v1 import community_pb2
 from pond.member.v1 import member_pb2
 from pond.tagging.v1 import tagging_pb2
 from pydantic import ValidationError
@@ -26,6 +28,7 @@ from stack import config
 SERVICES: dict[str, tuple[object, Callable[[], tuple[str, str]]]] = {
     "MemberService": (member_pb2, config.member_target),
     "TaggingService": (tagging_pb2, config.tagging_target),
+    "CommunityService": (community_pb2, config.community_target),
 }
 
 
@@ -41,7 +44,9 @@ def _find(name: str):
         service = module.DESCRIPTOR.services_by_name[svc]  # type: ignore[attr-defined]
         if method_name in service.methods_by_name:
             return service.methods_by_name[method_name], target
-    raise UsageError(f"unknown method {name} (MemberService and TaggingService methods)")
+    raise UsageError(
+        f"unknown method {name} (MemberService, TaggingService and CommunityService methods)"
+    )
 
 
 def _token() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from services.community.settings import CommunitySettings
 from services.member.settings import MemberSettings
 from services.runtime.config import RuntimeSettings
 from services.tagging.settings import TaggingSettings
@@ -23,7 +24,7 @@ STACK_DEFAULTS = {
 }
 # What someone may have set for `make run` that a client in another terminal needs too.
 CLIENT_ENV = ("POND_DATA_DIR", "POND_HOST", "POND_MEMBER_PORT", "POND_TAGGING_PORT",
-              "POND_GATEWAY_PORT")
+              "POND_COMMUNITY_PORT", "POND_GATEWAY_PORT")
 # The dev stack's WeChat: the stand-in (stack/wechat_standin.py) on this port, with
 # this app id, unless POND_WECHAT_API_BASE names another WeChat.
 WECHAT_STANDIN_PORT_ENV = "POND_WECHAT_STANDIN_PORT"
@@ -64,3 +65,10 @@ def tagging_target() -> tuple[str, str]:
     if os.environ.get("POND_TAGGING_TARGET"):
         return os.environ["POND_TAGGING_TARGET"], "POND_TAGGING_TARGET"
     return f"{client_host()}:{TaggingSettings().tagging_port}", "POND_HOST and POND_TAGGING_PORT"
+
+
+def community_target() -> tuple[str, str]:
+    if os.environ.get("POND_COMMUNITY_TARGET"):
+        return os.environ["POND_COMMUNITY_TARGET"], "POND_COMMUNITY_TARGET"
+    port = CommunitySettings().community_port
+    return f"{client_host()}:{port}", "POND_HOST and POND_COMMUNITY_PORT"

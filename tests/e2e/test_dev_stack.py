@@ -105,6 +105,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
                POND_JOBS_INTERVAL_SECONDS=str(JOBS_INTERVAL), POND_LOG_FORMAT="json")
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
+    env.update(POND_COMMUNITY_PORT=str(_free_port()),
+               POND_COMMUNITY_METRICS_PORT=str(_free_port()))
     with log_path.open("w") as out:
         # A usual umask: whatever is owner-only is so because the stack made it so.
         proc = subprocess.Popen([sys.executable, "-m", "stack"], cwd=ROOT, env=env,
@@ -205,6 +207,33 @@ def test_stack_call_reaches_the_stack_with_the_banners_settings(
     assert member_id in got.stdout
     got = run_command("stack.call", "TaggingService.ListTags", "{}", env=env, cwd=tmp_path)
     assert got.returncode == 0, got.stderr
+
+
+def test_stack_call_routes_a_member_through_the_community_service(
+    dev_stack: DevStack, tmp_path: Path
+):
+    """The community service runs in the stack, stack.call knows its methods, and it
+    reaches the member service for entry rules (a refusal, not UNAVAILABLE)."""
+    member_id = register(dev_stack, "13800000003")
+    env = base_env() | dev_stack.client_env()
+    assert "POND_COMMUNITY_PORT" in env
+
+    def call(method: str, body: str) -> subprocess.CompletedProcess:
+        return run_command("stack.call", method, body, env=env, cwd=tmp_path)
+
+    template = '{"name_prefix": "Buyers", "kind": "GROUP_KIND_VIP", "entry_rules":' \
+        ' {"must_have_bought": true}}'
+    made = call("CreateRoutingRule",
+                f'{{"rule_id": "buyers", "rule": {{"name": "b", "template": {template}}}}}')
+    assert made.returncode == 0, made.stderr
+    refused = call("CommunityService.RouteMember",
+                   f'{{"member_id": "{member_id}", "rule_id": "buyers"}}')
+    assert refused.returncode == 1 and "ENTRY_PURCHASE_REQUIRED" in refused.stderr
+    assert call("CreateRoutingRule", '{"rule_id": "all", "rule": {"name": "all", "template":'
+                ' {"kind": "GROUP_KIND_STORE"}}}').returncode == 0
+    routed = call("RouteMember", f'{{"member_id": "{member_id}", "rule_id": "all"}}')
+    assert routed.returncode == 0, routed.stderr
+    assert '"all-1"' in routed.stdout and '"firstJoin": true' in routed.stdout
 
 
 def test_stack_call_says_what_is_missing(tmp_path: Path):

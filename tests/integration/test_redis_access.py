@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -33,6 +34,7 @@ from tests.conftest import TEST_SECRET, eventually, member_settings, token
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MEMBER_STREAM, TAGGING_STREAM = "pond.events.member", "pond.events.tagging"
+COMMUNITY_STREAM = "pond.events.community"
 
 
 def documented_acl_lines() -> list[str]:
@@ -41,7 +43,9 @@ def documented_acl_lines() -> list[str]:
         for line in README.read_text().splitlines()
         if line.strip().startswith("ACL SETUSER pond-")
     ]
-    assert len(lines) == 2, "the README documents one ACL user per service"
+    users = sorted(line.split()[2] for line in lines)
+    assert users == ["pond-community", "pond-member", "pond-tagging"], \
+        "the README documents one ACL user per service"
     return lines
 
 
@@ -54,7 +58,8 @@ def user_url(redis_url: str, user: str, password: str) -> str:
 @pytest_asyncio.fixture
 async def service_users(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[dict[str, str]]:
     """The README's ACL users on the test server: name -> REDIS_URL for that user."""
-    passwords = {"MEMBER_PASSWORD": secrets.token_hex(8), "TAGGING_PASSWORD": secrets.token_hex(8)}
+    passwords = {name: secrets.token_hex(8)
+                 for name in ("MEMBER_PASSWORD", "TAGGING_PASSWORD", "COMMUNITY_PASSWORD")}
     for line in documented_acl_lines():
         for placeholder, password in passwords.items():
             line = line.replace(placeholder, password)
@@ -63,9 +68,11 @@ async def service_users(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[
         yield {
             "member": user_url(redis_url, "pond-member", passwords["MEMBER_PASSWORD"]),
             "tagging": user_url(redis_url, "pond-tagging", passwords["TAGGING_PASSWORD"]),
+            "community": user_url(redis_url, "pond-community", passwords["COMMUNITY_PASSWORD"]),
         }
     finally:
-        await redis.execute_command("ACL", "DELUSER", "pond-member", "pond-tagging")
+        await redis.execute_command("ACL", "DELUSER", "pond-member", "pond-tagging",
+                                    "pond-community")
 
 
 async def test_embedded_valkey_refuses_clients_without_its_password(tmp_path: Path):
@@ -91,10 +98,13 @@ async def test_each_service_user_adds_events_only_to_its_own_stream(
 ):
     member = connect_redis(service_users["member"])
     tagging = connect_redis(service_users["tagging"])
+    community = connect_redis(service_users["community"])
     try:
         assert await member.xadd(MEMBER_STREAM, {b"e": b"x"})
         assert await tagging.xadd(TAGGING_STREAM, {b"e": b"x"})
-        for client, other in ((member, TAGGING_STREAM), (tagging, MEMBER_STREAM)):
+        assert await community.xadd(COMMUNITY_STREAM, {b"e": b"x"})
+        for client, other in ((member, TAGGING_STREAM), (tagging, MEMBER_STREAM),
+                              (community, MEMBER_STREAM), (member, COMMUNITY_STREAM)):
             with pytest.raises(NoPermissionError):
                 await client.xadd(other, {b"e": b"forged"})
         with pytest.raises(NoPermissionError):
@@ -103,6 +113,7 @@ async def test_each_service_user_adds_events_only_to_its_own_stream(
     finally:
         await member.aclose()
         await tagging.aclose()
+        await community.aclose()
 
 
 async def test_both_services_run_on_their_acl_users(
@@ -160,3 +171,41 @@ async def test_both_services_run_on_their_acl_users(
     finally:
         await tagging.stop(0)
         await member.stop(0)
+
+
+async def test_the_community_service_runs_on_its_acl_user(
+    tmp_path: Path, redis: aioredis.Redis, service_users: dict[str, str]
+):
+    """Its relay (the lease script, XADD to its own stream) under the documented user."""
+    from pond.community.v1 import community_pb2 as cpb
+    from pond.community.v1 import community_pb2_grpc
+    from pond.events.v1 import member_events_pb2 as mev
+
+    from services.community.server import start_community_service
+    from services.community.settings import CommunitySettings
+    from services.runtime.eventbus import make_event
+
+    community = await start_community_service(CommunitySettings(
+        data_dir=tmp_path / "community", auth_secret=TEST_SECRET, mode="test",
+        redis_url=service_users["community"], outbox_poll_seconds=0.05, event_block_ms=100),
+        port=0, metrics=False)
+    md = call_metadata(token(Role.OPERATOR))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{community.port}") as channel:
+            stub = community_pb2_grpc.CommunityServiceStub(channel)
+            await stub.CreateGroup(cpb.CreateGroupRequest(group_id="g", group=cpb.Group(
+                name="g", kind=cpb.GROUP_KIND_INTEREST)), metadata=md)
+            await stub.JoinGroup(cpb.JoinGroupRequest(group_id="g", member_id="m1"), metadata=md)
+            await eventually(lambda: redis.xlen(COMMUNITY_STREAM), lambda n: n == 2)
+            # Its consumer of the member stream (MembersMerged) works under the user too.
+            merged = make_event("member", "m2", mev.MembersMerged(
+                surviving_id="m2", merged_id="m1"), datetime.now(UTC))
+            await redis.xadd(MEMBER_STREAM, {b"e": merged.SerializeToString()})
+
+            async def in_group() -> bool:
+                return (await stub.IsMemberInAnyGroup(cpb.IsMemberInAnyGroupRequest(
+                    member_id="m2"), metadata=md)).in_group
+
+            await eventually(in_group, bool)
+    finally:
+        await community.stop(0)

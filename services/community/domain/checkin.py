@@ -1,0 +1,33 @@
+"""Daily check-in (签到): once per member per calendar day of the brand's time zone,
+with the current and best streak. No I/O: days come in as dates."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+Doc = dict[str, Any]
+
+
+def brand_day(now: datetime, timezone: str) -> date:
+    return now.astimezone(ZoneInfo(timezone)).date()
+
+
+def next_streak(streak: Doc | None, today: date) -> Doc:
+    """The member's streak record after checking in `today` (once a day: the caller
+    knows today's check-in is new)."""
+    if streak is None:
+        return {"streak": 1, "best_streak": 1, "total_days": 1, "last_day": today.isoformat()}
+    last = date.fromisoformat(streak["last_day"])
+    run = streak["streak"] + 1 if last == today - timedelta(days=1) else 1
+    return {**streak, "streak": run, "best_streak": max(run, streak["best_streak"]),
+            "total_days": streak["total_days"] + 1, "last_day": today.isoformat()}
+
+
+def current_streak(streak: Doc | None, today: date) -> int:
+    """Days in a row that end today or yesterday (still unbroken); 0 otherwise."""
+    if streak is None:
+        return 0
+    last = date.fromisoformat(streak["last_day"])
+    return int(streak["streak"]) if today - last <= timedelta(days=1) else 0

@@ -1,0 +1,68 @@
+"""The community service's collections, declared once for the runtime's document
+store (SQLite embedded, MongoDB in production), and the queries its use cases share.
+
+  groups         by group id; `open` (active and below capacity) kept on every write.
+                 Routing reads a pool's open groups by the index (pool_id, open,
+                 sequence) or (pool_id, open, member_count, sequence): never every group.
+  memberships    "<group>:<member>", one per member and group, its state and the last
+                 stint's times (history: left and removed ones stay).
+  member_stats   by member id: groups the member is in now, first join (the POS's
+                 point read, and whether a join is the member's first ever).
+  rules          routing rules by id (last_sequence: the pool's overflow numbering).
+  checkins       "<member>:<YYYY-MM-DD>"; streaks by member id.
+  chains         by chain id; chain_entries "<chain>:<member>".
+Times are epoch microseconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.runtime.documents import Collection, DocumentStore, Index, Schema
+
+GROUPS = Collection(
+    "groups",
+    (
+        # With _id (the store's tie-break) the pool's next group is one index entry.
+        Index(("pool_id", "open", "sequence", "_id")),
+        Index(("pool_id", "open", "member_count", "sequence", "_id")),
+        Index(("store_id",)),
+        Index(("owner_guide_id",)),
+    ),
+    fields=("kind", "level", "city", "state"),
+)
+MEMBERSHIPS = Collection(
+    "memberships",
+    (Index(("group_id", "state")), Index(("member_id", "state")), Index(("member_id", "pool_id"))),
+)
+MEMBER_STATS = Collection("member_stats")
+RULES = Collection("rules", (Index(("deleted", "priority")),))
+CHECKINS = Collection("checkins")
+STREAKS = Collection("streaks")
+CHAINS = Collection("chains", (Index(("group_id", "state")),))
+CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),))
+SCHEMA = Schema(
+    "community",
+    (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES),
+)
+Doc = dict[str, Any]
+
+
+def membership_id(group_id: str, member_id: str) -> str:
+    return f"{group_id}:{member_id}"
+
+
+async def open_pool_group(store: DocumentStore, pool_id: str, order: tuple[str, ...]) -> Doc | None:
+    """The pool's next group to fill (an indexed read of one document)."""
+    found = await store.find(GROUPS.name, {"pool_id": pool_id, "open": True}, order=order,
+                             limit=1)
+    return found[0] if found else None
+
+
+async def open_groups_in_pool(store: DocumentStore, pool_id: str) -> int:
+    return await store.count(GROUPS.name, {"pool_id": pool_id, "open": True})
+
+
+async def active_entries(store: DocumentStore, chain_id: str) -> list[Doc]:
+    """A chain's active entries in joining order (its order list)."""
+    return await store.find(CHAIN_ENTRIES.name, {"chain_id": chain_id, "state": "active"},
+                            order=("position",))

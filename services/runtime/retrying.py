@@ -1,0 +1,52 @@
+"""Writes that race on a record, for every service: attempts on one key take turns
+within the process (a keyed lock, so they never conflict with each other and
+contention never becomes a failure), and across processes the store's guards decide:
+an attempt that lost (Conflict, or DuplicateKey when a concurrent insert won) reloads
+and goes again after a short, growing, jittered pause, up to `attempts` times.
+
+    writes = Retrying(on_exhausted=lambda: conflict("CONCURRENT_UPDATE", "...", domain=D))
+    return await writes.run(("pool", rule_id), attempt)   # attempt: load, decide, commit
+
+An attempt is the whole read-decide-commit: it must reload what it decides on."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar
+
+from services.runtime.documents import Conflict, DuplicateKey
+from services.runtime.keyed_lock import KeyedLock
+
+T = TypeVar("T")
+DEFAULT_ATTEMPTS = 8
+BACKOFF_BASE_SECONDS = 0.005
+BACKOFF_CAP_SECONDS = 0.25
+
+
+class Retrying:
+    def __init__(
+        self,
+        on_exhausted: Callable[[], Exception],
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        retry_on: tuple[type[Exception], ...] = (Conflict, DuplicateKey),
+    ) -> None:
+        self._locks = KeyedLock()
+        self._on_exhausted = on_exhausted
+        self._attempts = attempts
+        self._retry_on = retry_on
+
+    async def run(self, key: Hashable, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` under `key`'s turn, again while it loses races."""
+        async with self._locks.hold(key):
+            for n in range(self._attempts):
+                if n:
+                    pause = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**n)
+                    await asyncio.sleep(random.uniform(0, pause))
+                try:
+                    return await attempt()
+                except self._retry_on:
+                    continue
+        raise self._on_exhausted()

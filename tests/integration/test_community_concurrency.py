@@ -1,0 +1,118 @@
+"""Under 1,000 concurrent calls over a real server: routing into one pool never
+exceeds a group's capacity and opens exactly the overflow groups it fills; a chain
+never sells more than its stock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import grpc
+from pond.community.v1 import community_pb2 as pb
+from pond.community.v1 import community_pb2_grpc
+
+from services.community.server import start_community_service
+from services.runtime.errors import error_details
+from tests.conftest import eventually
+from tests.integration.community_harness import (  # noqa: F401 (fixture)
+    Community,
+    community_fixture,
+    community_settings,
+    published,
+)
+
+JOINS = 1000
+
+
+async def test_a_thousand_concurrent_routes_fill_groups_and_open_overflow(community: Community,
+                                                                          redis):
+    c = community
+    await c.rule("flood", template=pb.GroupTemplate(name_prefix="Flood", kind=1, capacity=200,
+                                                    owner_guide_id="g1"))
+    await c.group("flood-hand", pool_id="flood", capacity=150)  # sequence 1
+    routed = await asyncio.gather(*(c.route(f"m{i:04d}", "flood") for i in range(JOINS)))
+    per_group = Counter(r.group.id for r in routed)
+    # 150 in the hand-made group, then 200 per opened group: 4 opened, the last with 50.
+    assert per_group == {"flood-hand": 150, "flood-2": 200, "flood-3": 200, "flood-4": 200,
+                         "flood-5": 200, "flood-6": 50}
+    assert sum(r.opened_group for r in routed) == 5
+    groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="flood"), metadata=c.md())
+    assert all(g.member_count <= g.capacity for g in groups.groups)
+    assert {g.id: g.member_count for g in groups.groups} == dict(per_group)
+    for g in groups.groups:  # the counts are the memberships, nothing counted twice
+        members = await c.stub.ListGroupMembers(pb.ListGroupMembersRequest(
+            group_id=g.id, page_size=500), metadata=c.md())
+        assert len(members.memberships) == g.member_count
+    rule = await c.stub.GetRoutingRule(pb.GetRoutingRuleRequest(rule_id="flood"),
+                                       metadata=c.md())
+    assert (rule.last_sequence, rule.open_groups) == (6, 1)
+    events = await eventually(lambda: published(redis),
+                              lambda e: sum(n == "MemberJoinedGroup" for n, _ in e) == JOINS)
+    assert sorted(p.sequence for n, p in events if n == "GroupOpened") == [2, 3, 4, 5, 6]
+
+
+async def test_a_thousand_concurrent_chain_joins_never_oversell(community: Community):
+    c = community
+    await c.group("a")
+    await c.stub.OpenChain(pb.OpenChainRequest(
+        chain_id="hot", group_id="a", product="Cherries", price_fen=19_900, stock=250,
+        per_member_limit=2, deadline=c.ts(hours=1)), metadata=c.md())
+
+    async def join(i: int) -> str:
+        try:
+            await c.stub.JoinChain(pb.JoinChainRequest(
+                chain_id="hot", member_id=f"m{i:04d}", quantity=1 + i % 2,
+                idempotency_key=f"k{i}"), metadata=c.md())
+        except grpc.aio.AioRpcError as err:
+            return error_details(err)[0]
+        return "ok"
+
+    outcomes = Counter(await asyncio.gather(*(join(i) for i in range(JOINS))))
+    assert set(outcomes) == {"ok", "CHAIN_OVER_STOCK"}
+    chain = await c.stub.GetChain(pb.GetChainRequest(chain_id="hot"), metadata=c.md())
+    assert chain.sold == sum(e.quantity for e in chain.entries) == 250
+    assert len(chain.entries) == outcomes["ok"]
+    assert sorted(e.position for e in chain.entries) == list(range(1, outcomes["ok"] + 1))
+
+
+async def test_two_replicas_routing_into_one_pool_keep_capacity(community: Community, tmp_path,
+                                                                redis_url: str):
+    """Across replicas nothing takes turns: the store's guards (the group's version,
+    the rule's last sequence, the overflow group's id) decide and the losers route
+    again."""
+    c = community
+    await c.rule("two", template=pb.GroupTemplate(name_prefix="Two", kind=1, capacity=50))
+    other = await start_community_service(
+        community_settings(tmp_path, redis_url, c.member.target), clock=c.clock, port=0,
+        metrics=False)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{other.port}")
+    stub = community_pb2_grpc.CommunityServiceStub(channel)
+    try:
+        async def route(i: int) -> pb.RouteMemberResponse:
+            target = stub if i % 2 else c.stub
+            return await target.RouteMember(pb.RouteMemberRequest(
+                member_id=f"m{i:03d}", rule_id="two"), metadata=c.md())
+
+        routed = await asyncio.gather(*(route(i) for i in range(400)))
+    finally:
+        await channel.close()
+        await other.stop(0)
+    assert Counter(r.group.id for r in routed) == {f"two-{n}": 50 for n in range(1, 9)}
+    assert sum(r.opened_group for r in routed) == 8
+    groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="two"), metadata=c.md())
+    assert sorted(g.member_count for g in groups.groups) == [50] * 8
+
+
+async def test_a_member_scanning_a_code_many_times_at_once_joins_one_group(
+        community: Community):
+    c = community
+    await c.rule("scan", template=pb.GroupTemplate(kind=1, capacity=7))
+    routed = await asyncio.gather(*(c.route(f"m{i % 50:02d}", "scan") for i in range(200)))
+    groups_of: dict[str, set[str]] = {}
+    for r in routed:
+        groups_of.setdefault(r.membership.member_id, set()).add(r.group.id)
+    assert all(len(g) == 1 for g in groups_of.values()) and len(groups_of) == 50
+    assert sum(not r.already_member for r in routed) == 50
+    groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="scan"), metadata=c.md())
+    assert sum(g.member_count for g in groups.groups) == 50
+    assert sorted(g.member_count for g in groups.groups) == [1] + [7] * 7
