@@ -7,7 +7,8 @@ on it) under that member's key. Within one process the attempts on one member ta
 turns (a keyed lock), so they never conflict and contention is never a failure: each
 attempt sees the one before it committed. Across processes (replicas) the store's
 guards decide (the member's version, an order's version); the loser (Conflict)
-reloads and tries again after a short, growing, jittered pause, MAX_ATTEMPTS times.
+reloads and tries again after a short, growing, jittered pause (the runtime's
+Retrying, as every service's writes).
 
 Idempotent calls (services.runtime.idempotency) keep their first response: the api
 passes an IdempotentCall whose render turns the use case's result into the response;
@@ -17,9 +18,6 @@ No gRPC here (api.py translates); no rules here (domain/ decides)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,14 +49,10 @@ from services.runtime.idempotency import (
     IdempotentCall,
 )
 from services.runtime.ids import new_id
-from services.runtime.keyed_lock import KeyedLock
+from services.runtime.retrying import DEFAULT_ATTEMPTS, Retrying
 
 DOMAIN = "pond.member"
-MAX_ATTEMPTS = 8
-# Pauses between attempts after a conflict with another replica: up to
-# BACKOFF_BASE * 2**n seconds (full jitter) before attempt n + 1, at most BACKOFF_CAP.
-BACKOFF_BASE = 0.005
-BACKOFF_CAP = 0.2
+MAX_ATTEMPTS = DEFAULT_ATTEMPTS  # also for loops that re-read who to hold (merges)
 T = TypeVar("T")
 R = TypeVar("R", bound=message.Message)
 
@@ -117,7 +111,14 @@ class MemberCore:
         )
         self._on_commit = on_commit
         self._program: tuple[float, TierProgram] | None = None
-        self._writing = KeyedLock()  # by member id: one write at a time per member
+        # By member id: one write at a time per member in this process; across
+        # replicas the member's version decides and the loser goes again.
+        self._writing = Retrying(
+            lambda: conflict(
+                "CONCURRENT_UPDATE", "the member changed concurrently; retry", domain=DOMAIN
+            ),
+            retry_on=(Conflict,),
+        )
 
     # -- plumbing --
     async def commit(self, w: MemberWrite) -> None:
@@ -138,30 +139,11 @@ class MemberCore:
         """Runs `attempt` (load, decide, commit) with the member's writes in this
         process held off, again when another replica's change won the race (see the
         module docstring). `member_id` "": nothing to hold (a member not known yet)."""
-        if not member_id:
-            return await self._attempts(attempt)
-        async with self._writing.hold(member_id):
-            return await self._attempts(attempt)
+        return await self._writing.run(member_id or None, attempt)
 
     async def retrying_all(self, member_ids: set[str], attempt: Callable[[], Awaitable[T]]) -> T:
-        """`retrying` holding several members' writes (a merge): their keys are taken
-        in sorted order, so two calls holding overlapping sets never wait on each
-        other crosswise."""
-        async with contextlib.AsyncExitStack() as held:
-            for member_id in sorted(member_ids):
-                await held.enter_async_context(self._writing.hold(member_id))
-            return await self._attempts(attempt)
-
-    @staticmethod
-    async def _attempts(attempt: Callable[[], Awaitable[T]]) -> T:
-        for n in range(MAX_ATTEMPTS):
-            if n:
-                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**n)))
-            try:
-                return await attempt()
-            except Conflict:
-                continue
-        raise conflict("CONCURRENT_UPDATE", "the member changed concurrently; retry", domain=DOMAIN)
+        """`retrying` holding several members' writes (a merge)."""
+        return await self._writing.run_all(set(member_ids), attempt)
 
     async def idempotent(
         self,

@@ -6,14 +6,17 @@ and goes again after a short, growing, jittered pause, up to `attempts` times.
 
     writes = Retrying(on_exhausted=lambda: conflict("CONCURRENT_UPDATE", "...", domain=D))
     return await writes.run(("pool", rule_id), attempt)   # attempt: load, decide, commit
+    return await writes.run_all({a, b}, attempt)          # a write of two records (a merge)
 
 An attempt is the whole read-decide-commit: it must reload what it decides on."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from services.runtime.documents import Conflict, DuplicateKey
@@ -35,18 +38,36 @@ class Retrying:
     ) -> None:
         self._locks = KeyedLock()
         self._on_exhausted = on_exhausted
-        self._attempts = attempts
+        self._max_attempts = attempts
         self._retry_on = retry_on
 
-    async def run(self, key: Hashable, attempt: Callable[[], Awaitable[T]]) -> T:
-        """`attempt()` under `key`'s turn, again while it loses races."""
+    def hold(self, key: Hashable) -> AbstractAsyncContextManager[None]:
+        """`key`'s turn without retrying: for a write whose races the caller handles."""
+        return self._locks.hold(key)
+
+    async def run(self, key: Hashable | None, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` under `key`'s turn, again while it loses races. `key` None:
+        nothing to hold (a record that does not exist yet)."""
+        if key is None:
+            return await self._attempts(attempt)
         async with self._locks.hold(key):
-            for n in range(self._attempts):
-                if n:
-                    pause = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**n)
-                    await asyncio.sleep(random.uniform(0, pause))
-                try:
-                    return await attempt()
-                except self._retry_on:
-                    continue
+            return await self._attempts(attempt)
+
+    async def run_all(self, keys: set[Hashable], attempt: Callable[[], Awaitable[T]]) -> T:
+        """`run` holding several keys: taken in sorted order, so two calls holding
+        overlapping sets never wait on each other crosswise. Keys must sort."""
+        async with contextlib.AsyncExitStack() as held:
+            for key in sorted(keys):  # type: ignore[type-var]
+                await held.enter_async_context(self._locks.hold(key))
+            return await self._attempts(attempt)
+
+    async def _attempts(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(self._max_attempts):
+            if n:
+                pause = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**n)
+                await asyncio.sleep(random.uniform(0, pause))
+            try:
+                return await attempt()
+            except self._retry_on:
+                continue
         raise self._on_exhausted()
