@@ -14,7 +14,12 @@ from services.community.domain.errors import RuleViolation
 from services.community.events import PRODUCER
 from services.runtime.clock import Clock, epoch_micros
 from services.runtime.documents import Doc, DocumentStore, UnitOfWork
-from services.runtime.errors import FailedPrecondition, conflict, failed_precondition, not_found
+from services.runtime.errors import (
+    FailedPrecondition,
+    broken_rule,
+    conflict,
+    not_found,
+)
 from services.runtime.eventbus import make_event
 from services.runtime.retrying import Retrying
 
@@ -23,7 +28,7 @@ T = TypeVar("T")
 
 
 def rule_error(exc: RuleViolation) -> FailedPrecondition:
-    return failed_precondition(exc.reason, exc.message, domain=DOMAIN, **exc.metadata)
+    return broken_rule(exc, domain=DOMAIN)
 
 
 class Writes:

@@ -39,6 +39,7 @@ from services.runtime.crypto import FieldCipher
 from services.runtime.documents import Conflict
 from services.runtime.errors import (
     PondError,
+    broken_rule,
     conflict,
     failed_precondition,
     not_found,
@@ -76,7 +77,7 @@ class NewIdentity:
 
 
 def rule_error(exc: RuleViolation) -> PondError:
-    return failed_precondition(exc.reason, exc.message, domain=DOMAIN, **exc.metadata)
+    return broken_rule(exc, domain=DOMAIN)
 
 
 def member_merged(m: Member) -> PondError:

@@ -21,15 +21,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import jwt
 
 from services.runtime.errors import permission_denied, unauthenticated
+
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -190,67 +193,105 @@ def mint_token(
     )
 
 
-class TokenVerifier:
-    """Verifies tokens meant for one service (`audience`); remembers verified ones
-    (until expiry) so a hot caller pays for the signature once, not on every call."""
+class VerifiedTokens(Generic[T]):
+    """Verifies JWTs signed with one AuthConfig for one audience, and remembers
+    verified ones (until expiry) so a hot caller pays for the signature once, not on
+    every call. `read` turns the verified claims into what the caller needs (raising
+    ValueError/KeyError/TypeError for claims it cannot use); `refuse(detail, expired)`
+    makes the error to raise. Services' tokens and the gateway's customer tokens both
+    go through here: one place checks the algorithm before any key is used (`none`,
+    RS256 or anything off the allow-list never reaches the HMAC secret), the key id,
+    issuer, audience, expiry and required claims."""
 
     _CACHE_LIMIT = 10_000
 
-    def __init__(self, config: AuthConfig | str, *, audience: str) -> None:
-        self._config = AuthConfig.from_secret(config) if isinstance(config, str) else config
-        self._keys: Mapping[str, SigningKey] = {k.key_id: k for k in self._config.keys()}
-        self._algorithms = list(self._config.algorithms)
-        self._audience = audience
-        self._leeway = self._config.leeway_seconds
-        self._cache: dict[str, tuple[Caller, float]] = {}
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        audience: str,
+        read: Callable[[dict[str, Any]], T],
+        refuse: Callable[[str, bool], Exception],
+        required: Sequence[str] = _REQUIRED_CLAIMS,
+    ) -> None:
+        self._config = config
+        self._keys: Mapping[str, SigningKey] = {k.key_id: k for k in config.keys()}
+        self._algorithms = list(config.algorithms)
+        self.audience = audience
+        self._leeway = config.leeway_seconds
+        self._read, self._refuse, self._required = read, refuse, list(required)
+        self._cache: dict[str, tuple[T, float]] = {}
 
-    def verify(self, token: str) -> Caller:
-        now = time.time()
+    def sign(self, claims: dict[str, Any]) -> str:
+        """`claims` signed with the current key (its id in the header)."""
+        key = self._config.signing_key
+        return jwt.encode(
+            claims, key.secret, algorithm=self._algorithms[0], headers={"kid": key.key_id}
+        )
+
+    def verify(self, token: str) -> T:
         hit = self._cache.get(token)
         if hit is not None:
-            if hit[1] > now:
+            if hit[1] > time.time():
                 return hit[0]
             del self._cache[token]
-            raise unauthenticated("token expired")
-        caller, expires = self._verified(token)
+            raise self._refuse("token expired", True)
+        value, expires = self._verified(token)
         if len(self._cache) >= self._CACHE_LIMIT:
             self._cache.clear()
-        self._cache[token] = (caller, expires)
-        return caller
+        self._cache[token] = (value, expires)
+        return value
 
-    def _verified(self, token: str) -> tuple[Caller, float]:
+    def _verified(self, token: str) -> tuple[T, float]:
+        refuse = self._refuse
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise unauthenticated("malformed token") from exc
+            raise refuse("malformed token", False) from exc
         if header.get("alg") not in self._algorithms:
-            raise unauthenticated("token algorithm not allowed")
-        key = self._keys.get(header.get("kid") or "")
+            raise refuse("token algorithm not allowed", False)
+        key = self._keys.get(str(header.get("kid") or ""))
         if key is None:
-            raise unauthenticated("token signed with an unknown key (kid)")
+            raise refuse("token signed with an unknown key (kid)", False)
         try:
             claims = jwt.decode(
                 token,
                 key.secret,
                 algorithms=self._algorithms,
-                audience=self._audience,
+                audience=self.audience,
                 issuer=self._config.issuer,
                 leeway=self._leeway,
-                options={"require": _REQUIRED_CLAIMS},
+                options={"require": self._required},
             )
-            caller = Caller(subject=str(claims["sub"]), role=Role(claims["role"]))
+            value = self._read(claims)
             expires = float(claims["exp"]) + self._leeway
         except jwt.ExpiredSignatureError as exc:
-            raise unauthenticated("token expired") from exc
+            raise refuse("token expired", True) from exc
         except jwt.InvalidAudienceError as exc:
-            raise unauthenticated(f"token not meant for this service ({self._audience})") from exc
+            raise refuse(f"token not meant for this audience ({self.audience})", False) from exc
         except jwt.InvalidIssuerError as exc:
-            raise unauthenticated("token from another issuer") from exc
+            raise refuse("token from another issuer", False) from exc
         except jwt.InvalidSignatureError as exc:
-            raise unauthenticated("bad token signature") from exc
+            raise refuse("bad token signature", False) from exc
         except (jwt.InvalidTokenError, ValueError, KeyError, TypeError) as exc:
-            raise unauthenticated("malformed token") from exc
-        return caller, expires
+            raise refuse("malformed token", False) from exc
+        return value, expires
+
+
+def _caller_of(claims: dict[str, Any]) -> Caller:
+    return Caller(subject=str(claims["sub"]), role=Role(claims["role"]))
+
+
+class TokenVerifier(VerifiedTokens[Caller]):
+    """Verifies tokens meant for one service (`audience`): the caller and its role."""
+
+    def __init__(self, config: AuthConfig | str, *, audience: str) -> None:
+        super().__init__(
+            AuthConfig.from_secret(config) if isinstance(config, str) else config,
+            audience=audience,
+            read=_caller_of,
+            refuse=lambda detail, _expired: unauthenticated(detail),
+        )
 
 
 class Authorizer:

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from google.rpc import error_details_pb2, status_pb2
 
+from services.runtime.rules import RuleViolation
+
 # What an error may hold of the caller's input (characters, except where in bytes).
 ECHO_CHARS = 64  # an id or value quoted in a message, or an ErrorInfo metadata value
 DESCRIPTION_CHARS = 160  # one field violation's description
@@ -278,3 +280,8 @@ def error_details(rpc_error: object) -> tuple[str, list[tuple[str, str]]]:
     info, bad = rpc_error_details(rpc_error)
     violations = [(v.field, v.description) for v in bad.field_violations] if bad else []
     return (info.reason if info else ""), violations
+
+
+def broken_rule(exc: RuleViolation, *, domain: str) -> FailedPrecondition:
+    """A domain rule's refusal as FAILED_PRECONDITION with its reason and metadata."""
+    return failed_precondition(exc.reason, exc.message, domain=domain, **exc.metadata)

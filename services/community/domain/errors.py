@@ -3,10 +3,6 @@ reason (UPPER_SNAKE) and message."""
 
 from __future__ import annotations
 
+from services.runtime.rules import RuleViolation
 
-class RuleViolation(Exception):
-    def __init__(self, reason: str, message: str, **metadata: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.metadata = metadata
+__all__ = ["RuleViolation"]
