@@ -38,4 +38,11 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "ChangeChainEntry": EVERYONE,
     "WithdrawChainEntry": EVERYONE,
     "CloseChain": STAFF,
+    # Column schedules: the brand's operations (guides read what is posted).
+    "CreateColumn": BACK_OFFICE,
+    "GetColumn": STAFF,
+    "ListColumns": STAFF,
+    "UpdateColumn": BACK_OFFICE,
+    "ArchiveColumn": BACK_OFFICE,
+    "ListColumnPosts": STAFF,
 }

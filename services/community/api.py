@@ -14,6 +14,8 @@ from services.community import validation as val
 from services.community.access import AUTH_RULES as AUTH_RULES  # re-exported
 from services.community.chains import Chains
 from services.community.checkin import CheckIns
+from services.community.columns import Columns
+from services.community.columns_api import ColumnsApi
 from services.community.groups import Groups
 from services.community.membership import Joined, Membership
 from services.community.routing import Routing
@@ -38,6 +40,7 @@ class UseCases:
     routing: Routing
     check_ins: CheckIns
     chains: Chains
+    columns: Columns
 
 
 def _ids(*fields: tuple[str, str]) -> None:
@@ -65,9 +68,10 @@ def _joined_pb(j: Joined) -> pb.JoinGroupResponse:
                                 already_member=j.already_member, first_join=j.first_join)
 
 
-class CommunityServicer(community_pb2_grpc.CommunityServiceServicer):
+class CommunityServicer(ColumnsApi, community_pb2_grpc.CommunityServiceServicer):
     def __init__(self, uc: UseCases) -> None:
         self.uc = uc
+        self.columns = uc.columns
 
     def _end_time(self, v: Violations, g: pb.Group) -> None:
         end = timestamp(v, g, "end_time", path="group.end_time")

@@ -21,3 +21,4 @@ ChainJoined = cev.ChainJoined
 ChainEntryChanged = cev.ChainEntryChanged
 ChainClosed = cev.ChainClosed
 ChainOrderLine = cev.ChainOrderLine
+ColumnPostDue = cev.ColumnPostDue

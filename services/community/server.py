@@ -13,7 +13,9 @@ from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
 from services.community.api import AUTH_RULES, CommunityServicer, UseCases
 from services.community.chains import CHAIN_DEADLINE, Chains
+from services.community.channels import LoggingChannel, channel_consumer
 from services.community.checkin import CheckIns
+from services.community.columns import COLUMN_DUE, Columns
 from services.community.events import STREAM
 from services.community.groups import GROUP_END, Groups
 from services.community.membership import Membership
@@ -50,7 +52,11 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         routing=Routing(writes, membership),
         check_ins=CheckIns(writes),
         chains=Chains(writes, timedelta(days=settings.idempotency_retention_days)),
+        columns=Columns(writes),
     )
+    consumers = []
+    if settings.community_channel == "log":
+        consumers.append(channel_consumer(LoggingChannel(), store, ctx.clock))
     servicer = CommunityServicer(uc)
     return Service(
         registration=ServiceRegistration(
@@ -61,7 +67,9 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         ),
         store=store,
         publishes=STREAM,
-        timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline},
+        consumers=consumers,
+        timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline,
+                COLUMN_DUE: uc.columns.on_due},
         handle=uc,
     )
 

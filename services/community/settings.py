@@ -13,3 +13,6 @@ class CommunitySettings(RuntimeSettings):
     # the tagging service (tags and segments) answer, as host:port.
     community_member_target: str = "127.0.0.1:50051"
     community_tagging_target: str = "127.0.0.1:50052"
+    # Where due column posts go: "log" (the dev adapter logs them) or "off" (another
+    # process, e.g. the WeCom adapter, consumes ColumnPostDue).
+    community_channel: str = "log"

@@ -11,6 +11,8 @@ store (SQLite embedded, MongoDB in production), and the queries its use cases sh
   rules          routing rules by id (last_sequence: the pool's overflow numbering).
   checkins       "<member>:<YYYY-MM-DD>"; streaks by member id.
   chains         by chain id; chain_entries "<chain>:<member>".
+  columns        by column id: a column's content, recurrence, target, next_at.
+  column_posts   "<column>:<group>:<occurrence>": one per group and occurrence.
 Times are epoch microseconds."""
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ GROUPS = Collection(
         Index(("pool_id", "open", "member_count", "sequence")),
         Index(("store_id",)),
         Index(("owner_guide_id",)),
+        Index(("kind", "state")),  # a column's target: every active group of a kind
+        Index(("wecom_chat_id",)),  # WeCom callbacks name groups by their chat id
     ),
     fields=("kind", "level", "city", "state"),
 )
@@ -39,9 +43,14 @@ CHECKINS = Collection("checkins")
 STREAKS = Collection("streaks")
 CHAINS = Collection("chains", (Index(("group_id", "state")),))
 CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),))
+# Operations (columns, activity and health, WeCom callbacks, graduation):
+COLUMNS = Collection("columns", (Index(("state",)),))
+COLUMN_POSTS = Collection("column_posts", (Index(("column_id", "occurrence")),
+                                           Index(("group_id", "occurrence"))))
 SCHEMA = Schema(
     "community",
-    (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES),
+    (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES,
+     COLUMNS, COLUMN_POSTS),
 )
 Doc = dict[str, Any]
 

@@ -6,6 +6,7 @@ out at 08:00 in the brand's time zone whatever the server's."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -90,3 +91,59 @@ def occurrence_key(column_id: str, group_id: str, moment: datetime) -> str:
     """One post per column, group and occurrence: the outbox event's idempotency key,
     so a replica or a restart that fires the same occurrence again posts nothing."""
     return f"{column_id}:{group_id}:{moment.astimezone(UTC):%Y%m%dT%H%M}"
+
+
+# -- columns as documents (times in epoch microseconds, dates as YYYY-MM-DD) --
+
+COLUMN_ACTIVE, COLUMN_ARCHIVED = "active", "archived"
+MAX_TITLE = 100
+MAX_TEXT = 4000
+
+
+def parse_at(value: str) -> time | None:
+    """"HH:MM" (24 h) as a time; None when it is not one."""
+    try:
+        hours, minutes = value.split(":")
+        if len(hours) != 2 or len(minutes) != 2:
+            return None
+        return time(int(hours), int(minutes))
+    except ValueError:
+        return None
+
+
+def parse_day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value) if len(value) == 10 else None
+    except ValueError:
+        return None
+
+
+def recurrence_of(doc: dict[str, Any]) -> Recurrence:
+    """The Recurrence a column document stores (checked when it was written)."""
+    once = doc.get("once_at") or 0
+    return Recurrence(
+        cadence=Cadence(doc["cadence"]),
+        at=parse_at(doc.get("at") or "08:00") or time(8, 0),
+        weekdays=frozenset(doc.get("weekdays") or ()),
+        once_at=datetime.fromtimestamp(once / 1_000_000, UTC) if once else None,
+        starts_on=parse_day(doc.get("starts_on") or ""),
+        ends_on=parse_day(doc.get("ends_on") or ""),
+    )
+
+
+def next_after_micros(doc: dict[str, Any], after_micros: int, zone: ZoneInfo) -> int:
+    """The column's next occurrence after `after_micros`, 0 when none is left."""
+    after = datetime.fromtimestamp(after_micros / 1_000_000, UTC)
+    found = next_occurrence(recurrence_of(doc), after, zone)
+    return int(found.timestamp() * 1_000_000) if found else 0
+
+
+def targets_group(target: dict[str, Any], group: dict[str, Any]) -> bool:
+    """Whether a group is one a column's target names (active groups only)."""
+    if group["state"] != "active":
+        return False
+    if target.get("group_id"):
+        return bool(group["_id"] == target["group_id"])
+    return bool(group["kind"] == target["kind"]
+                and (not target.get("store_id") or group["store_id"] == target["store_id"])
+                and (not target.get("city") or group["city"] == target["city"]))
