@@ -19,6 +19,8 @@ from services.community.columns_api import ColumnsApi
 from services.community.groups import Groups
 from services.community.membership import Joined, Membership
 from services.community.routing import Routing
+from services.community.wecom.receiver import CallbackServer
+from services.community.wecom_sync import WeComSync
 from services.community.writes import DOMAIN
 from services.runtime import paging
 from services.runtime.auth import Role, current_caller, ensure_acts_for
@@ -41,6 +43,8 @@ class UseCases:
     check_ins: CheckIns
     chains: Chains
     columns: Columns
+    wecom: WeComSync
+    callbacks: CallbackServer | None = None  # the WeCom callback receiver, when configured
 
 
 def _ids(*fields: tuple[str, str]) -> None:

@@ -23,11 +23,15 @@ from services.community.peers import Peers
 from services.community.routing import Routing
 from services.community.settings import CommunitySettings
 from services.community.store import SCHEMA
+from services.community.wecom.crypto import WeComCrypto
+from services.community.wecom.receiver import CallbackServer, callback_app
+from services.community.wecom_sync import WECOM_EVENT, WeComSync
 from services.community.writes import Writes
 from services.runtime.clock import Clock
 from services.runtime.host import HostContext, Service, ServiceSpec, start_service
 from services.runtime.hosted import HostedService
 from services.runtime.server import ServiceRegistration
+from services.runtime.supervision import Task
 
 SERVICE = community_pb2.DESCRIPTOR.services_by_name["CommunityService"]
 MEMBER_SERVICE = member_pb2.DESCRIPTOR.services_by_name["MemberService"]
@@ -39,21 +43,29 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
     store = await ctx.open_store(SCHEMA)
     peers = Peers(
         members=ctx.client(settings.community_member_target, member_pb2_grpc.MemberServiceStub,
-                           MEMBER_SERVICE, idempotent=["GetMember"]),
+                           MEMBER_SERVICE, idempotent=["GetMember", "FindMember"]),
         tagging=ctx.client(settings.community_tagging_target,
                            tagging_pb2_grpc.TaggingServiceStub, TAGGING_SERVICE,
                            idempotent=["GetMemberProfile", "CheckMembership"]),
     )
     writes = Writes(store, ctx.clock, settings.timezone)
     membership = Membership(writes, peers)
+    groups = Groups(writes)
     uc = UseCases(
-        groups=Groups(writes),
+        groups=groups,
         membership=membership,
         routing=Routing(writes, membership),
         check_ins=CheckIns(writes),
         chains=Chains(writes, timedelta(days=settings.idempotency_retention_days)),
         columns=Columns(writes),
+        wecom=WeComSync(writes, membership, groups, peers),
     )
+    tasks = []
+    wecom = settings.wecom_callback()
+    if wecom is not None:
+        uc.callbacks = CallbackServer(callback_app(WeComCrypto(*wecom), uc.wecom.receive),
+                                      settings.host, settings.community_callback_port)
+        tasks.append(Task("wecom-callbacks", uc.callbacks.run, required=True))
     consumers = []
     if settings.community_channel == "log":
         consumers.append(channel_consumer(LoggingChannel(), store, ctx.clock))
@@ -69,7 +81,8 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         publishes=STREAM,
         consumers=consumers,
         timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline,
-                COLUMN_DUE: uc.columns.on_due},
+                COLUMN_DUE: uc.columns.on_due, WECOM_EVENT: uc.wecom.on_event},
+        tasks=tasks,
         handle=uc,
     )
 

@@ -6,9 +6,9 @@ out at 08:00 in the brand's time zone whatever the server's."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Any
 from zoneinfo import ZoneInfo
 
 MAX_OCCURRENCES = 1000  # one query never expands more than this
