@@ -45,4 +45,10 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "UpdateColumn": BACK_OFFICE,
     "ArchiveColumn": BACK_OFFICE,
     "ListColumnPosts": STAFF,
+    # Activity and health: WeCom's statistics come from a service (or an operator's
+    # import); guides see their groups' health.
+    "RecordGroupActivity": BACK_OFFICE,
+    "GetGroupHealth": STAFF,
+    "RankGroupsByHealth": STAFF,
+    "GetColumnEffect": STAFF,
 }

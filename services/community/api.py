@@ -12,11 +12,13 @@ from pond.community.v1 import community_pb2_grpc
 from services.community import convert
 from services.community import validation as val
 from services.community.access import AUTH_RULES as AUTH_RULES  # re-exported
+from services.community.activity import Activity
 from services.community.chains import Chains
 from services.community.checkin import CheckIns
 from services.community.columns import Columns
 from services.community.columns_api import ColumnsApi
 from services.community.groups import Groups
+from services.community.health_api import HealthApi
 from services.community.membership import Joined, Membership
 from services.community.routing import Routing
 from services.community.wecom.receiver import CallbackServer
@@ -44,6 +46,7 @@ class UseCases:
     chains: Chains
     columns: Columns
     wecom: WeComSync
+    activity: Activity
     callbacks: CallbackServer | None = None  # the WeCom callback receiver, when configured
 
 
@@ -72,10 +75,11 @@ def _joined_pb(j: Joined) -> pb.JoinGroupResponse:
                                 already_member=j.already_member, first_join=j.first_join)
 
 
-class CommunityServicer(ColumnsApi, community_pb2_grpc.CommunityServiceServicer):
+class CommunityServicer(ColumnsApi, HealthApi, community_pb2_grpc.CommunityServiceServicer):
     def __init__(self, uc: UseCases) -> None:
         self.uc = uc
         self.columns = uc.columns
+        self.activity = uc.activity
 
     def _end_time(self, v: Violations, g: pb.Group) -> None:
         end = timestamp(v, g, "end_time", path="group.end_time")

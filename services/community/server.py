@@ -11,6 +11,7 @@ from pond.community.v1 import community_pb2, community_pb2_grpc
 from pond.member.v1 import member_pb2, member_pb2_grpc
 from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
+from services.community.activity import Activity
 from services.community.api import AUTH_RULES, CommunityServicer, UseCases
 from services.community.chains import CHAIN_DEADLINE, Chains
 from services.community.channels import LoggingChannel, channel_consumer
@@ -59,6 +60,7 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         chains=Chains(writes, timedelta(days=settings.idempotency_retention_days)),
         columns=Columns(writes),
         wecom=WeComSync(writes, membership, groups, peers),
+        activity=Activity(writes),
     )
     tasks = []
     wecom = settings.wecom_callback()
@@ -66,7 +68,7 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         uc.callbacks = CallbackServer(callback_app(WeComCrypto(*wecom), uc.wecom.receive),
                                       settings.host, settings.community_callback_port)
         tasks.append(Task("wecom-callbacks", uc.callbacks.run, required=True))
-    consumers = []
+    consumers = uc.activity.consumers(store, ctx.clock)
     if settings.community_channel == "log":
         consumers.append(channel_consumer(LoggingChannel(), store, ctx.clock))
     servicer = CommunityServicer(uc)

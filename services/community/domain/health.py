@@ -146,3 +146,50 @@ def weekday_effect(
         else:
             effect[weekday] = round((sum(on) / len(on)) / (sum(off) / len(off)), 3)
     return effect
+
+
+@dataclass(frozen=True)
+class WeekdayCompare:
+    ratio: float | None  # mean weight on post days over days without; None: no comparison
+    posted_days: int
+    other_days: int
+
+
+def pooled_weekday_effect(
+    groups: Iterable[tuple[Sequence[DayActivity], Iterable[date]]],
+) -> dict[int, WeekdayCompare]:
+    """weekday_effect over several groups at once (0 = Monday): each group's days
+    with a post of the column against its days without, pooled per weekday."""
+    on: dict[int, list[int]] = {w: [] for w in range(7)}
+    off: dict[int, list[int]] = {w: [] for w in range(7)}
+    for days, post_days in groups:
+        posted = set(post_days)
+        for d in days:
+            (on if d.day in posted else off)[d.day.weekday()].append(d.weight)
+    out: dict[int, WeekdayCompare] = {}
+    for w in range(7):
+        ratio = None
+        if on[w] and off[w] and sum(off[w]) > 0:
+            ratio = round((sum(on[w]) / len(on[w])) / (sum(off[w]) / len(off[w])), 3)
+        out[w] = WeekdayCompare(ratio, len(on[w]), len(off[w]))
+    return out
+
+
+def day_activity(doc: dict[str, object]) -> DayActivity:
+    """A stored day of a group's counters (missing counters are 0)."""
+    def n(name: str) -> int:
+        value = doc.get(name, 0)
+        return value if isinstance(value, int) else 0
+
+    return DayActivity(date.fromisoformat(str(doc["day"])), n("messages"), n("speakers"),
+                       n("check_ins"), n("chain_joins"), n("orders"))
+
+
+def filled(days: Iterable[DayActivity], first: date, last: date) -> list[DayActivity]:
+    """Every day from `first` to `last`, those without a record as days of nothing."""
+    known = {d.day: d for d in days}
+    out, day = [], first
+    while day <= last:
+        out.append(known.get(day, DayActivity(day)))
+        day += timedelta(days=1)
+    return out
