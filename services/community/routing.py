@@ -118,14 +118,16 @@ class Routing:
         else:
             rule = await self._matching_rule(lookup, store_id, city)
         rule_id = rule["_id"]
-        current = await self.store.find(
-            MEMBERSHIPS.name, {"member_id": member_id, "pool_id": rule_id, "state": ACTIVE},
-            limit=1)
-        if current:  # routed before (a second scan of the code): the same group
-            group = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
-            return Routed(Joined(group, current[0], already_member=True), rule_id)
+        if rule["template"]:  # ask what the pool's entry rules need before taking the turn
+            await self.membership.entry_facts(rule["template"]["entry_rules"], lookup,
+                                              payment_id)
 
         async def attempt() -> Routed:
+            current = await self.store.find(MEMBERSHIPS.name, {
+                "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
+            if current:  # routed before (the code scanned twice): the same group
+                group = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
+                return Routed(Joined(group, current[0], already_member=True), rule_id)
             rule = await self.get_rule(rule_id)
             uow = UnitOfWork()
             group = await open_pool_group(self.store, rule_id,

@@ -132,9 +132,10 @@ async def community_fixture(member: MemberHarness, redis_url: str, redis,
         community_settings(tmp_path, redis_url, member.target), clock=clock, port=0,
         metrics=False)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield Community(service, channel, community_pb2_grpc.CommunityServiceStub(channel),
+    harness = Community(service, channel, community_pb2_grpc.CommunityServiceStub(channel),
                         clock, member)
-    finally:
-        await channel.close()
-        await service.stop(0)
+    try:
+        yield harness
+    finally:  # the harness's service: a test may have restarted it
+        await harness.channel.close()
+        await harness.service.stop(0)

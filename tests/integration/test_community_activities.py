@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 
 import grpc
 from pond.community.v1 import community_pb2 as pb
+from pond.community.v1 import community_pb2_grpc
 
+from services.community.server import start_community_service
 from services.runtime.auth import Role
 from tests.conftest import eventually
 from tests.integration.community_harness import (  # noqa: F401 (fixture)
     Community,
     community_fixture,
+    community_settings,
     fails,
     published,
 )
@@ -178,3 +181,25 @@ async def test_a_chain_closes_at_its_deadline_by_the_timer(community: Community,
     closing = next(p for n, p in events if n == "ChainClosed")
     assert (closing.closed_by, closing.total_quantity, closing.total_fen) == (
         "deadline", 3, 3 * 19_900)
+
+
+async def test_a_deadline_passed_while_the_service_was_down_closes_at_start(
+        community: Community, tmp_path, redis_url: str):
+    c = community
+    await c.group("a")
+    await open_chain(c, deadline=c.ts(hours=1))
+    await join(c, "m1", 2, "k1")
+    await c.service.stop(0)
+    await c.channel.close()
+    c.clock.advance(hours=2)
+    c.service = await start_community_service(
+        community_settings(tmp_path, redis_url, c.member.target), clock=c.clock, port=0,
+        metrics=False)
+    c.channel = grpc.aio.insecure_channel(f"127.0.0.1:{c.service.port}")
+    c.stub = community_pb2_grpc.CommunityServiceStub(c.channel)
+
+    async def get():
+        return await c.stub.GetChain(pb.GetChainRequest(chain_id="cherries"), metadata=c.md())
+
+    closed = await eventually(get, lambda ch: ch.state == pb.CHAIN_STATE_CLOSED)
+    assert closed.closed_by == "deadline" and [e.quantity for e in closed.entries] == [2]

@@ -101,3 +101,18 @@ async def test_two_replicas_routing_into_one_pool_keep_capacity(community: Commu
     assert sum(r.opened_group for r in routed) == 8
     groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="two"), metadata=c.md())
     assert sorted(g.member_count for g in groups.groups) == [50] * 8
+
+
+async def test_a_member_scanning_a_code_many_times_at_once_joins_one_group(
+        community: Community):
+    c = community
+    await c.rule("scan", template=pb.GroupTemplate(kind=1, capacity=7))
+    routed = await asyncio.gather(*(c.route(f"m{i % 50:02d}", "scan") for i in range(200)))
+    groups_of: dict[str, set[str]] = {}
+    for r in routed:
+        groups_of.setdefault(r.membership.member_id, set()).add(r.group.id)
+    assert all(len(g) == 1 for g in groups_of.values()) and len(groups_of) == 50
+    assert sum(not r.already_member for r in routed) == 50
+    groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="scan"), metadata=c.md())
+    assert sum(g.member_count for g in groups.groups) == 50
+    assert sorted(g.member_count for g in groups.groups) == [1] + [7] * 7
