@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from datetime import datetime
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
