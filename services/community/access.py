@@ -51,4 +51,6 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "GetGroupHealth": STAFF,
     "RankGroupsByHealth": STAFF,
     "GetColumnEffect": STAFF,
+    # Graduation moves many members at once: back office.
+    "GraduateMembers": BACK_OFFICE,
 }

@@ -17,6 +17,8 @@ from services.community.chains import Chains
 from services.community.checkin import CheckIns
 from services.community.columns import Columns
 from services.community.columns_api import ColumnsApi
+from services.community.graduation import Graduation
+from services.community.graduation_api import GraduationApi
 from services.community.groups import Groups
 from services.community.health_api import HealthApi
 from services.community.membership import Joined, Membership
@@ -47,6 +49,7 @@ class UseCases:
     columns: Columns
     wecom: WeComSync
     activity: Activity
+    graduation: Graduation
     callbacks: CallbackServer | None = None  # the WeCom callback receiver, when configured
 
 
@@ -75,11 +78,13 @@ def _joined_pb(j: Joined) -> pb.JoinGroupResponse:
                                 already_member=j.already_member, first_join=j.first_join)
 
 
-class CommunityServicer(ColumnsApi, HealthApi, community_pb2_grpc.CommunityServiceServicer):
+class CommunityServicer(ColumnsApi, HealthApi, GraduationApi,
+                        community_pb2_grpc.CommunityServiceServicer):
     def __init__(self, uc: UseCases) -> None:
         self.uc = uc
         self.columns = uc.columns
         self.activity = uc.activity
+        self.graduation = uc.graduation
 
     def _end_time(self, v: Violations, g: pb.Group) -> None:
         end = timestamp(v, g, "end_time", path="group.end_time")

@@ -18,6 +18,7 @@ from services.community.channels import LoggingChannel, channel_consumer
 from services.community.checkin import CheckIns
 from services.community.columns import COLUMN_DUE, Columns
 from services.community.events import STREAM
+from services.community.graduation import Graduation
 from services.community.groups import GROUP_END, Groups
 from services.community.membership import Membership
 from services.community.peers import Peers
@@ -52,15 +53,17 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
     writes = Writes(store, ctx.clock, settings.timezone)
     membership = Membership(writes, peers)
     groups = Groups(writes)
+    routing = Routing(writes, membership)
     uc = UseCases(
         groups=groups,
         membership=membership,
-        routing=Routing(writes, membership),
+        routing=routing,
         check_ins=CheckIns(writes),
         chains=Chains(writes, timedelta(days=settings.idempotency_retention_days)),
         columns=Columns(writes),
         wecom=WeComSync(writes, membership, groups, peers),
         activity=Activity(writes),
+        graduation=Graduation(writes, membership, routing),
     )
     tasks = []
     wecom = settings.wecom_callback()

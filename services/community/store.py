@@ -15,6 +15,8 @@ store (SQLite embedded, MongoDB in production), and the queries its use cases sh
   column_posts   "<column>:<group>:<occurrence>": one per group and occurrence.
   group_days     "<group>:<YYYY-MM-DD>": a group's daily counters (messages per member,
                  speakers, attributed check-ins, chain joins, orders).
+  graduations    by graduation id: its parameters and state (running, done).
+  graduation_results  "<graduation>:<member>": each member's move or skip.
   wecom_events   WeCom callbacks received, by a hash of the event's key (replays).
   wecom_pending  "<chat>:<WeCom id>": members (or chats) WeCom named that Pond does
                  not know yet, skipped.
@@ -53,12 +55,15 @@ COLUMNS = Collection("columns", (Index(("state",)),))
 COLUMN_POSTS = Collection("column_posts", (Index(("column_id", "occurrence")),
                                            Index(("group_id", "occurrence"))))
 GROUP_DAYS = Collection("group_days", (Index(("group_id", "day")),))
+GRADUATIONS = Collection("graduations")
+GRADUATION_RESULTS = Collection("graduation_results", (Index(("graduation_id",)),))
 WECOM_EVENTS = Collection("wecom_events")
 WECOM_PENDING = Collection("wecom_pending", (Index(("chat_id",)),))
 SCHEMA = Schema(
     "community",
     (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES,
-     COLUMNS, COLUMN_POSTS, GROUP_DAYS, WECOM_EVENTS, WECOM_PENDING),
+     COLUMNS, COLUMN_POSTS, GROUP_DAYS, GRADUATIONS, GRADUATION_RESULTS, WECOM_EVENTS,
+     WECOM_PENDING),
 )
 Doc = dict[str, Any]
 
