@@ -32,9 +32,12 @@ from services.runtime.errors import Violations
 from services.runtime.fields import check_id, timestamp
 from services.runtime.idempotency import Idempotent
 
-JOIN_CHAIN = Idempotent("JoinChain", pb.ChainEntry)
-CHANGE_CHAIN_ENTRY = Idempotent("ChangeChainEntry", pb.ChainEntry)
-WITHDRAW_CHAIN_ENTRY = Idempotent("WithdrawChainEntry", pb.ChainEntry)
+# A key is the member's own within a chain: two customers' apps that happen to make
+# the same key never collide.
+_ENTRY = ("chain_id", "member_id")
+JOIN_CHAIN = Idempotent("JoinChain", pb.ChainEntry, scope_fields=_ENTRY)
+CHANGE_CHAIN_ENTRY = Idempotent("ChangeChainEntry", pb.ChainEntry, scope_fields=_ENTRY)
+WITHDRAW_CHAIN_ENTRY = Idempotent("WithdrawChainEntry", pb.ChainEntry, scope_fields=_ENTRY)
 GROUP_PATHS = set(val.GROUP_CHECKS)
 RULE_PATHS = {"name", "priority", "match", "fill_strategy", "template", "enabled"}
 

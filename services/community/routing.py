@@ -126,15 +126,14 @@ class Routing:
             current = await self.store.find(MEMBERSHIPS.name, {
                 "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
             if current:  # routed before (the code scanned twice): the same group
-                group = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
-                return Routed(Joined(group, current[0], already_member=True), rule_id)
+                mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
+                return Routed(Joined(mine, current[0], already_member=True), rule_id)
             rule = await self.get_rule(rule_id)
             uow = UnitOfWork()
-            group = await open_pool_group(self.store, rule_id,
+            found = await open_pool_group(self.store, rule_id,
                                           dr.POOL_ORDER[rule["fill_strategy"]])
-            opened = group is None
-            if group is None:
-                group = self._open_group(uow, rule)
+            opened = found is None
+            group = await self._open_group(uow, rule) if found is None else found
             facts = await self.membership.entry_facts(group["entry_rules"], lookup, payment_id)
             joined = await self.membership.add_member(uow, group, member_id, facts, rule_id)
             if not joined.already_member:
@@ -143,12 +142,15 @@ class Routing:
 
         return await self.w.run(("pool", rule_id), attempt)
 
-    def _open_group(self, uow: UnitOfWork, rule: Doc) -> Doc:
+    async def _open_group(self, uow: UnitOfWork, rule: Doc) -> Doc:
         if not rule["template"]:
             raise RuleViolation("POOL_FULL", f"every group of rule {rule['_id']!r} is full"
                                 " and the rule has no template to open another",
                                 rule_id=rule["_id"])
         sequence = rule["last_sequence"] + 1
+        # A number whose id a group made by hand has taken is skipped (ids are free).
+        while await self.store.get(GROUPS.name, dr.pool_group_id(rule["_id"], sequence)):
+            sequence += 1
         uow.replace(RULES.name, {**rule, "last_sequence": sequence})
         group = dr.overflow_group(rule, sequence, self.w.now_micros())
         self.w.emit(uow, group["_id"], GroupOpened(

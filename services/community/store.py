@@ -31,8 +31,9 @@ from services.runtime.documents import Collection, DocumentStore, Index, Schema
 GROUPS = Collection(
     "groups",
     (
-        Index(("pool_id", "open", "sequence")),
-        Index(("pool_id", "open", "member_count", "sequence")),
+        # With _id (the store's tie-break) the pool's next group is one index entry.
+        Index(("pool_id", "open", "sequence", "_id")),
+        Index(("pool_id", "open", "member_count", "sequence", "_id")),
         Index(("store_id",)),
         Index(("owner_guide_id",)),
         Index(("kind", "state")),  # a column's target: every active group of a kind

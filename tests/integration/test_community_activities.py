@@ -94,6 +94,9 @@ async def test_chain_join_change_withdraw_and_close(community: Community, redis)
     assert await join(c, "m1", 2, "k1") == e1  # a replay: the first answer
     await fails(join(c, "m1", 1, "k1"), FAILED, "IDEMPOTENCY_KEY_REUSED")
     await fails(join(c, "m1", 1, "k1b"), FAILED, "CHAIN_ALREADY_JOINED")
+    assert (await join(c, "m9", 1, "k1")).member_id == "m9"  # keys are each member's own
+    await c.stub.WithdrawChainEntry(pb.WithdrawChainEntryRequest(
+        chain_id="cherries", member_id="m9", idempotency_key="k1"), metadata=c.md())
     await fails(join(c, "m2", 4, "k2"), FAILED, "CHAIN_MEMBER_LIMIT")
     await join(c, "m2", 3, "k2")
     await fails(join(c, "m3", 1, "k3"), FAILED, "CHAIN_OVER_STOCK")  # 5 of 5 taken
@@ -124,7 +127,7 @@ async def test_chain_join_change_withdraw_and_close(community: Community, redis)
     assert (closed.state, closed.closed_by, closed.total_fen) == (
         pb.CHAIN_STATE_CLOSED, "guide", 2 * 19_900)
     assert [(e.member_id, e.quantity, e.position) for e in closed.entries] == [
-        ("m1", 1, 1), ("m3", 1, 3)]
+        ("m1", 1, 1), ("m3", 1, 4)]
     assert (await c.stub.CloseChain(pb.CloseChainRequest(chain_id="cherries"),
                                     metadata=c.md())).close_time == closed.close_time
     await fails(join(c, "m4", 1, "k8"), FAILED, "CHAIN_CLOSED")
@@ -133,7 +136,7 @@ async def test_chain_join_change_withdraw_and_close(community: Community, redis)
     events = await eventually(lambda: published(redis),
                               lambda e: any(n == "ChainClosed" for n, _ in e))
     joins = [(p.member_id, p.quantity) for n, p in events if n == "ChainJoined"]
-    assert joins == [("m1", 2), ("m2", 3), ("m3", 1)]
+    assert joins == [("m1", 2), ("m9", 1), ("m2", 3), ("m3", 1)]
     closing = next(p for n, p in events if n == "ChainClosed")
     assert [(ln.member_id, ln.quantity) for ln in closing.lines] == [("m1", 1), ("m3", 1)]
     assert (closing.total_fen, closing.closed_by) == (39_800, "guide")

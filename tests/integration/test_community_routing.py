@@ -89,6 +89,15 @@ async def test_fill_first_then_overflow_from_the_template(community: Community, 
         ("fruit-2", 2, "guide-7"), ("fruit-3", 3, "guide-7")]
 
 
+async def test_an_overflow_number_taken_by_a_hand_made_group_is_skipped(community: Community):
+    c = community
+    await c.rule("r", template=pb.GroupTemplate(kind=1, capacity=1))
+    await c.group("r-1")  # not in the pool, but holding the id its first group would get
+    routed = await c.route("m1", "r")
+    assert (routed.group.id, routed.group.sequence, routed.opened_group) == ("r-2", 2, True)
+    assert (await c.route("m2", "r")).group.id == "r-3"
+
+
 async def test_balance_spreads_members(community: Community):
     c = community
     await c.rule("bal", fill_strategy=BALANCE)

@@ -48,7 +48,9 @@ def documented_acl_lines() -> list[str]:
         for line in README.read_text().splitlines()
         if line.strip().startswith("ACL SETUSER pond-")
     ]
-    assert len(lines) == 3, "the README documents one ACL user per service"
+    users = sorted(line.split()[2] for line in lines)
+    assert users == ["pond-community", "pond-member", "pond-tagging"], \
+        "the README documents one ACL user per service"
     return lines
 
 
@@ -71,8 +73,7 @@ async def service_users(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[
         yield {
             "member": user_url(redis_url, "pond-member", passwords["MEMBER_PASSWORD"]),
             "tagging": user_url(redis_url, "pond-tagging", passwords["TAGGING_PASSWORD"]),
-            "community": user_url(redis_url, "pond-community",
-                                  passwords["COMMUNITY_PASSWORD"]),
+            "community": user_url(redis_url, "pond-community", passwords["COMMUNITY_PASSWORD"]),
         }
     finally:
         await redis.execute_command("ACL", "DELUSER", "pond-member", "pond-tagging",
@@ -108,7 +109,8 @@ async def test_each_service_user_adds_events_only_to_its_own_stream(
         assert await tagging.xadd(TAGGING_STREAM, {b"e": b"x"})
         assert await community.xadd(COMMUNITY_STREAM, {b"e": b"x"})
         for client, other in ((member, TAGGING_STREAM), (tagging, MEMBER_STREAM),
-                              (community, MEMBER_STREAM), (tagging, COMMUNITY_STREAM)):
+                              (community, MEMBER_STREAM), (tagging, COMMUNITY_STREAM),
+                              (member, COMMUNITY_STREAM)):
             with pytest.raises(NoPermissionError):
                 await client.xadd(other, {b"e": b"forged"})
         with pytest.raises(NoPermissionError):
@@ -207,3 +209,28 @@ async def test_both_services_run_on_their_acl_users(
         await community.stop(0)
         await tagging.stop(0)
         await member.stop(0)
+
+
+async def test_the_community_service_runs_on_its_acl_user(
+    tmp_path: Path, redis: aioredis.Redis, service_users: dict[str, str]
+):
+    """Its relay (the lease script, XADD to its own stream) under the documented user."""
+    from pond.community.v1 import community_pb2 as cpb
+    from pond.community.v1 import community_pb2_grpc
+
+    from services.community.server import start_community_service
+    from services.community.settings import CommunitySettings
+
+    community = await start_community_service(CommunitySettings(
+        data_dir=tmp_path / "community", auth_secret=TEST_SECRET, mode="test",
+        redis_url=service_users["community"], outbox_poll_seconds=0.05), port=0, metrics=False)
+    md = call_metadata(token(Role.OPERATOR))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{community.port}") as channel:
+            stub = community_pb2_grpc.CommunityServiceStub(channel)
+            await stub.CreateGroup(cpb.CreateGroupRequest(group_id="g", group=cpb.Group(
+                name="g", kind=cpb.GROUP_KIND_INTEREST)), metadata=md)
+            await stub.JoinGroup(cpb.JoinGroupRequest(group_id="g", member_id="m1"), metadata=md)
+            await eventually(lambda: redis.xlen(COMMUNITY_STREAM), lambda n: n == 2)
+    finally:
+        await community.stop(0)
