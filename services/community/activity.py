@@ -32,7 +32,7 @@ from services.community.membership import ACTIVE
 from services.community.store import COLUMN_POSTS, GROUP_DAYS, GROUPS, MEMBERSHIPS
 from services.community.writes import DOMAIN, Writes
 from services.runtime.clock import Clock, epoch_micros, from_epoch_micros
-from services.runtime.documents import Doc, DocumentStore, UnitOfWork
+from services.runtime.documents import Conflict, Doc, DocumentStore, DuplicateKey, UnitOfWork
 from services.runtime.errors import failed_precondition
 from services.runtime.eventbus import stream_for
 from services.runtime.events import EventHandlers, Received
@@ -67,6 +67,10 @@ class Activity:
     async def record(self, group_id: str, day: str, counts: dict[str, int]) -> Doc:
         await self.w.need(GROUPS.name, "group", group_id)
 
+        if not counts:  # nothing sent: the day as it is (a read)
+            found = await self.store.get(GROUP_DAYS.name, day_key(group_id, day))
+            return found or _empty_day(group_id, day)
+
         async def attempt() -> Doc:
             doc = await self.store.get(GROUP_DAYS.name, day_key(group_id, day))
             fresh = doc is None
@@ -82,20 +86,31 @@ class Activity:
 
         return await self.w.run(("group-day", group_id, day), attempt)
 
-    async def _count(self, uow: UnitOfWork, group_id: str, day: str, counter: str) -> None:
+    async def _count(self, event: Received[Any], group_id: str, day: str,
+                     counter: str) -> None:
+        """Adds one to the group's day counter with the event's mark. A day record
+        made meanwhile (RecordGroupActivity, another consumer) is a lost race like a
+        changed one: Conflict, so the runtime runs the handler again on fresh reads."""
+        uow = event.uow
         doc = await self.store.get(GROUP_DAYS.name, day_key(group_id, day))
         if doc is None:
             uow.insert(GROUP_DAYS.name, {**_empty_day(group_id, day), counter: 1})
         else:
             uow.replace(GROUP_DAYS.name, {**doc, counter: doc[counter] + 1})
+        try:
+            await event.commit()
+        except DuplicateKey as exc:
+            if exc.collection != GROUP_DAYS.name:
+                raise
+            raise Conflict(GROUP_DAYS.name, exc.key) from exc
 
     async def on_checked_in(self, event: Received[CheckedIn], uow: UnitOfWork) -> None:
         if event.payload.group_id:
-            await self._count(uow, event.payload.group_id, event.payload.day, "check_ins")
+            await self._count(event, event.payload.group_id, event.payload.day, "check_ins")
 
     async def on_chain_joined(self, event: Received[ChainJoined], uow: UnitOfWork) -> None:
         day = brand_day(event.occurred_at, self.w.timezone).isoformat()
-        await self._count(uow, event.payload.group_id, day, "chain_joins")
+        await self._count(event, event.payload.group_id, day, "chain_joins")
 
     async def on_order_paid(self, event: Received[mev.OrderPaid], uow: UnitOfWork) -> None:
         paid = event.payload
@@ -103,7 +118,7 @@ class Activity:
             "paid_at") else event.occurred_at
         group_id = await self.attributed_group(paid.member_id, paid_at)
         if group_id:
-            await self._count(uow, group_id, brand_day(paid_at, self.w.timezone).isoformat(),
+            await self._count(event, group_id, brand_day(paid_at, self.w.timezone).isoformat(),
                               "orders")
 
     async def attributed_group(self, member_id: str, paid_at: datetime) -> str:

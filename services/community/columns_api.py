@@ -3,6 +3,7 @@ checks, protos <-> column documents. Thin: the use cases are in columns.py."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from pond.community.v1 import community_pb2 as pb
@@ -25,6 +26,7 @@ COLUMN_STATES = {dcol.COLUMN_ACTIVE: pb.COLUMN_STATE_ACTIVE,
 COLUMN_STATE_NAMES = {v: k for k, v in COLUMN_STATES.items()}
 COLUMN_PATHS = {"title", "content", "recurrence", "target"}
 MAX_URL = 1000
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2099, 12, 31)  # far from datetime's edges
 
 
 # -- checks --
@@ -53,8 +55,9 @@ def _recurrence(v: Violations, r: pb.ColumnRecurrence) -> None:
         v.add(f"{path}.weekdays", "only for a weekly column")
     for name in ("starts_on", "ends_on"):
         value = getattr(r, name)
-        v.check(not value or dcol.parse_day(value) is not None, f"{path}.{name}",
-                "must be a date, YYYY-MM-DD")
+        day = dcol.parse_day(value)
+        v.check(not value or (day is not None and FIRST_DAY <= day <= LAST_DAY),
+                f"{path}.{name}", "must be a date, YYYY-MM-DD, from 2000 to 2099")
     start, end = dcol.parse_day(r.starts_on), dcol.parse_day(r.ends_on)
     v.check(not (start and end and end < start), f"{path}.ends_on", "must not be before starts_on")
 

@@ -208,6 +208,12 @@ async def test_bad_columns_are_refused(community: Community):
         (column(pb.ColumnTarget(group_id="a", kind=VIP), daily), "column.target"),
         (pb.Column(title="", recurrence=daily, target=pb.ColumnTarget(group_id="a")),
          "column.title"),
+        (column(pb.ColumnTarget(group_id="a"), pb.ColumnRecurrence(
+            cadence=WEEKLY, at_time="08:00", weekdays=[3], starts_on="9999-12-31")),
+         "column.recurrence.starts_on"),
+        (column(pb.ColumnTarget(group_id="a"), pb.ColumnRecurrence(
+            cadence=DAILY, at_time="08:00", starts_on="2026-03-05", ends_on="2026-03-01")),
+         "column.recurrence.ends_on"),
     ]
     for col, path in cases:
         violations = await fails(create(c, "", col), INVALID)
