@@ -1,6 +1,7 @@
 """What the community service publishes on "pond.events.community" (through its
 outbox): joins, first joins, leaves, groups opened and archived, check-ins and chain
-joins, changes and closings. It consumes nothing yet."""
+joins, changes and closings. It consumes the member stream for MembersMerged (a
+merged member's groups move to the surviving member, merges.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from services.runtime.eventbus import stream_for
 
 PRODUCER = "community"
 STREAM = stream_for(PRODUCER)
+MEMBER_STREAM = stream_for("member")
 
 MemberJoinedGroup = cev.MemberJoinedGroup
 MemberFirstJoinedGroup = cev.MemberFirstJoinedGroup

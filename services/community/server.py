@@ -1,6 +1,7 @@
 """The community service's parts, for the runtime's host (services/runtime/host.py):
 its store, the clients of the member and tagging services, the use cases, servicer
-and auth rules, the stream it publishes and its timers (flash groups ending, chains
+and auth rules, the stream it publishes, the member stream it reads (merged members'
+groups move to the surviving member) and its timers (flash groups ending, chains
 closing at their deadline)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pond.community.v1 import community_pb2, community_pb2_grpc
+from pond.events.v1 import member_events_pb2 as mev
 from pond.member.v1 import member_pb2, member_pb2_grpc
 from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
@@ -17,10 +19,11 @@ from services.community.chains import CHAIN_DEADLINE, Chains
 from services.community.channels import LoggingChannel, channel_consumer
 from services.community.checkin import CheckIns
 from services.community.columns import COLUMN_DUE, Columns
-from services.community.events import STREAM
+from services.community.events import MEMBER_STREAM, STREAM
 from services.community.graduation import Graduation
 from services.community.groups import GROUP_END, Groups
 from services.community.membership import Membership
+from services.community.merges import Merges
 from services.community.peers import Peers
 from services.community.routing import Routing
 from services.community.settings import CommunitySettings
@@ -30,7 +33,8 @@ from services.community.wecom.receiver import CallbackServer, callback_app
 from services.community.wecom_sync import WECOM_EVENT, WeComSync
 from services.community.writes import Writes
 from services.runtime.clock import Clock
-from services.runtime.host import HostContext, Service, ServiceSpec, start_service
+from services.runtime.events import EventHandlers
+from services.runtime.host import Consumer, HostContext, Service, ServiceSpec, start_service
 from services.runtime.hosted import HostedService
 from services.runtime.server import ServiceRegistration
 from services.runtime.supervision import Task
@@ -84,7 +88,8 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         ),
         store=store,
         publishes=STREAM,
-        consumers=consumers,
+        consumers=[*consumers, Consumer(MEMBER_STREAM, EventHandlers(
+            ctx.name, store, ctx.clock).on(mev.MembersMerged, Merges(writes).on_members_merged))],
         timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline,
                 COLUMN_DUE: uc.columns.on_due, WECOM_EVENT: uc.wecom.on_event},
         tasks=tasks,

@@ -116,7 +116,7 @@ async def fails(call, code: grpc.StatusCode, reason: str = "") -> list[tuple[str
 
 def community_settings(tmp_path, redis_url: str, member_target: str, **kw) -> CommunitySettings:
     env = dict(data_dir=tmp_path / "community", auth_secret=TEST_SECRET, redis_url=redis_url,
-               mode="test", outbox_poll_seconds=0.05, jobs_enabled=False,
+               mode="test", outbox_poll_seconds=0.05, jobs_enabled=False, event_block_ms=100,
                community_member_target=member_target,
                community_tagging_target="127.0.0.1:9")  # no tagging unless a test starts one
     env.update(kw)

@@ -227,3 +227,40 @@ async def test_the_gateway_acts_only_for_its_member(community: Community):
     await fails(c.stub.ListGroupMembers(pb.ListGroupMembersRequest(group_id="a"),
                                         metadata=c.md(Role.GATEWAY, "m1")),
                 grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def test_a_merged_members_groups_move_to_the_surviving_member(community: Community, redis):
+    """MembersMerged on the member stream: m-old's groups become m-new's (one seat where
+    both were in), and the POS counters follow."""
+    from pond.events.v1 import member_events_pb2 as mev
+
+    from services.runtime.eventbus import make_event, stream_for
+
+    c = community
+    for gid in ("a", "b", "c"):
+        await c.group(gid)
+    await c.join("a", "m-old")
+    await c.join("b", "m-old")
+    await c.join("b", "m-new")
+    await c.join("c", "m-new")
+    merged = make_event("member", "m-new", mev.MembersMerged(
+        surviving_id="m-new", merged_id="m-old", cause="operator"), c.clock.now())
+    for _ in range(2):  # delivered twice: applied once
+        await redis.xadd(stream_for("member"), {b"e": merged.SerializeToString()})
+
+    async def groups_of(member_id):
+        resp = await c.stub.ListMemberGroups(pb.ListMemberGroupsRequest(member_id=member_id),
+                                             metadata=c.md())
+        return sorted(m.group_id for m in resp.memberships)
+
+    assert await eventually(lambda: groups_of("m-new"), lambda g: g == ["a", "b", "c"])
+    assert await groups_of("m-old") == []
+    counts = {g: (await c.stub.GetGroup(pb.GetGroupRequest(group_id=g),
+                                        metadata=c.md())).member_count for g in "abc"}
+    assert counts == {"a": 1, "b": 1, "c": 1}
+    pos = await c.stub.IsMemberInAnyGroup(pb.IsMemberInAnyGroupRequest(member_id="m-new"),
+                                          metadata=c.md())
+    assert pos.group_count == 3
+    old = await c.stub.IsMemberInAnyGroup(pb.IsMemberInAnyGroupRequest(member_id="m-old"),
+                                          metadata=c.md())
+    assert (old.in_group, old.ever_joined) == (False, True)

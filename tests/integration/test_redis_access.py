@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
@@ -202,9 +202,10 @@ async def test_both_services_run_on_their_acl_users(
                 member_ids=[member_id], tag_names=["vip"]), metadata=md)
             await eventually(lambda: redis.xlen(TAGGING_STREAM), lambda n: n >= 1)
             # The consumers dead-letter what they cannot read, under their users too
-            # (tagging's and the community's groups on the member stream, one each).
+            # (the groups on the member stream: tagging's, and the community's for
+            # merges and for order attribution, one each).
             await redis.xadd(MEMBER_STREAM, {b"e": b"not an envelope"})
-            await eventually(lambda: redis.xlen(MEMBER_STREAM + ".dead"), lambda n: n == 2)
+            await eventually(lambda: redis.xlen(MEMBER_STREAM + ".dead"), lambda n: n == 3)
     finally:
         await community.stop(0)
         await tagging.stop(0)
@@ -217,13 +218,16 @@ async def test_the_community_service_runs_on_its_acl_user(
     """Its relay (the lease script, XADD to its own stream) under the documented user."""
     from pond.community.v1 import community_pb2 as cpb
     from pond.community.v1 import community_pb2_grpc
+    from pond.events.v1 import member_events_pb2 as mev
 
     from services.community.server import start_community_service
     from services.community.settings import CommunitySettings
+    from services.runtime.eventbus import make_event
 
     community = await start_community_service(CommunitySettings(
         data_dir=tmp_path / "community", auth_secret=TEST_SECRET, mode="test",
-        redis_url=service_users["community"], outbox_poll_seconds=0.05), port=0, metrics=False)
+        redis_url=service_users["community"], outbox_poll_seconds=0.05, event_block_ms=100),
+        port=0, metrics=False)
     md = call_metadata(token(Role.OPERATOR))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{community.port}") as channel:
@@ -232,5 +236,15 @@ async def test_the_community_service_runs_on_its_acl_user(
                 name="g", kind=cpb.GROUP_KIND_INTEREST)), metadata=md)
             await stub.JoinGroup(cpb.JoinGroupRequest(group_id="g", member_id="m1"), metadata=md)
             await eventually(lambda: redis.xlen(COMMUNITY_STREAM), lambda n: n == 2)
+            # Its consumer of the member stream (MembersMerged) works under the user too.
+            merged = make_event("member", "m2", mev.MembersMerged(
+                surviving_id="m2", merged_id="m1"), datetime.now(UTC))
+            await redis.xadd(MEMBER_STREAM, {b"e": merged.SerializeToString()})
+
+            async def in_group() -> bool:
+                return (await stub.IsMemberInAnyGroup(cpb.IsMemberInAnyGroupRequest(
+                    member_id="m2"), metadata=md)).in_group
+
+            await eventually(in_group, bool)
     finally:
         await community.stop(0)

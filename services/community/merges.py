@@ -1,0 +1,70 @@
+"""Members merged by the member service (MembersMerged on its stream: two records
+were one person) move their groups here: each group the merged member is in becomes
+the surviving member's (who keeps one seat where both were in, the group's count
+dropping by one), the merged member's memberships are left with the reason, and the
+counters the POS reads follow. Applied once per event (the runtime's processed mark
+is committed with these writes); a concurrent join makes the runtime run it again on
+fresh reads."""
+
+from __future__ import annotations
+
+from pond.events.v1 import member_events_pb2 as mev
+
+from services.community.domain import groups as dg
+from services.community.membership import ACTIVE, LEFT
+from services.community.store import GROUPS, MEMBER_STATS, MEMBERSHIPS, membership_id
+from services.community.writes import Writes
+from services.runtime.documents import UnitOfWork
+from services.runtime.events import Received
+
+MAX_GROUPS_PER_MEMBER = 1000  # far above any real member's; one unit of work
+
+
+class Merges:
+    def __init__(self, writes: Writes) -> None:
+        self.w = writes
+        self.store = writes.store
+
+    async def on_members_merged(self, event: Received[mev.MembersMerged],
+                                uow: UnitOfWork) -> None:
+        merged, surviving = event.payload.merged_id, event.payload.surviving_id
+        if not merged or not surviving or merged == surviving:
+            return
+        now = self.w.now_micros()
+        theirs = await self.store.find(MEMBERSHIPS.name, {"member_id": merged, "state": ACTIVE},
+                                       limit=MAX_GROUPS_PER_MEMBER)
+        moved = 0
+        for m in theirs:
+            uow.replace(MEMBERSHIPS.name, {**m, "state": LEFT, "leave_time": now,
+                                           "reason": f"merged into {surviving}"})
+            sid = membership_id(m["group_id"], surviving)
+            kept = await self.store.get(MEMBERSHIPS.name, sid)
+            if kept is not None and kept["state"] == ACTIVE:  # both were in: one seat left
+                group = await self.store.get(GROUPS.name, m["group_id"])
+                if group is not None:
+                    uow.replace(GROUPS.name, dg.refresh_open(
+                        {**group, "member_count": max(0, group["member_count"] - 1),
+                         "update_time": now}))
+                continue
+            moved += 1
+            seat = {**m, "_id": sid, "member_id": surviving, "leave_time": 0, "reason": "",
+                    "removed_by": "", "join_count": (kept or {}).get("join_count", 0) + 1}
+            if kept is None:
+                seat.pop("_v", None)
+                uow.insert(MEMBERSHIPS.name, seat)
+            else:
+                uow.replace(MEMBERSHIPS.name, {**seat, "_v": kept["_v"]})
+        await self._counters(uow, merged, surviving, moved)
+
+    async def _counters(self, uow: UnitOfWork, merged: str, surviving: str, moved: int) -> None:
+        gone = await self.store.get(MEMBER_STATS.name, merged)
+        if gone is None:
+            return
+        uow.replace(MEMBER_STATS.name, {**gone, "active": 0})
+        kept = await self.store.get(MEMBER_STATS.name, surviving)
+        if kept is None:  # the merged member's first join stays the person's first
+            uow.insert(MEMBER_STATS.name, {"_id": surviving, "active": moved,
+                                           "first_group_id": gone["first_group_id"],
+                                           "first_join_time": gone["first_join_time"]})
+        else:
+            uow.replace(MEMBER_STATS.name, {**kept, "active": kept["active"] + moved})
