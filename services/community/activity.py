@@ -51,7 +51,7 @@ def day_key(group_id: str, day: str) -> str:
 
 def _empty_day(group_id: str, day: str) -> Doc:
     return {"_id": day_key(group_id, day), "group_id": group_id, "day": day,
-            "by_member": {}, **{c: 0 for c in COUNTERS}}
+            "by_member": [], **{c: 0 for c in COUNTERS}}
 
 
 class Activity:
@@ -75,10 +75,11 @@ class Activity:
             doc = await self.store.get(GROUP_DAYS.name, day_key(group_id, day))
             fresh = doc is None
             doc = dict(doc or _empty_day(group_id, day))
-            by_member = {**doc["by_member"], **counts}
-            by_member = {m: n for m, n in by_member.items() if n > 0}
-            doc.update(by_member=by_member, messages=sum(by_member.values()),
-                       speakers=len(by_member))
+            # [member, messages] pairs, not a mapping: member ids are not safe field
+            # names in every engine (MongoDB and "." or "$").
+            by_member = {**dict(doc["by_member"]), **counts}
+            kept = sorted([m, n] for m, n in by_member.items() if n > 0)
+            doc.update(by_member=kept, messages=sum(n for _m, n in kept), speakers=len(kept))
             uow = UnitOfWork()
             (uow.insert if fresh else uow.replace)(GROUP_DAYS.name, doc)
             await self.store.commit(uow)
