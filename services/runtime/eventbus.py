@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from datetime import datetime
@@ -132,6 +133,11 @@ class EventConsumer:
         # XACK per round, without the per-event done-key round trips: a consumer that
         # needs a few types of a busy stream pays for those only.
         self.wanted = wanted
+        # Stale messages are looked for at most every half claim-idle (and every
+        # second at most), not on every round: a busy consumer polls hundreds of times
+        # a second, and each look is a round trip that finds nothing.
+        self._reclaim_every = min(1.0, claim_idle_ms / 2000)
+        self._next_reclaim = 0.0
         # How this consumer is named in the Redis-health metrics and logs.
         self.link = RedisLink(name or f"consumer:{group}:{stream}")
         self.handler = handler
@@ -153,7 +159,11 @@ class EventConsumer:
     async def poll(self, block_ms: int | None = None) -> int:
         """One round: reclaim stale messages, then read new ones. Returns how many
         messages were handled or skipped."""
-        done = await self._reclaim()
+        done = 0
+        if time.monotonic() >= self._next_reclaim:
+            done = await self._reclaim()
+            if done < self.batch:  # a full batch: more may be stale, look again next round
+                self._next_reclaim = time.monotonic() + self._reclaim_every
         reply = await self.redis.xreadgroup(
             self.group,
             self.consumer,
