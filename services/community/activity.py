@@ -27,19 +27,17 @@ from pond.events.v1 import member_events_pb2 as mev
 
 from services.community.domain import health as dh
 from services.community.domain.checkin import brand_day
-from services.community.events import STREAM, ChainJoined, CheckedIn
+from services.community.events import MEMBER_STREAM, STREAM, ChainJoined, CheckedIn
 from services.community.membership import ACTIVE
 from services.community.store import COLUMN_POSTS, GROUP_DAYS, GROUPS, MEMBERSHIPS
 from services.community.writes import DOMAIN, Writes
 from services.runtime.clock import Clock, epoch_micros, from_epoch_micros
 from services.runtime.documents import Conflict, Doc, DocumentStore, DuplicateKey, UnitOfWork
 from services.runtime.errors import failed_precondition
-from services.runtime.eventbus import stream_for
 from services.runtime.events import EventHandlers, Received
 from services.runtime.host import Consumer
 
 ACTIVITY_CONSUMER = "community-activity"
-MEMBER_STREAM = stream_for("member")
 ORDER_ATTRIBUTION = timedelta(days=7)
 MAX_RANKED = 5000  # groups one ranking scores; a brand's 25,000 are ranked by filter
 COUNTERS = ("messages", "speakers", "check_ins", "chain_joins", "orders")
