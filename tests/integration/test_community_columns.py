@@ -230,3 +230,22 @@ async def test_bad_columns_are_refused(community: Community):
     assert [col.id for col in listed.columns] == ["dup"]
     await fails(c.stub.GetColumn(pb.GetColumnRequest(column_id="nope"), metadata=c.md()),
                 grpc.StatusCode.NOT_FOUND)
+
+
+async def test_a_kind_with_more_groups_than_a_batch_is_posted_batch_by_batch_once(
+        community: Community, redis, monkeypatch):
+    from services.community import columns
+
+    monkeypatch.setattr(columns, "POST_BATCH", 2)  # 5 groups: three firings of one timer
+    c = community
+    for i in range(5):
+        await c.group(f"v{i}", kind=VIP)
+    await create(c, "daily", column(pb.ColumnTarget(kind=VIP), pb.ColumnRecurrence(
+        cadence=DAILY, at_time="08:00")))
+    got = await moved_to(c, datetime(2026, 3, 2, 0, 0, 5, tzinfo=UTC), "daily", 5)
+    assert sorted(p.group_id for p in got) == [f"v{i}" for i in range(5)]
+    col = await c.stub.GetColumn(pb.GetColumnRequest(column_id="daily"), metadata=c.md())
+    assert col.post_count == 5
+    assert col.next_post_time.ToDatetime(UTC) == datetime(2026, 3, 3, 0, 0, tzinfo=UTC)
+    events = await eventually(lambda: post_events(redis), lambda e: len(e) >= 5)
+    assert len(events) == 5
