@@ -40,14 +40,17 @@ test: setup
 test-redis: setup
 	$(PY) -m pytest -q -m redis
 
-# Member RPCs against an echo baseline, then the tagging service on a synthetic
+# Member RPCs against an echo baseline, community RouteMember and CheckIn (and routing
+# at 25,000 groups against 100), then the tagging service on a synthetic
 # 1M-member brand (about 10 minutes; `make bench-quick` for 100k).
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.community
 	$(PY) -m bench.tagging
 
 bench-quick: setup
 	$(PY) -m bench --duration 3
+	$(PY) -m bench.community --duration 3
 	$(PY) -m bench.tagging --quick
 
 # ruff; mypy over services/ (strict for the runtime and every domain package);

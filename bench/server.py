@@ -2,6 +2,7 @@
 
     python -m bench.server echo   --port-file F --response-file R
     python -m bench.server member --port-file F   (settings from POND_* / REDIS_URL env)
+    python -m bench.server community --port-file F   (likewise)
 
 Each writes its port to --port-file once it is serving and stops on SIGTERM.
 With --patch FILE (member only) the file runs in the server process before the
@@ -119,9 +120,26 @@ async def serve_member(port_file: str, profiler: _Profiler | None, patch: str = 
     await service.stop(0)
 
 
+async def serve_community(port_file: str, profiler: _Profiler | None) -> None:
+    from services.community.server import start_community_service
+    from services.community.settings import CommunitySettings
+    from services.runtime.logs import configure_logging
+    from services.runtime.server import freeze_startup_heap
+
+    settings = CommunitySettings()
+    configure_logging(settings.log_level, settings.log_format)
+    service = await start_community_service(settings, port=0, metrics=False)
+    freeze_startup_heap()
+    if profiler:
+        profiler.install(asyncio.get_running_loop())
+    _write_port(port_file, service.port)
+    await _until_terminated()
+    await service.stop(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server")
-    parser.add_argument("kind", choices=("echo", "member"))
+    parser.add_argument("kind", choices=("echo", "member", "community"))
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--response-file", help="echo: the serialized Member to answer")
     parser.add_argument("--patch", metavar="FILE", help="member: run FILE first (what-if)")
@@ -132,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.response_file:
             parser.error("echo needs --response-file")
         asyncio.run(serve_echo(args.port_file, args.response_file, profiler))
+    elif args.kind == "community":
+        asyncio.run(serve_community(args.port_file, profiler))
     else:
         asyncio.run(serve_member(args.port_file, profiler, args.patch or ""))
     return 0

@@ -59,6 +59,12 @@ async def main() -> int:
     os.environ.setdefault("POND_GATEWAY_TOKEN_SECRET", dev_secret(data_dir, "gateway-token.secret"))
     os.environ.setdefault("POND_WECHAT_APP_ID", config.DEV_WECHAT_APP_ID)
     os.environ.setdefault("POND_WECHAT_APP_SECRET", dev_secret(data_dir, "wechat-app.secret"))
+    # The WeCom callback receiver on :8083 with dev callback settings (a stand-in for
+    # what a brand enters in WeCom's console; secrets/wecom.* for a test client).
+    os.environ.setdefault("POND_COMMUNITY_WECOM_TOKEN", dev_secret(data_dir, "wecom.token", 12))
+    os.environ.setdefault("POND_COMMUNITY_WECOM_AES_KEY",
+                          dev_secret(data_dir, "wecom.aeskey", 32).rstrip("="))
+    os.environ.setdefault("POND_COMMUNITY_WECOM_CORP_ID", "pond-dev-corp")
     valkey = None
     if not os.environ.get("REDIS_URL"):
         valkey = EmbeddedValkey(
@@ -142,6 +148,7 @@ Pond is running (data in {settings.data_dir.resolve()}, Redis at {redis})
   member    gRPC {host}:{member_port}   metrics {host}:{settings.member_metrics_port}
   tagging   gRPC {host}:{tagging_port}   metrics {host}:{tagging_settings.tagging_metrics_port}
   community gRPC {host}:{community.community_port}   metrics {host}:{community_metrics}
+            WeCom callbacks http://{host}:{community.community_callback_port}/wecom/callback
 
 Dev operator token (7 days, stack.call uses it): {token_file.resolve()}
 

@@ -38,4 +38,19 @@ AUTH_RULES: dict[str, frozenset[Role]] = {
     "ChangeChainEntry": EVERYONE,
     "WithdrawChainEntry": EVERYONE,
     "CloseChain": STAFF,
+    # Column schedules: the brand's operations (guides read what is posted).
+    "CreateColumn": BACK_OFFICE,
+    "GetColumn": STAFF,
+    "ListColumns": STAFF,
+    "UpdateColumn": BACK_OFFICE,
+    "ArchiveColumn": BACK_OFFICE,
+    "ListColumnPosts": STAFF,
+    # Activity and health: WeCom's statistics come from a service (or an operator's
+    # import); guides see their groups' health.
+    "RecordGroupActivity": BACK_OFFICE,
+    "GetGroupHealth": STAFF,
+    "RankGroupsByHealth": STAFF,
+    "GetColumnEffect": STAFF,
+    # Graduation moves many members at once: back office.
+    "GraduateMembers": BACK_OFFICE,
 }

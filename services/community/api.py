@@ -12,11 +12,19 @@ from pond.community.v1 import community_pb2_grpc
 from services.community import convert
 from services.community import validation as val
 from services.community.access import AUTH_RULES as AUTH_RULES  # re-exported
+from services.community.activity import Activity
 from services.community.chains import Chains
 from services.community.checkin import CheckIns
+from services.community.columns import Columns
+from services.community.columns_api import ColumnsApi
+from services.community.graduation import Graduation
+from services.community.graduation_api import GraduationApi
 from services.community.groups import Groups
+from services.community.health_api import HealthApi
 from services.community.membership import Joined, Membership
 from services.community.routing import Routing
+from services.community.wecom.receiver import CallbackServer
+from services.community.wecom_sync import WeComSync
 from services.community.writes import DOMAIN
 from services.runtime import paging
 from services.runtime.auth import Role, current_caller, ensure_acts_for
@@ -41,6 +49,11 @@ class UseCases:
     routing: Routing
     check_ins: CheckIns
     chains: Chains
+    columns: Columns
+    wecom: WeComSync
+    activity: Activity
+    graduation: Graduation
+    callbacks: CallbackServer | None = None  # the WeCom callback receiver, when configured
 
 
 def _ids(*fields: tuple[str, str]) -> None:
@@ -68,9 +81,13 @@ def _joined_pb(j: Joined) -> pb.JoinGroupResponse:
                                 already_member=j.already_member, first_join=j.first_join)
 
 
-class CommunityServicer(community_pb2_grpc.CommunityServiceServicer):
+class CommunityServicer(ColumnsApi, HealthApi, GraduationApi,
+                        community_pb2_grpc.CommunityServiceServicer):
     def __init__(self, uc: UseCases) -> None:
         self.uc = uc
+        self.columns = uc.columns
+        self.activity = uc.activity
+        self.graduation = uc.graduation
 
     def _end_time(self, v: Violations, g: pb.Group) -> None:
         end = timestamp(v, g, "end_time", path="group.end_time")

@@ -23,3 +23,4 @@ ChainJoined = cev.ChainJoined
 ChainEntryChanged = cev.ChainEntryChanged
 ChainClosed = cev.ChainClosed
 ChainOrderLine = cev.ChainOrderLine
+ColumnPostDue = cev.ColumnPostDue

@@ -13,10 +13,14 @@ from pond.events.v1 import member_events_pb2 as mev
 from pond.member.v1 import member_pb2, member_pb2_grpc
 from pond.tagging.v1 import tagging_pb2, tagging_pb2_grpc
 
+from services.community.activity import Activity
 from services.community.api import AUTH_RULES, CommunityServicer, UseCases
 from services.community.chains import CHAIN_DEADLINE, Chains
+from services.community.channels import LoggingChannel, channel_consumer
 from services.community.checkin import CheckIns
+from services.community.columns import COLUMN_DUE, Columns
 from services.community.events import MEMBER_STREAM, STREAM
+from services.community.graduation import Graduation
 from services.community.groups import GROUP_END, Groups
 from services.community.membership import Membership
 from services.community.merges import Merges
@@ -24,12 +28,16 @@ from services.community.peers import Peers
 from services.community.routing import Routing
 from services.community.settings import CommunitySettings
 from services.community.store import SCHEMA
+from services.community.wecom.crypto import WeComCrypto
+from services.community.wecom.receiver import CallbackServer, callback_app
+from services.community.wecom_sync import WECOM_EVENT, WeComSync
 from services.community.writes import Writes
 from services.runtime.clock import Clock
 from services.runtime.events import EventHandlers
 from services.runtime.host import Consumer, HostContext, Service, ServiceSpec, start_service
 from services.runtime.hosted import HostedService
 from services.runtime.server import ServiceRegistration
+from services.runtime.supervision import Task
 
 SERVICE = community_pb2.DESCRIPTOR.services_by_name["CommunityService"]
 MEMBER_SERVICE = member_pb2.DESCRIPTOR.services_by_name["MemberService"]
@@ -41,20 +49,35 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
     store = await ctx.open_store(SCHEMA)
     peers = Peers(
         members=ctx.client(settings.community_member_target, member_pb2_grpc.MemberServiceStub,
-                           MEMBER_SERVICE, idempotent=["GetMember"]),
+                           MEMBER_SERVICE, idempotent=["GetMember", "FindMember"]),
         tagging=ctx.client(settings.community_tagging_target,
                            tagging_pb2_grpc.TaggingServiceStub, TAGGING_SERVICE,
                            idempotent=["GetMemberProfile", "CheckMembership"]),
     )
     writes = Writes(store, ctx.clock, settings.timezone)
     membership = Membership(writes, peers)
+    groups = Groups(writes)
+    routing = Routing(writes, membership)
     uc = UseCases(
-        groups=Groups(writes),
+        groups=groups,
         membership=membership,
-        routing=Routing(writes, membership),
+        routing=routing,
         check_ins=CheckIns(writes),
         chains=Chains(writes, timedelta(days=settings.idempotency_retention_days)),
+        columns=Columns(writes),
+        wecom=WeComSync(writes, membership, groups, peers),
+        activity=Activity(writes),
+        graduation=Graduation(writes, membership, routing),
     )
+    tasks = []
+    wecom = settings.wecom_callback()
+    if wecom is not None:
+        uc.callbacks = CallbackServer(callback_app(WeComCrypto(*wecom), uc.wecom.receive),
+                                      settings.host, settings.community_callback_port)
+        tasks.append(Task("wecom-callbacks", uc.callbacks.run, required=True))
+    consumers = uc.activity.consumers(store, ctx.clock)
+    if settings.community_channel == "log":
+        consumers.append(channel_consumer(LoggingChannel(), store, ctx.clock))
     servicer = CommunityServicer(uc)
     return Service(
         registration=ServiceRegistration(
@@ -65,9 +88,11 @@ async def build(ctx: HostContext[CommunitySettings]) -> Service:
         ),
         store=store,
         publishes=STREAM,
-        consumers=[Consumer(MEMBER_STREAM, EventHandlers(ctx.name, store, ctx.clock).on(
-            mev.MembersMerged, Merges(writes).on_members_merged))],
-        timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline},
+        consumers=[*consumers, Consumer(MEMBER_STREAM, EventHandlers(
+            ctx.name, store, ctx.clock).on(mev.MembersMerged, Merges(writes).on_members_merged))],
+        timers={GROUP_END: uc.groups.on_group_end, CHAIN_DEADLINE: uc.chains.on_deadline,
+                COLUMN_DUE: uc.columns.on_due, WECOM_EVENT: uc.wecom.on_event},
+        tasks=tasks,
         handle=uc,
     )
 

@@ -11,6 +11,15 @@ store (SQLite embedded, MongoDB in production), and the queries its use cases sh
   rules          routing rules by id (last_sequence: the pool's overflow numbering).
   checkins       "<member>:<YYYY-MM-DD>"; streaks by member id.
   chains         by chain id; chain_entries "<chain>:<member>".
+  columns        by column id: a column's content, recurrence, target, next_at.
+  column_posts   "<column>:<group>:<occurrence>": one per group and occurrence.
+  group_days     "<group>:<YYYY-MM-DD>": a group's daily counters (messages per member,
+                 speakers, attributed check-ins, chain joins, orders).
+  graduations    by graduation id: its parameters and state (running, done).
+  graduation_results  "<graduation>:<member>": each member's move or skip.
+  wecom_events   WeCom callbacks received, by a hash of the event's key (replays).
+  wecom_pending  "<chat>:<WeCom id>": members (or chats) WeCom named that Pond does
+                 not know yet, skipped.
 Times are epoch microseconds."""
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ GROUPS = Collection(
         Index(("pool_id", "open", "member_count", "sequence", "_id")),
         Index(("store_id",)),
         Index(("owner_guide_id",)),
+        Index(("kind", "state")),  # a column's target: every active group of a kind
+        Index(("wecom_chat_id",)),  # WeCom callbacks name groups by their chat id
     ),
     fields=("kind", "level", "city", "state"),
 )
@@ -40,9 +51,20 @@ CHECKINS = Collection("checkins")
 STREAKS = Collection("streaks")
 CHAINS = Collection("chains", (Index(("group_id", "state")),))
 CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),))
+# Operations (columns, activity and health, WeCom callbacks, graduation):
+COLUMNS = Collection("columns", (Index(("state",)),))
+COLUMN_POSTS = Collection("column_posts", (Index(("column_id", "occurrence")),
+                                           Index(("group_id", "occurrence"))))
+GROUP_DAYS = Collection("group_days", (Index(("group_id", "day")),))
+GRADUATIONS = Collection("graduations")
+GRADUATION_RESULTS = Collection("graduation_results", (Index(("graduation_id",)),))
+WECOM_EVENTS = Collection("wecom_events")
+WECOM_PENDING = Collection("wecom_pending", (Index(("chat_id",)),))
 SCHEMA = Schema(
     "community",
-    (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES),
+    (GROUPS, MEMBERSHIPS, MEMBER_STATS, RULES, CHECKINS, STREAKS, CHAINS, CHAIN_ENTRIES,
+     COLUMNS, COLUMN_POSTS, GROUP_DAYS, GRADUATIONS, GRADUATION_RESULTS, WECOM_EVENTS,
+     WECOM_PENDING),
 )
 Doc = dict[str, Any]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
@@ -184,6 +184,22 @@ class Client(Generic[S]):
         try:
             return await method(request, metadata=self.metadata(member_id),
                                 timeout=self.timeout(timeout))
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def stream(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """The messages of one server-streaming call on `self.stub` (the whole
+        stream within `timeout`), errors raised as the application errors they are."""
+        try:
+            async for message in method(request, metadata=self.metadata(),
+                                        timeout=self.timeout(timeout)):
+                yield message
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from err
 

@@ -266,6 +266,9 @@ class ServiceHost(Generic[S]):
                     c.handle, block_ms=c.block_ms or s.event_block_ms,
                     max_deliveries=c.max_deliveries or s.event_max_deliveries,
                     claim_idle_ms=c.claim_idle_ms or s.event_claim_idle_ms,
+                    # EventHandlers say which payload types they act on: the rest of
+                    # the stream is acked in bulk.
+                    wanted=getattr(c.handle, "types", None),
                 )
                 self.consumers.append(consumer)
                 work.append(Task(f"consumer:{c.stream}", consumer.run))

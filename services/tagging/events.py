@@ -4,7 +4,9 @@ Consumes the member stream ("pond.events.member"): registrations, orders paid an
 refunded, tier and points changes feed each member's history, and merges
 (MembersMerged) move a merged member's history and manual tags to the survivor; one
 runtime event handler per payload type (services/tagging/members.py); each event is
-applied once (the runtime's processed mark is committed with the change). Publishes TagsChanged
+applied once (the runtime's processed mark is committed with the change). Consumes
+the community stream ("pond.events.community"): group joins and leaves, check-ins and
+chain joins are the member's interactions (interactions_30d / _90d). Publishes TagsChanged
 batches on "pond.events.tagging" through the outbox."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from services.runtime.eventbus import stream_for
 PRODUCER = "tagging"
 STREAM = stream_for(PRODUCER)
 MEMBER_STREAM = stream_for("member")
+COMMUNITY_STREAM = stream_for("community")
 CONSUMER_GROUP = "tagging"  # the Redis group, and the consumer its processed marks name
 CHANGES_PER_EVENT = 1000  # members per message, gained and lost each
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
+from pond.events.v1 import community_events_pb2 as cev
 from pond.events.v1 import member_events_pb2 as mev
 from pyroaring import BitMap
 
@@ -63,6 +64,21 @@ class MemberUseCases(TaggingCore):
             .on(mev.PointsChanged, self.on_points_changed)
             .on(mev.MembersMerged, self.on_members_merged)
         )
+
+    def community_event_handlers(self, handlers: EventHandlers) -> EventHandlers:
+        """Registers the community events that are a member's interactions (a day of
+        interactions_30d / _90d each): group joins and leaves, check-ins, chain joins."""
+        for payload in (cev.MemberJoinedGroup, cev.MemberLeftGroup, cev.CheckedIn,
+                        cev.ChainJoined):
+            handlers.on(payload, self.on_interaction)
+        return handlers
+
+    async def on_interaction(self, event: Received[Any], uow: UnitOfWork) -> None:
+        """The event's member (its subject) interacted on the day it happened."""
+        async def change(history: MemberHistory) -> None:
+            history.interacted(self.engine.day_of(event.occurred_at), self.engine.today())
+
+        await self._change_history(event, uow, change)
 
     async def on_member_registered(
         self, event: Received[mev.MemberRegistered], uow: UnitOfWork

@@ -33,7 +33,7 @@ from services.tagging.api import AUTH_RULES, TaggingServicer
 from services.tagging.app import TaggingApp
 from services.tagging.domain.scores import LifecycleThresholds
 from services.tagging.engine import TagEngine
-from services.tagging.events import CONSUMER_GROUP, MEMBER_STREAM, STREAM
+from services.tagging.events import COMMUNITY_STREAM, CONSUMER_GROUP, MEMBER_STREAM, STREAM
 from services.tagging.runs import ScoringRunner
 from services.tagging.settings import TaggingSettings
 from services.tagging.store import SQLITE_FILE, TaggingStore, open_store
@@ -131,12 +131,13 @@ async def build(ctx: HostContext[TaggingSettings]) -> Service:
         publishes=STREAM,
         store=engine.store.docs,
         consumers=[Consumer(
-            MEMBER_STREAM,
-            app.member_event_handlers(EventHandlers(CONSUMER_GROUP, engine.store.docs, ctx.clock)),
+            stream,
+            handlers(EventHandlers(CONSUMER_GROUP, engine.store.docs, ctx.clock)),
             group=CONSUMER_GROUP,
             max_deliveries=settings.tagging_max_deliveries,
             claim_idle_ms=settings.tagging_claim_idle_ms, block_ms=200,
-        )],
+        ) for stream, handlers in ((MEMBER_STREAM, app.member_event_handlers),
+                                   (COMMUNITY_STREAM, app.community_event_handlers))],
         jobs=[Job("scoring-run", Schedule.daily(time(4, 0)), scoring_job(runner),
                   lease_seconds=60)],
         tasks=[Task("flush", flush_loop(engine, settings.tagging_flush_seconds))],

@@ -106,7 +106,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
     env.update(POND_COMMUNITY_PORT=str(_free_port()),
-               POND_COMMUNITY_METRICS_PORT=str(_free_port()))
+               POND_COMMUNITY_METRICS_PORT=str(_free_port()),
+               POND_COMMUNITY_CALLBACK_PORT=str(_free_port()))
     with log_path.open("w") as out:
         # A usual umask: whatever is owner-only is so because the stack made it so.
         proc = subprocess.Popen([sys.executable, "-m", "stack"], cwd=ROOT, env=env,

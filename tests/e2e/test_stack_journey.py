@@ -35,7 +35,8 @@ def _free_port() -> int:
 def start_stack(data_dir: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(POND_COMMUNITY_PORT=str(_free_port()),
-               POND_COMMUNITY_METRICS_PORT=str(_free_port()))
+               POND_COMMUNITY_METRICS_PORT=str(_free_port()),
+               POND_COMMUNITY_CALLBACK_PORT=str(_free_port()))
     env.update(POND_DATA_DIR=str(data_dir), POND_MEMBER_PORT=str(port),
                POND_MEMBER_METRICS_PORT=str(_free_port()), POND_TAGGING_PORT=str(_free_port()),
                POND_TAGGING_METRICS_PORT=str(_free_port()), POND_HOST="127.0.0.1",

@@ -324,3 +324,28 @@ async def test_relay_does_not_lose_a_wakeup_that_arrives_while_it_reads(
     [(_id, fields)] = await redis.xrange(STREAM)
     assert fields[b"e"] == store.rows[0][1]
     assert store.published == {1}
+
+
+async def test_events_of_types_a_consumer_does_not_want_are_acked_in_bulk(
+    redis: aioredis.Redis,
+) -> None:
+    """Only wanted types reach the handler (and get done-markers); the rest of the
+    round is acked at once; an unreadable envelope still goes to the dead letters."""
+    registered = [envelope(f"m{i}") for i in range(3)]
+    tiers = [make_event("test", f"t{i}", ev.TierChanged(member_id=f"t{i}", to_level=2),
+                        datetime.now(UTC)).SerializeToString() for i in range(2)]
+    seen: list[str] = []
+
+    async def handler(event: event_pb2.Event) -> None:
+        seen.append(event.type)
+
+    c = consumer(redis, "picky", "c1", handler, wanted={"pond.events.v1.TierChanged"})
+    await c.ensure_group()
+    await publish(redis, STREAM, [*registered[:2], tiers[0], registered[2], tiers[1]])
+    await redis.xadd(STREAM, {b"e": b"not an envelope"})
+    await poll_until([c], lambda: len(seen) >= 2)
+    await poll_until([c], lambda: redis.xlen(DEAD))
+    assert seen == ["pond.events.v1.TierChanged"] * 2
+    assert await pending_count(redis, "picky") == 0
+    assert c.stats.handled == 2 and c.stats.skipped == 3 and c.stats.dead_lettered == 1
+    assert not await redis.exists(*(f"pond:consumed:picky:{event_id(r)}" for r in registered))

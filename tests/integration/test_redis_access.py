@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from pond.community.v1 import community_pb2 as cpb
+from pond.community.v1 import community_pb2_grpc
 from pond.member.v1 import member_pb2 as mpb
 from pond.member.v1 import member_pb2_grpc
 from pond.tagging.v1 import tagging_pb2 as pb
@@ -24,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError
 
+from services.community.server import start_community_service
 from services.member.server import start_member_service
 from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
@@ -31,6 +35,7 @@ from services.runtime.redis_conn import EmbeddedValkey, connect_redis
 from services.tagging.server import start_tagging_service
 from services.tagging.settings import TaggingSettings
 from tests.conftest import TEST_SECRET, eventually, member_settings, token
+from tests.integration.community_harness import community_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MEMBER_STREAM, TAGGING_STREAM = "pond.events.member", "pond.events.tagging"
@@ -104,7 +109,8 @@ async def test_each_service_user_adds_events_only_to_its_own_stream(
         assert await tagging.xadd(TAGGING_STREAM, {b"e": b"x"})
         assert await community.xadd(COMMUNITY_STREAM, {b"e": b"x"})
         for client, other in ((member, TAGGING_STREAM), (tagging, MEMBER_STREAM),
-                              (community, MEMBER_STREAM), (member, COMMUNITY_STREAM)):
+                              (community, MEMBER_STREAM), (tagging, COMMUNITY_STREAM),
+                              (member, COMMUNITY_STREAM)):
             with pytest.raises(NoPermissionError):
                 await client.xadd(other, {b"e": b"forged"})
         with pytest.raises(NoPermissionError):
@@ -132,11 +138,15 @@ async def test_both_services_run_on_their_acl_users(
         ),
         port=0, metrics=False,
     )
+    community = await start_community_service(community_settings(
+        tmp_path, service_users["community"], f"127.0.0.1:{member.port}",
+        community_tagging_target=f"127.0.0.1:{tagging.port}"), port=0, metrics=False)
     md = call_metadata(token(Role.OPERATOR))
     try:
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{member.port}") as mch,
             grpc.aio.insecure_channel(f"127.0.0.1:{tagging.port}") as tch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{community.port}") as cch,
         ):
             members = member_pb2_grpc.MemberServiceStub(mch)
             tags = tagging_pb2_grpc.TaggingServiceStub(tch)
@@ -159,16 +169,45 @@ async def test_both_services_run_on_their_acl_users(
                 return p.features["orders_total"]
 
             await eventually(orders, lambda n: n == 1)
+            # The community relay publishes its join, tagging consumes it (an
+            # interaction), the community consumes the member stream (the next order
+            # is attributed to the group joined): each under its own user.
+            groups = community_pb2_grpc.CommunityServiceStub(cch)
+            await groups.CreateGroup(cpb.CreateGroupRequest(group_id="g", group=cpb.Group(
+                name="Fruit", kind=cpb.GROUP_KIND_INTEREST)), metadata=md)
+            await groups.JoinGroup(cpb.JoinGroupRequest(group_id="g", member_id=member_id),
+                                   metadata=md)
+
+            async def interactions() -> float:
+                p = await tags.GetMemberProfile(
+                    pb.GetMemberProfileRequest(member_id=member_id), metadata=md)
+                return p.features["interactions_30d"]
+
+            await eventually(interactions, lambda n: n == 1)
+            await members.RecordOrder(mpb.RecordOrderRequest(
+                order_id="acl-2", member_id=member_id, channel=4, amount_fen=900),
+                metadata=md)
+
+            async def group_orders() -> int:
+                day = await groups.RecordGroupActivity(cpb.RecordGroupActivityRequest(
+                    group_id="g", day=datetime.now(ZoneInfo("Asia/Shanghai")).date()
+                    .isoformat()), metadata=md)
+                return day.orders
+
+            await eventually(group_orders, lambda n: n == 1)
             # The tagging relay publishes on its own stream.
             await tags.CreateTag(pb.CreateTagRequest(
                 tag=pb.Tag(name="vip", kind=pb.TAG_KIND_MANUAL)), metadata=md)
             await tags.AssignTags(pb.AssignTagsRequest(
                 member_ids=[member_id], tag_names=["vip"]), metadata=md)
             await eventually(lambda: redis.xlen(TAGGING_STREAM), lambda n: n >= 1)
-            # The consumer dead-letters what it cannot read, under its user too.
+            # The consumers dead-letter what they cannot read, under their users too
+            # (the groups on the member stream: tagging's, and the community's for
+            # merges and for order attribution, one each).
             await redis.xadd(MEMBER_STREAM, {b"e": b"not an envelope"})
-            await eventually(lambda: redis.xlen(MEMBER_STREAM + ".dead"), lambda n: n == 1)
+            await eventually(lambda: redis.xlen(MEMBER_STREAM + ".dead"), lambda n: n == 3)
     finally:
+        await community.stop(0)
         await tagging.stop(0)
         await member.stop(0)
 

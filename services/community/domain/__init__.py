@@ -1,0 +1,1 @@
+"""The community service's rules: plain data and functions, no I/O."""

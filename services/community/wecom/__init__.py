@@ -1,0 +1,2 @@
+"""WeCom (企业微信) adapters of the community service: the callback crypto and the
+customer-group change events it receives."""
