@@ -1,9 +1,10 @@
 # One image for every Pond component; each Deployment picks its command
-# (e.g. `python -m services.member`). Non-root, read-only root filesystem friendly.
+# (e.g. `python -m services.member`, `python -m gateway`). Non-root, read-only root filesystem friendly.
 FROM python:3.11-slim AS build
 WORKDIR /app
 COPY pyproject.toml ./
 COPY services ./services
+COPY gateway ./gateway
 COPY stack ./stack
 COPY protos ./protos
 RUN pip install --no-cache-dir --prefix=/install . \
@@ -17,8 +18,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/app:/app/gen \
 COPY --from=build /install /usr/local
 COPY --from=build /app/gen /app/gen
 COPY services /app/services
+COPY gateway /app/gateway
 COPY stack /app/stack
 WORKDIR /app
 USER 65532:65532
-EXPOSE 50051 9101
+EXPOSE 50051 9101 8080
 CMD ["python", "-m", "services.member"]
