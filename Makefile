@@ -40,14 +40,17 @@ test: setup
 test-redis: setup
 	$(PY) -m pytest -q -m redis
 
-# Member RPCs against an echo baseline, then the tagging service on a synthetic
-# 1M-member brand (about 10 minutes; `make bench-quick` for 100k).
+# Member RPCs against an echo baseline, the gateway's GET /v1/me against a bare
+# Starlette endpoint (and its added latency over GetMember), then the tagging service
+# on a synthetic 1M-member brand (about 12 minutes; `make bench-quick` for 100k).
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.gateway
 	$(PY) -m bench.tagging
 
 bench-quick: setup
 	$(PY) -m bench --duration 3
+	$(PY) -m bench.gateway --duration 2 --members 50 --latency-calls 500
 	$(PY) -m bench.tagging --quick
 
 # The mini-program's TypeScript types: the gateway's OpenAPI document (written without a
