@@ -44,8 +44,8 @@ def create_app(settings: GatewaySettings, *, gateway: Gateway | None = None) -> 
         summary="The mini-program's API: sign-in with WeChat, the member's own profile, "
                 "points, stored value, orders and the brand's tier programme.",
         lifespan=lifespan,
-        # operationId = the route function's name (get_me, list_orders): what generated
-        # clients name their calls after; FastAPI refuses duplicates.
+        # operationId = the route function's name (get_me, bind_phone): what client
+        # generators name their calls; keep them unique across route groups.
         generate_unique_id_function=lambda route: route.name,
     )
     install_error_handlers(app)

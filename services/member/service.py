@@ -307,8 +307,17 @@ class MemberUseCases(MemberCore):
                     domain=DOMAIN,
                 )
             now = self.now()
-            changed = [k for k, v in values.items() if getattr(m, k) != v]
-            for k, v in values.items():
+            wanted = dict(values)
+            if "consents" in wanted:
+                # A channel's time is when its decision was made (a merge keeps the
+                # later decision): one sent again unchanged keeps its time.
+                wanted["consents"] = {
+                    ch: m.consents[ch] if m.consents.get(ch, (None,))[0] == granted
+                    else (granted, at)
+                    for ch, (granted, at) in wanted["consents"].items()
+                }
+            changed = [k for k, v in wanted.items() if getattr(m, k) != v]
+            for k, v in wanted.items():
                 setattr(m, k, v)
             before = m.kind
             self.touch(m, now)

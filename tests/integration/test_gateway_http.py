@@ -155,6 +155,8 @@ async def test_openapi_documents_errors_security_and_no_422(gateway: GatewayHarn
         for method, op in item.items():
             assert "422" not in op["responses"], (path, method)
             assert "default" in op["responses"], (path, method)
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids)) and "get_me" in ids
     me = doc["paths"]["/v1/me"]["get"]
     assert me["security"] == [{"HTTPBearer": []}]
     assert "security" not in doc["paths"]["/v1/tier-program"]["get"]

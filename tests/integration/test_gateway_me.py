@@ -134,16 +134,21 @@ async def test_tier_program_is_public(gateway: GatewayHarness):
     assert program["tiers"][1]["growth_threshold"] == 1000
 
 
-async def test_patch_consents_per_channel(gateway: GatewayHarness):
+async def test_patch_consents_per_channel(gateway: GatewayHarness, member: MemberHarness):
     tokens = await gateway.login()
     headers = bearer(tokens["access_token"])
     first = await gateway.http.patch("/v1/me", headers=headers, json={"consents": [
         {"channel": "sms", "granted": True}, {"channel": "wechat", "granted": True}]})
     assert first.status_code == 200, first.text
+    decided = {c["channel"]: c["updated_at"] for c in first.json()["consents"]}
+    member.clock.advance(days=3)
     second = await gateway.http.patch("/v1/me", headers=headers, json={"consents": [
         {"channel": "sms", "granted": False}]})
     consents = {c["channel"]: c["granted"] for c in second.json()["consents"]}
     assert consents == {"sms": False, "wechat": True}
+    # Each channel's time is its own decision's: WeChat's did not change.
+    times = {c["channel"]: c["updated_at"] for c in second.json()["consents"]}
+    assert times["wechat"] == decided["wechat"] and times["sms"] > decided["sms"]
     bad = await gateway.http.patch("/v1/me", headers=headers, json={"consents": [
         {"channel": "carrier-pigeon", "granted": True}]})
     assert_problem(bad, 400, "INVALID_ARGUMENT")
