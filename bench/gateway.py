@@ -48,6 +48,9 @@ WECHAT_APP_ID = "wxbench000000000001"
 UNREACHABLE_LIMITS = "auth=1000000000/1000000000/60,read=1000000000/1000000000/60," \
                      "write=1000000000/1000000000/60"
 BASELINE_PATH = "/json"
+# Runs taken while other work held the machine are measured again, this many in all
+# (the quieter of the two attempts is kept), as in `python -m bench`.
+RETRIES = 3
 
 
 @dataclass
@@ -242,11 +245,24 @@ async def measure(opts: Options, workdir: Path, say: Any) -> Figures:
                     ("starlette", stack.starlette, BASELINE_PATH),
                     ("gateway", stack.gateway, "/v1/me"),
                     ("starlette", stack.starlette, BASELINE_PATH)]
+        retries = RETRIES
         for label, server, path in schedule:
-            run = await timed_run(gen, label, server, path, stack, opts)
-            say(f"  {label:<10} {run.rate:>9,.0f} requests/s"
-                + (f"  ({run.errors} errors: {run.first_error})" if run.errors else ""))
-            runs.append(run)
+            best: RunResult | None = None
+            for attempt in (1, 2):
+                run = await timed_run(gen, label, server, path, stack, opts)
+                run.attempts = attempt
+                say(f"  {label:<10} {run.rate:>9,.0f} requests/s"
+                    + (f"  ({run.errors} errors: {run.first_error})" if run.errors else "")
+                    + (f"  (other work took {run.other_load:.2f} CPU)"
+                       if run.busy_machine else ""))
+                if best is None or (run.other_load or 0.0) < (best.other_load or 0.0):
+                    best = run
+                if not run.busy_machine or attempt == 2 or retries == 0:
+                    break
+                retries -= 1
+                say("  (measuring it again)")
+            assert best is not None
+            runs.append(best)
         say("latency: GetMember over gRPC and GET /v1/me through the gateway, one at a time")
         latency = await latencies(gen, stack, opts)
         return Figures(runs, latency, stack.gateway.error_lines())
