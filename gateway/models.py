@@ -4,19 +4,34 @@ fen, times are RFC 3339 UTC, enums are lower-case words, phone numbers are maske
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 ContactChannel = Literal["sms", "wechat", "wecom", "email", "phone_call"]
 CONTACT_CHANNELS: tuple[ContactChannel, ...] = ("sms", "wechat", "wecom", "email", "phone_call")
 
 
 class Strict(BaseModel):
-    """A request body: unknown fields are refused (a typo is no silent no-op)."""
+    """A request body: unknown fields are refused (a typo is no silent no-op). Its
+    scalars take only what the document says (StrictBool, IsoDate): pydantic would
+    otherwise read 0 as false and 86400 as 1970-01-02."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date_text(value: Any) -> Any:
+    if isinstance(value, date) or (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        return value
+    raise ValueError("a date as YYYY-MM-DD")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
 # -- auth --
@@ -99,12 +114,12 @@ class MeView(BaseModel):
 
 class ConsentChange(Strict):
     channel: ContactChannel
-    granted: bool
+    granted: StrictBool
 
 
 class MePatch(Strict):
     nickname: str | None = Field(None, min_length=1, max_length=32)
-    birthday: date | None = Field(None, description="Once: a birthday already set stays")
+    birthday: IsoDate | None = Field(None, description="Once: a birthday already set stays")
     consents: list[ConsentChange] | None = Field(None, max_length=5)
 
     @field_validator("birthday")
