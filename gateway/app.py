@@ -59,7 +59,7 @@ def create_app(settings: GatewaySettings, *, gateway: Gateway | None = None) -> 
     origins = settings.cors_origin_list()
     if origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PATCH"],
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"], max_age=600,
         )
