@@ -17,12 +17,12 @@ from gateway.models import (
     ChainView,
     CheckInStreakView,
     CheckInView,
+    ConsentView,
     GroupKindWord,
     GroupLevelWord,
     GroupView,
-    MyGroupView,
-    ConsentView,
     MeView,
+    MyGroupView,
     NextTier,
     OrderItemView,
     OrderView,
@@ -188,7 +188,7 @@ def chain_entry(e: cpb.ChainEntry) -> ChainEntryView:
     state = {cpb.CHAIN_ENTRY_STATE_ACTIVE: "active",
              cpb.CHAIN_ENTRY_STATE_WITHDRAWN: "withdrawn"}.get(e.state, "unspecified")
     return ChainEntryView(chain_id=e.chain_id, quantity=e.quantity, amount_fen=e.amount_fen,
-                          state=state, position=e.position,  # type: ignore[arg-type]
+                          state=state, position=e.position,
                           joined_at=time_of(e.join_time), updated_at=time_of(e.update_time))
 
 
@@ -201,6 +201,6 @@ def chain(c: cpb.Chain, member_id: str) -> ChainView:
         id=c.id, group_id=c.group_id, product=c.product, price_fen=c.price_fen, stock=c.stock,
         stock_left=max(0, c.stock - c.sold),
         per_member_limit=c.per_member_limit or c.stock, deadline=time_of(c.deadline),
-        state=state,  # type: ignore[arg-type]
+        state=state,
         my_entry=chain_entry(mine) if mine is not None else None,
     )

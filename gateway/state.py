@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 import redis.asyncio as aioredis
-from grpc_health.v1 import health_pb2_grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2_grpc
 from pond.community.v1 import community_pb2, community_pb2_grpc
 from pond.member.v1 import member_pb2, member_pb2_grpc
 

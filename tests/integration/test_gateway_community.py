@@ -329,3 +329,28 @@ async def test_readiness_asks_community_only_when_configured(gateway_factory,
     _, headers = await signed_in(unreachable, "bob")
     assert_problem(await unreachable.http.post("/v1/check-ins", headers=headers),
                    503, "SERVICE_UNAVAILABLE")
+
+
+async def test_a_merged_members_other_session_must_sign_in_again(
+        gw: GatewayHarness, community: Community):
+    """A phone bound on one device merges that member into the store's; the other
+    device's session names a member that is gone: no join, check-in or chain entry is
+    made under it."""
+    from pond.member.v1 import member_pb2 as mpb
+
+    await community.member.stub.RegisterMember(mpb.RegisterMemberRequest(
+        identities=[mpb.Identity(kind=mpb.IDENTITY_KIND_PHONE, value="13812345678")]),
+        metadata=community.member.md())
+    await community.rule("fruit", template=TEMPLATE)
+    phone_a, phone_b = await gw.login("lin"), await gw.login("lin")
+    merged = await gw.http.post("/v1/me/phone", headers=bearer(phone_a["access_token"]),
+                                json={"code": "phone-13812345678"})
+    assert merged.json()["merged"] is True, merged.text
+    old = bearer(phone_b["access_token"])
+    for reply in (await gw.http.post("/v1/live-codes/fruit/join", headers=old),
+                  await gw.http.post("/v1/check-ins", headers=old),
+                  await gw.http.get("/v1/me/groups", headers=old)):
+        assert_problem(reply, 401, "MEMBER_MERGED")
+    chain = await community.stub.ListGroups(pb.ListGroupsRequest(pool_id="fruit"),
+                                            metadata=community.md())
+    assert list(chain.groups) == []  # nobody was routed

@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
 
 from gateway.openapi import document
 from gateway.server import gateway_server
+from services.community.server import start_community_service
 from services.member.server import start_member_service
 from stack.wechat_standin import WeChatStandIn
 from tests.conftest import TEST_SECRET, member_settings
@@ -49,6 +50,7 @@ from tests.gateway_harness import (
     gateway_settings,
     standin_server,
 )
+from tests.integration.community_harness import community_settings
 
 EXAMPLES = int(os.environ.get("POND_SCHEMATHESIS_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -83,8 +85,8 @@ class SignedIn:
 
 @pytest.fixture(scope="module")
 def live_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The member service, the WeChat stand-in and the gateway on one event loop in
-    a thread; yields the gateway's URL."""
+    """The member and community services, the WeChat stand-in and the gateway on one
+    event loop in a thread; yields the gateway's URL."""
     ready: dict[str, Any] = {}
     started = threading.Event()
     loop = asyncio.new_event_loop()
@@ -94,10 +96,13 @@ def live_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         member = await start_member_service(
             member_settings(tmp_path_factory.mktemp("member"), redis_url), port=0,
             metrics=False)
+        community = await start_community_service(community_settings(
+            tmp_path_factory.mktemp("community"), redis_url, f"127.0.0.1:{member.port}"),
+            port=0, metrics=False)
         wechat = await standin_server(WeChatStandIn(WECHAT_APP_ID, WECHAT_APP_SECRET)).start()
         gateway = await gateway_server(gateway_settings(
             f"127.0.0.1:{member.port}", redis_url, wechat.url, TEST_SECRET,
-            rate_limits=LIMITS)).start()
+            rate_limits=LIMITS, community_target=f"127.0.0.1:{community.port}")).start()
         ready["url"] = gateway.url
         started.set()
         try:
@@ -105,6 +110,7 @@ def live_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         finally:
             await gateway.stop()
             await wechat.stop()
+            await community.stop(0)
             await member.stop(0)
 
     def run() -> None:

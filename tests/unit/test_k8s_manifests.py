@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from services.community.settings import CommunitySettings
 from services.member.settings import MemberSettings
 from services.tagging.settings import TaggingSettings
 
@@ -27,6 +28,7 @@ K8S = Path(__file__).resolve().parents[2] / "k8s"
 SETTINGS: dict[str, type[BaseSettings]] = {
     "services.member": MemberSettings,
     "services.tagging": TaggingSettings,
+    "services.community": CommunitySettings,
     "gateway": GatewaySettings,
 }
 
@@ -134,6 +136,8 @@ def test_the_gateway_manifest_matches_the_app():
     assert not answers_get("/no-such-route")
     assert int(annotations["prometheus.io/port"]) == settings.gateway_port
     assert env["POND_MEMBER_TARGET"] == "member:50051"
+    community = one(docs, "Service", "community")["spec"]["ports"][0]["port"]
+    assert env["POND_COMMUNITY_TARGET"] == f"community:{community}"
 
     ingress = one(docs, "Ingress", "gateway")
     limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
