@@ -71,6 +71,7 @@ class DevStack:
     valkey_port: int
     gateway_port: int
     wechat_port: int
+    community_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -105,13 +106,15 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
                POND_JOBS_INTERVAL_SECONDS=str(JOBS_INTERVAL), POND_LOG_FORMAT="json")
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
-    env.update(POND_COMMUNITY_PORT=str(_free_port()),
+    community_port = _free_port()
+    env.update(POND_COMMUNITY_PORT=str(community_port),
                POND_COMMUNITY_METRICS_PORT=str(_free_port()))
     with log_path.open("w") as out:
         # A usual umask: whatever is owner-only is so because the stack made it so.
         proc = subprocess.Popen([sys.executable, "-m", "stack"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, umask=0o022)
-    stack = DevStack(proc, data_dir, log_path, started_at, *ports)
+    stack = DevStack(proc, data_dir, log_path, started_at, *ports,
+                     community_port=community_port)
     try:
         wait_serving(stack.member_port, proc)
         wait_serving(stack.tagging_port, proc)
