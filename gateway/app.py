@@ -42,7 +42,8 @@ def create_app(settings: GatewaySettings, *, gateway: Gateway | None = None) -> 
         title="Pond gateway",
         version=API_VERSION,
         summary="The mini-program's API: sign-in with WeChat, the member's own profile, "
-                "points, stored value, orders and the brand's tier programme.",
+                "points, stored value, orders, the brand's tier programme, and the "
+                "member's customer groups, live codes, check-in and chain orders.",
         lifespan=lifespan,
         # operationId = the route function's name (get_me, bind_phone): what client
         # generators name their calls; keep them unique across route groups.
