@@ -332,18 +332,21 @@ def test_killed_valkey_is_restarted_and_events_still_reach_tagging(dev_stack: De
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the banner's walk-through uses curl")
 def test_the_banners_curl_walk_through_signs_in_and_reads_me(dev_stack: DevStack):
     """The gateway's lines of the banner, run as printed: sign in with a stand-in
-    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's)."""
+    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's), check in
+    (the community service behind the gateway)."""
     lines = dev_stack.log().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("LOGIN="))
     script = "\n".join(lines[start:start + 7])
-    assert "/v1/me" in script and "/v1/me/phone" in script
+    assert "/v1/me" in script and "/v1/me/phone" in script and "/v1/check-ins" in script
     # Ready: member answers and Redis too (another test here restarts Valkey).
     wait_until(lambda: _status(f"http://127.0.0.1:{dev_stack.gateway_port}/readyz") == 200)
     run = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    me, phone = (json.loads(doc) for doc in run.stdout.replace("}{", "}\n{").splitlines())
+    me, phone, check_in = (json.loads(doc)
+                           for doc in run.stdout.replace("}{", "}\n{").splitlines())
     assert me["id"].startswith("m") and me["tier"]["level"] == 0
     assert phone["me"]["id"] == me["id"] and phone["me"]["phone"] == "138****5678"
+    assert check_in["streak"] == 1 and check_in["already_checked_in"] is False
     listening = listening_addresses(dev_stack.gateway_port)
     assert listening and listening <= LOOPBACK
 
