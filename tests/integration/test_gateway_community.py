@@ -354,3 +354,21 @@ async def test_a_merged_members_other_session_must_sign_in_again(
     chain = await community.stub.ListGroups(pb.ListGroupsRequest(pool_id="fruit"),
                                             metadata=community.md())
     assert list(chain.groups) == []  # nobody was routed
+
+
+async def test_a_chain_join_is_one_write_against_the_rate_limit(gateway_factory,
+                                                                community: Community):
+    """The route's member and its Idempotency-Key both need the signed-in member: the
+    request is admitted (and counted) once, not once per dependency."""
+    gw = await gateway_factory(community_target=f"127.0.0.1:{community.service.port}",
+                               rate_limits="auth=100/100/60,read=100/100/60,write=2/100/60")
+    _, headers = await signed_in(gw, "alice")
+    await community.group("g1")
+    await open_chain(community, "g1", "cherries")
+    k = key()
+    for _ in range(2):
+        reply = await gw.http.post("/v1/chains/cherries/entries", headers={**headers, **k},
+                                   json={"quantity": 1})
+        assert reply.status_code == 201, reply.text
+    assert_problem(await gw.http.post("/v1/chains/cherries/entries", headers={**headers, **k},
+                                      json={"quantity": 1}), 429, "RATE_LIMITED")
