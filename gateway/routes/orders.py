@@ -18,8 +18,15 @@ from services.runtime.errors import NotFound, PermissionDenied
 router = APIRouter(prefix="/v1/me", tags=["orders"])
 
 
+# An OpenAPI link: where an order's id leads (client generators and schemathesis's
+# stateful tests follow it).
+_ORDER_LINK = {200: {"links": {"GetOrder": {
+    "operationId": "get_order", "parameters": {"order_id": "$response.body#/orders/0/id"},
+    "description": "The first order of the page"}}}}
+
+
 @router.get("/orders", response_model=OrdersPage, summary="My orders, newest first",
-            responses=problem_responses(400, 401))
+            responses={**problem_responses(400, 401), **_ORDER_LINK})
 async def list_orders(request: Request, me: Reading, page_size: PageSize = PAGE_SIZE_DEFAULT,
                       page_token: PageToken = "") -> OrdersPage:
     members = request.app.state.gateway.members
