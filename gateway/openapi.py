@@ -26,6 +26,15 @@ _REQUEST_ID_HEADER = {
     "required": True,
     "schema": {"type": "string"},
 }
+# Every /v1 route is admitted by the Redis rate limiter (gateway.ratelimit): 429 when
+# over a limit, 503 when Redis or a service is down; both say when to come back.
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before trying again",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_RETRYABLE = {"429": "Too many requests (rate limited)",
+              "503": "Redis or a service is unavailable; retry later"}
 
 
 def accurate_openapi(app: FastAPI) -> dict[str, Any]:
@@ -38,18 +47,25 @@ def accurate_openapi(app: FastAPI) -> dict[str, Any]:
     schemas.update(problem["$defs"])
     for name in _FASTAPI_VALIDATION_SCHEMAS:
         schemas.pop(name, None)
-    components.setdefault("headers", {})["X-Request-Id"] = _REQUEST_ID_HEADER
-    for path_item in schema.get("paths", {}).values():
+    headers = components.setdefault("headers", {})
+    headers["X-Request-Id"] = _REQUEST_ID_HEADER
+    headers["Retry-After"] = _RETRY_AFTER_HEADER
+    for path, path_item in schema.get("paths", {}).items():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
             if responses.pop("422", None) is not None and "400" not in responses:
                 responses["400"] = problem_response_doc("Invalid request (field violations)")
+            if path.startswith("/v1/"):
+                for status, description in _RETRYABLE.items():
+                    responses.setdefault(status, problem_response_doc(description))
             responses.setdefault("default", problem_response_doc(
-                "Any other error: 429 rate limited, 413 body too large, 5xx"))
+                "Any other error: 413 body too large, 5xx"))
             for status, response in responses.items():
-                responses[status] = {**response, "headers": {
-                    **response.get("headers", {}),
-                    "X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}}
+                added = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
+                if status in _RETRYABLE and "problem" in str(response.get("content", "")):
+                    added["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+                responses[status] = {**response, "headers": {**response.get("headers", {}),
+                                                             **added}}
     return schema
 
 

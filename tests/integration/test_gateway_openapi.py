@@ -1,7 +1,7 @@
 """What schemathesis (test_gateway_schemathesis.py) found the gateway doing against
 its own document, each pinned down by a plain test: a 405 names every method of the
-path, request bodies take only the JSON types the document gives, and every answer
-carries the documented X-Request-Id."""
+path, request bodies take only the JSON types the document gives, every answer
+carries the documented X-Request-Id, and 429/503 their documented Retry-After."""
 
 from __future__ import annotations
 
@@ -57,3 +57,20 @@ async def test_every_answer_carries_the_documented_request_id(gateway: GatewayHa
                   await gateway.http.get("/v1/me"),
                   await gateway.http.get("/healthz")):
         assert reply.headers["x-request-id"], reply
+
+
+async def test_a_rate_limited_answer_is_documented_with_its_retry_after(gateway_factory):
+    gateway = await gateway_factory(rate_limits="auth=1000/1000/60,read=1/1000/60,write=1/1000/60")
+    doc = (await gateway.http.get("/openapi.json")).json()
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            if path.startswith("/v1/"):
+                for status in ("429", "503"):
+                    headers = operation["responses"][status]["headers"]
+                    assert "Retry-After" in headers, (operation["operationId"], status)
+    assert doc["components"]["headers"]["Retry-After"]["required"] is True
+    headers = bearer((await gateway.login())["access_token"])
+    assert (await gateway.http.get("/v1/me", headers=headers)).status_code == 200
+    limited = await gateway.http.get("/v1/me", headers=headers)
+    assert_problem(limited, 429, "RATE_LIMITED")
+    assert int(limited.headers["retry-after"]) >= 1
