@@ -2205,6 +2205,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The live code's routing rule */
                 rule_id: string;
             };
             cookie?: never;

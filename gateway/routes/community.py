@@ -49,7 +49,10 @@ from gateway.state import Gateway
 from services.runtime.errors import FailedPrecondition
 
 router = APIRouter(prefix="/v1", tags=["community"])
-Id = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+_ID = dict(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+RuleId = Annotated[str, Path(**_ID, description="The live code's routing rule",
+                             openapi_examples={"live code": {"value": "fruit-club"}})]
+ChainId = Annotated[str, Path(**_ID, openapi_examples={"chain": {"value": "cherries-0301"}})]
 ENTRY_NOT_FOUND = "CHAIN_ENTRY_NOT_FOUND"
 
 
@@ -100,7 +103,7 @@ async def list_my_groups(request: Request, me: Reading, page_size: PageSize = PA
                      "QR code (scanning again answers the same group)",
              responses=problem_responses(400, 401, 404, 409, 503))
 async def join_through_live_code(
-    request: Request, me: Writing, rule_id: Id,
+    request: Request, me: Writing, rule_id: RuleId,
     context: Annotated[LiveCodeContext | None, Body()] = None,
 ) -> LiveCodeJoined:
     community = _gateway(request).community
@@ -143,7 +146,7 @@ async def get_check_in_streak(request: Request, me: Reading) -> CheckInStreakVie
 @router.get("/chains/{chain_id}", response_model=ChainView,
             summary="A chain order: product, price (fen), stock left, per-member limit, "
                     "deadline and my entry", responses=problem_responses(401, 404, 503))
-async def get_chain(request: Request, me: Reading, chain_id: Id) -> ChainView:
+async def get_chain(request: Request, me: Reading, chain_id: ChainId) -> ChainView:
     community = _gateway(request).community
     chain = await community.call(community.stub.GetChain, pb.GetChainRequest(chain_id=chain_id),
                                  member_id=me.member_id)
@@ -154,7 +157,7 @@ async def get_chain(request: Request, me: Reading, chain_id: Id) -> ChainView:
 @router.post("/chains/{chain_id}/entries", response_model=ChainEntryView, status_code=201,
              summary="Join a chain with a quantity (Idempotency-Key required)",
              responses=problem_responses(400, 401, 404, 409, 503))
-async def join_chain(request: Request, me: Writing, key: ValueMovingKey, chain_id: Id,
+async def join_chain(request: Request, me: Writing, key: ValueMovingKey, chain_id: ChainId,
                      body: ChainQuantity) -> ChainEntryView:
     community = _gateway(request).community
     entry = await community.call(community.stub.JoinChain, pb.JoinChainRequest(
@@ -192,7 +195,7 @@ async def _my_entry_call(call: Callable[[], Awaitable[pb.ChainEntry]]) -> ChainE
 @router.patch("/chains/{chain_id}/entries/me", response_model=ChainEntryView,
               summary="Change my quantity in a chain",
               responses=problem_responses(400, 401, 404, 409, 503))
-async def change_my_chain_entry(request: Request, me: Writing, chain_id: Id,
+async def change_my_chain_entry(request: Request, me: Writing, chain_id: ChainId,
                                 body: ChainQuantity, key: OptionalKey = None) -> ChainEntryView:
     community = _gateway(request).community
     return await _my_entry_call(lambda: community.call(
@@ -204,7 +207,7 @@ async def change_my_chain_entry(request: Request, me: Writing, chain_id: Id,
 @router.delete("/chains/{chain_id}/entries/me", response_model=ChainEntryView,
                summary="Withdraw my entry from a chain (the entry, now withdrawn)",
                responses=problem_responses(400, 401, 404, 409, 503))
-async def withdraw_my_chain_entry(request: Request, me: Writing, chain_id: Id,
+async def withdraw_my_chain_entry(request: Request, me: Writing, chain_id: ChainId,
                                   key: OptionalKey = None) -> ChainEntryView:
     community = _gateway(request).community
     return await _my_entry_call(lambda: community.call(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ import grpc
 import httpx
 import pytest
 import schemathesis
+from google.protobuf import timestamp_pb2
 from hypothesis import HealthCheck, settings
+from pond.community.v1 import community_pb2 as cpb
+from pond.community.v1 import community_pb2_grpc
 from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 from schemathesis.checks import not_a_server_error
@@ -91,7 +95,27 @@ class SignedIn:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
-async def _member_with_history(url: str, member_target: str) -> None:
+async def _community_examples(member_id: str, community_target: str) -> None:
+    """What the document's examples name: the live code `fruit-club` (a rule with a
+    template) and the chain `cherries-0301` in a group the member is in."""
+    staff = call_metadata(token(Role.OPERATOR))
+    deadline = timestamp_pb2.Timestamp(seconds=int(time.time()) + 86400)
+    async with grpc.aio.insecure_channel(community_target) as channel:
+        stub = community_pb2_grpc.CommunityServiceStub(channel)
+        await stub.CreateRoutingRule(cpb.CreateRoutingRuleRequest(
+            rule_id="fruit-club", rule=cpb.RoutingRule(name="Fruit club", template=(
+                cpb.GroupTemplate(name_prefix="Fruit club", kind=cpb.GROUP_KIND_STORE,
+                                  qr_code_url="https://qr.example/fruit-{sequence}")))),
+            metadata=staff)
+        routed = await stub.RouteMember(cpb.RouteMemberRequest(
+            member_id=member_id, rule_id="fruit-club"), metadata=staff)
+        await stub.OpenChain(cpb.OpenChainRequest(
+            chain_id="cherries-0301", group_id=routed.group.id, product="Cherries 1kg",
+            price_fen=3_990, stock=100_000, per_member_limit=0, deadline=deadline),
+            metadata=staff)
+
+
+async def _member_with_history(url: str, member_target: str, community_target: str) -> None:
     """The member every test signs in as, with an order (points earned) and a top-up
     recorded by a store over gRPC, so that the lists and the order have something in
     them to check against the document."""
@@ -109,6 +133,7 @@ async def _member_with_history(url: str, member_target: str) -> None:
         await stub.TopUpStoredValue(pb.TopUpStoredValueRequest(
             member_id=member_id, amount_fen=50_000, bonus_fen=5_000, reference="t1",
             idempotency_key="schemathesis-top-up-1"), metadata=guide)
+    await _community_examples(member_id, community_target)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +157,8 @@ def live_gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
             f"127.0.0.1:{member.port}", redis_url, wechat.url, TEST_SECRET,
             rate_limits=LIMITS, community_target=f"127.0.0.1:{community.port}")).start()
         ready["url"] = gateway.url
-        await _member_with_history(gateway.url, f"127.0.0.1:{member.port}")
+        await _member_with_history(gateway.url, f"127.0.0.1:{member.port}",
+                                   f"127.0.0.1:{community.port}")
         started.set()
         try:
             await stop.wait()
@@ -201,6 +227,9 @@ def test_the_promises_were_kept_while_signed_in() -> None:
         label = operation.ok().label
         if label != "GET /v1/me/orders/{order_id}":  # random ids: 404 (the workflow's job)
             assert 200 in ANSWERED[label], (label, ANSWERED[label])
+    # The community's documented examples reach a real live code and chain.
+    for label in ("GET /v1/chains/{chain_id}", "POST /v1/live-codes/{rule_id}/join"):
+        assert 200 in ANSWERED[label], (label, ANSWERED[label])
 
 
 class Workflows(schema.exclude(path="/v1/auth/logout").as_state_machine()):  # type: ignore[misc]
