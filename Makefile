@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: setup run test test-redis bench bench-quick lint protos clean
+.PHONY: setup run test test-redis bench bench-quick lint protos client clean
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -40,18 +40,28 @@ test: setup
 test-redis: setup
 	$(PY) -m pytest -q -m redis
 
-# Member RPCs against an echo baseline, community RouteMember and CheckIn (and routing
-# at 25,000 groups against 100), then the tagging service on a synthetic
-# 1M-member brand (about 10 minutes; `make bench-quick` for 100k).
+# Member RPCs against an echo baseline, the gateway's GET /v1/me against a bare
+# Starlette endpoint (and its added latency over GetMember), community RouteMember and
+# CheckIn (and routing at 25,000 groups against 100), then the tagging service on a
+# synthetic 1M-member brand (about 15 minutes; `make bench-quick` for 100k).
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.gateway
 	$(PY) -m bench.community
 	$(PY) -m bench.tagging
 
 bench-quick: setup
 	$(PY) -m bench --duration 3
 	$(PY) -m bench.community --duration 3
+	$(PY) -m bench.gateway --duration 2 --members 50 --latency-calls 500
 	$(PY) -m bench.tagging --quick
+
+# The mini-program's TypeScript types: the gateway's OpenAPI document (written without a
+# server) and the types npm's openapi-typescript (pinned in client/package-lock.json)
+# makes from it. Both files are committed; a test keeps client/openapi.json current.
+client: setup
+	$(PY) -m gateway.openapi client/openapi.json
+	cd client && npm ci --no-audit --no-fund --loglevel=error && npx --no-install openapi-typescript openapi.json -o pond-api.d.ts
 
 # ruff; mypy over services/ (strict for the runtime and every domain package);
 # import-linter's walls (pyproject.toml).

@@ -26,4 +26,9 @@ closed-loop client), workload.py (requests), procstat.py (CPU accounting from
 /proc), report.py (table and bench/results/latest.json), profiling.py
 (`--profile`). `--server-env` and `--server-patch` measure what-if changes to the
 member server without editing services/ (written to whatif.json, not latest.json).
+
+The gateway's bench (`python -m bench.gateway`: GET /v1/me against a bare Starlette
+endpoint, and the added latency over GetMember) is gateway.py (orchestration),
+http_servers.py (the gateway, Starlette and no-framework servers), http_load.py (the
+HTTP load generator process) and gateway_report.py (figures, gateway-latest.json).
 """

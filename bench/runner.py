@@ -53,9 +53,13 @@ class Options:
 
 
 class ServerProcess:
-    """One `python -m bench.server` child; its port arrives through a file."""
+    """One `python -m bench.server` child (or another server module's); its port
+    arrives through a file."""
 
-    def __init__(self, kind: str, workdir: Path, env: dict[str, str], *extra: str) -> None:
+    def __init__(
+        self, kind: str, workdir: Path, env: dict[str, str], *extra: str,
+        module: str = "bench.server",
+    ) -> None:
         self.kind, self.workdir = kind, workdir
         self.port_file = workdir / f"{kind}.port"
         self.stderr_path = workdir / f"{kind}.stderr"
@@ -63,7 +67,7 @@ class ServerProcess:
         self.args = [
             sys.executable,
             "-m",
-            "bench.server",
+            module,
             kind,
             "--port-file",
             str(self.port_file),

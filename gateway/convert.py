@@ -1,18 +1,28 @@
-"""Protos from the member service -> the gateway's response bodies (models.py)."""
+"""Protos from the member and community services -> the gateway's response bodies
+(models.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, get_args
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pond.common.v1 import common_pb2
+from pond.community.v1 import community_pb2 as cpb
 from pond.member.v1 import member_pb2 as pb
 
 from gateway.models import (
     CONTACT_CHANNELS,
+    ChainEntryView,
+    ChainView,
+    CheckInStreakView,
+    CheckInView,
     ConsentView,
+    GroupKindWord,
+    GroupLevelWord,
+    GroupView,
     MeView,
+    MyGroupView,
     NextTier,
     OrderItemView,
     OrderView,
@@ -128,4 +138,69 @@ def order(o: pb.Order) -> OrderView:
                              unit_price_fen=i.unit_price_fen) for i in o.items],
         amount_fen=o.amount_fen, paid_at=time_of(o.paid_time), points_earned=o.points_earned,
         growth_earned=o.growth_earned, refunded_fen=o.refunded_fen,
+    )
+
+
+# -- community --
+def _word(enum: Any, value: int, prefix: str, allowed: Any) -> Any:
+    """The enum's word when the document lists it, else "unspecified" (a value added
+    to the proto later must not break the answer)."""
+    word = enum_word(enum, value, prefix)
+    return word if word in get_args(allowed) else "unspecified"
+
+
+def _group_fields(g: cpb.Group) -> dict[str, Any]:
+    return dict(
+        id=g.id, name=g.name, kind=_word(cpb.GroupKind, g.kind, "GROUP_KIND_", GroupKindWord),
+        level=_word(cpb.GroupLevel, g.level, "GROUP_LEVEL_", GroupLevelWord),
+        store_id=g.store_id, city=g.city, qr_code_url=g.qr_code_url,
+        member_count=g.member_count, capacity=g.capacity,
+        state="active" if g.state == cpb.GROUP_STATE_ACTIVE
+        else "archived" if g.state == cpb.GROUP_STATE_ARCHIVED else "unspecified",
+    )
+
+
+def group(g: cpb.Group) -> GroupView:
+    return GroupView(**_group_fields(g))
+
+
+def my_group(g: cpb.Group, membership: cpb.GroupMembership) -> MyGroupView:
+    return MyGroupView(**_group_fields(g), joined_at=time_of(membership.join_time))
+
+
+def _day(text: str) -> date | None:
+    return date.fromisoformat(text) if text else None
+
+
+def check_in(c: cpb.CheckIn, already: bool) -> CheckInView:
+    return CheckInView(day=date.fromisoformat(c.day), checked_in_at=time_of(c.check_in_time),
+                       group_id=c.group_id, streak=c.streak, best_streak=c.best_streak,
+                       total_days=c.total_days, already_checked_in=already)
+
+
+def check_in_streak(s: cpb.CheckInStreak) -> CheckInStreakView:
+    return CheckInStreakView(streak=s.streak, best_streak=s.best_streak,
+                             total_days=s.total_days, last_day=_day(s.last_day),
+                             checked_in_today=s.checked_in_today)
+
+
+def chain_entry(e: cpb.ChainEntry) -> ChainEntryView:
+    state = {cpb.CHAIN_ENTRY_STATE_ACTIVE: "active",
+             cpb.CHAIN_ENTRY_STATE_WITHDRAWN: "withdrawn"}.get(e.state, "unspecified")
+    return ChainEntryView(chain_id=e.chain_id, quantity=e.quantity, amount_fen=e.amount_fen,
+                          state=state, position=e.position,
+                          joined_at=time_of(e.join_time), updated_at=time_of(e.update_time))
+
+
+def chain(c: cpb.Chain, member_id: str) -> ChainView:
+    """The chain as one member sees it: its details and that member's entry only."""
+    mine = next((e for e in c.entries if e.member_id == member_id), None)
+    state = {cpb.CHAIN_STATE_OPEN: "open", cpb.CHAIN_STATE_CLOSED: "closed"}.get(
+        c.state, "unspecified")
+    return ChainView(
+        id=c.id, group_id=c.group_id, product=c.product, price_fen=c.price_fen, stock=c.stock,
+        stock_left=max(0, c.stock - c.sold),
+        per_member_limit=c.per_member_limit or c.stock, deadline=time_of(c.deadline),
+        state=state,
+        my_entry=chain_entry(mine) if mine is not None else None,
     )

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.runtime.errors import ErrorKind, PondError, shorten
 from services.runtime.logs import current_request_id
@@ -190,11 +191,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(Problem(400, "INVALID_ARGUMENT", shorten(summary, 256),
                                         violations=violations))
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
         return problem_response(Problem(exc.status_code, code, _TITLES.get(exc.status_code, ""),
-                                        headers=dict(exc.headers or {})))
+                                        headers=headers))
 
     async def on_redis_down(_request: Request, exc: Exception) -> JSONResponse:
         log.error("redis unreachable", error=type(exc).__name__)
@@ -209,6 +213,20 @@ def install_error_handlers(app: FastAPI) -> None:
     # Sessions and rate limits live in Redis: without it, nothing is admitted.
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers to, for a 405's Allow header: the routes
+    of one path are separate (GET and PATCH /v1/me) and the router names only the
+    first it tried. Asked of the router itself, one method at a time (405s only)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes))
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

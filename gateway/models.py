@@ -4,19 +4,34 @@ fen, times are RFC 3339 UTC, enums are lower-case words, phone numbers are maske
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 ContactChannel = Literal["sms", "wechat", "wecom", "email", "phone_call"]
 CONTACT_CHANNELS: tuple[ContactChannel, ...] = ("sms", "wechat", "wecom", "email", "phone_call")
 
 
 class Strict(BaseModel):
-    """A request body: unknown fields are refused (a typo is no silent no-op)."""
+    """A request body: unknown fields are refused (a typo is no silent no-op). Its
+    scalars take only what the document says (StrictBool, IsoDate): pydantic would
+    otherwise read 0 as false and 86400 as 1970-01-02."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date_text(value: Any) -> Any:
+    if isinstance(value, date) or (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        return value
+    raise ValueError("a date as YYYY-MM-DD")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
 # -- auth --
@@ -99,12 +114,12 @@ class MeView(BaseModel):
 
 class ConsentChange(Strict):
     channel: ContactChannel
-    granted: bool
+    granted: StrictBool
 
 
 class MePatch(Strict):
     nickname: str | None = Field(None, min_length=1, max_length=32)
-    birthday: date | None = Field(None, description="Once: a birthday already set stays")
+    birthday: IsoDate | None = Field(None, description="Once: a birthday already set stays")
     consents: list[ConsentChange] | None = Field(None, max_length=5)
 
     @field_validator("birthday")
@@ -206,3 +221,97 @@ class OrdersPage(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool] = Field(default_factory=dict)
+
+
+# -- community: groups, live codes, check-in, chains --
+GroupKindWord = Literal[
+    "interest", "functional", "brand_welfare", "promotion_flash", "activity", "fans", "vip",
+    "koc", "store", "city", "category", "ip", "unspecified"]
+GroupLevelWord = Literal["first", "second", "top", "unspecified"]
+
+
+class GroupView(BaseModel):
+    id: str
+    name: str
+    kind: GroupKindWord
+    level: GroupLevelWord
+    store_id: str
+    city: str
+    qr_code_url: str = Field(description="The group's WeCom QR code (scan to enter the chat)")
+    member_count: int
+    capacity: int
+    state: Literal["active", "archived", "unspecified"]
+
+
+class MyGroupView(GroupView):
+    joined_at: datetime | None
+
+
+class MyGroupsPage(BaseModel):
+    groups: list[MyGroupView]
+    next_page_token: str = Field(description="Empty on the last page")
+
+
+class LiveCodeContext(Strict):
+    """Where the live code was scanned (the code's scene); unset: my own store and city."""
+
+    store_id: str | None = Field(None, min_length=1, max_length=128,
+                                 pattern=r"^[A-Za-z0-9_-]+$")
+    city: str | None = Field(None, min_length=1, max_length=100)
+
+
+class LiveCodeJoined(BaseModel):
+    group: GroupView
+    qr_code_url: str = Field(description="Show it: scanning it enters the WeCom group")
+    already_member: bool = Field(description="I was in this group already: nothing changed")
+    first_join: bool = Field(description="My first group ever")
+
+
+class CheckInRequestBody(Strict):
+    group_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$",
+                                 description="The group it happens in (I must be in it)")
+
+
+class CheckInView(BaseModel):
+    day: date = Field(description="The brand's calendar day")
+    checked_in_at: datetime | None
+    group_id: str
+    streak: int
+    best_streak: int
+    total_days: int
+    already_checked_in: bool = Field(description="True: today's check-in was made before")
+
+
+class CheckInStreakView(BaseModel):
+    streak: int = Field(description="Days in a row up to today (or yesterday); 0 once broken")
+    best_streak: int
+    total_days: int
+    last_day: date | None
+    checked_in_today: bool
+
+
+class ChainEntryView(BaseModel):
+    chain_id: str
+    quantity: int
+    amount_fen: int
+    state: Literal["active", "withdrawn", "unspecified"]
+    position: int = Field(description="My place in the chain's list (1, 2, ...)")
+    joined_at: datetime | None
+    updated_at: datetime | None
+
+
+class ChainView(BaseModel):
+    id: str
+    group_id: str
+    product: str
+    price_fen: int
+    stock: int
+    stock_left: int
+    per_member_limit: int = Field(description="The most one member may take")
+    deadline: datetime | None
+    state: Literal["open", "closed", "unspecified"]
+    my_entry: ChainEntryView | None = Field(description="None until I join (or after I withdraw)")
+
+
+class ChainQuantity(Strict):
+    quantity: int = Field(ge=1, le=1_000_000, strict=True)

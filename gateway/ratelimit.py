@@ -10,6 +10,7 @@ in POND_FORWARDED_ALLOW_IPS (uvicorn's proxy headers)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+@functools.cache
 def admitted(route_class: str) -> Callable[..., Awaitable[None]]:
     """A dependency: the route's class limits, per IP only (before sign-in)."""
 
@@ -114,9 +116,12 @@ def admitted(route_class: str) -> Callable[..., Awaitable[None]]:
     return dependency
 
 
+@functools.cache
 def signed_in(route_class: str) -> Callable[..., Awaitable[SignedInMember]]:
     """A dependency: the member of the request's access token, admitted (family not
-    revoked, within the class's limits for the member and the IP)."""
+    revoked, within the class's limits for the member and the IP). One function per
+    class, so that a route and its other dependencies (the Idempotency-Key's) share
+    it and FastAPI admits the request once."""
 
     async def dependency(request: Request, member: CurrentMember) -> SignedInMember:
         await request.app.state.gateway.limiter.admit(route_class, member, client_ip(request))

@@ -21,6 +21,11 @@ class GatewaySettings(RuntimeSettings):
     member_target: str = Field(
         "127.0.0.1:50051", validation_alias=AliasChoices("POND_MEMBER_TARGET", "MEMBER_TARGET")
     )
+    # The community service (groups, live codes, check-in, chains); "" = not deployed:
+    # its routes answer 503 COMMUNITY_NOT_CONFIGURED and /readyz does not ask it.
+    community_target: str = Field(
+        "", validation_alias=AliasChoices("POND_COMMUNITY_TARGET", "COMMUNITY_TARGET")
+    )
     # Each gRPC call of a request ends within this (the request's deadline).
     gateway_deadline_seconds: float = 5.0
     # Customers' access tokens (JWT, HS256 by default): a gateway-only secret, its key

@@ -1,6 +1,7 @@
 """What the gateway holds while it runs (one per process): the member service's
-client (the runtime's: one channel, the gateway's own token with role "gateway",
-request id and deadline passed on), Redis and its Lua scripts, the token issuers,
+client and, when POND_COMMUNITY_TARGET names one, the community service's (the
+runtime's clients: one channel each, the gateway's own token with role "gateway" for
+that service, request id and deadline passed on), Redis and its Lua scripts, the token issuers,
 the WeChat adapter and the rate limiter. `open_gateway` builds it and closes it."""
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from dataclasses import dataclass
 
 import httpx
 import redis.asyncio as aioredis
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
+from pond.community.v1 import community_pb2, community_pb2_grpc
 from pond.member.v1 import member_pb2, member_pb2_grpc
 
 from gateway.auth import AccessTokens
+from gateway.errors import Problem
 from gateway.ratelimit import RateLimiter
 from gateway.sessions import RefreshSessions
 from gateway.settings import GatewaySettings
@@ -38,6 +42,10 @@ IDEMPOTENT_MEMBER_METHODS = (
     "GetMember", "GetTierProgram", "ListPointsEntries", "ListExpiringPoints",
     "ListStoredValueEntries", "ListOrders", "GetOrder",
 )
+COMMUNITY_SERVICE = community_pb2.DESCRIPTOR.services_by_name["CommunityService"]
+IDEMPOTENT_COMMUNITY_METHODS = (
+    "GetGroup", "ListMemberGroups", "GetCheckInStreak", "GetChain",
+)
 KEY_PREFIX = "pond:gateway:"
 
 
@@ -53,7 +61,19 @@ class Gateway:
     wechat: WeChat
     wechat_token: WeChatAccessToken
     limiter: RateLimiter
+    # None when POND_COMMUNITY_TARGET is empty (a member-only deployment).
+    community_client: Client[community_pb2_grpc.CommunityServiceStub] | None = None
+    community_health: health_pb2_grpc.HealthStub | None = None
     _program: tuple[float, member_pb2.TierProgram] | None = None
+
+    @property
+    def community(self) -> Client[community_pb2_grpc.CommunityServiceStub]:
+        """The community service's client; 503 COMMUNITY_NOT_CONFIGURED in a deployment
+        without one (a setting, not an outage: no Retry-After)."""
+        if self.community_client is None:
+            raise Problem(503, "COMMUNITY_NOT_CONFIGURED",
+                          "this deployment has no community service")
+        return self.community_client
 
     async def program(self) -> member_pb2.TierProgram:
         """The brand's tier programme, kept POND_TIER_PROGRAM_CACHE_SECONDS (it changes
@@ -68,11 +88,12 @@ class Gateway:
         return program
 
 
-def gateway_token(settings: GatewaySettings) -> ServiceToken:
-    """The gateway's own token toward the services: role "gateway", for the member
-    service only."""
+def gateway_token(settings: GatewaySettings,
+                  service: ServiceDescriptor = MEMBER_SERVICE) -> ServiceToken:
+    """The gateway's own token toward one service: role "gateway", that service's
+    audience only (a token lifted from one call opens no other service)."""
     config = settings.auth_config()
-    audience = audience_of(MEMBER_SERVICE.full_name)
+    audience = audience_of(service.full_name)
     return ServiceToken(
         config, "gateway",
         mint=lambda sub, ttl: mint_token(config, sub, Role.GATEWAY, ttl, audience=audience),
@@ -108,6 +129,15 @@ async def open_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
                                            settings.wechat_token_refresh_margin_seconds),
             limiter=RateLimiter.from_settings(scripts, settings.rate_limits),
         )
+        if settings.community_target:
+            gateway.community_client = make_client(
+                channels, settings.community_target, community_pb2_grpc.CommunityServiceStub,
+                COMMUNITY_SERVICE, gateway_token(settings, COMMUNITY_SERVICE),
+                idempotent=IDEMPOTENT_COMMUNITY_METHODS,
+                deadline_seconds=settings.gateway_deadline_seconds)
+            gateway.community_health = health_pb2_grpc.HealthStub(channels.get(
+                settings.community_target,
+                service_config(COMMUNITY_SERVICE, IDEMPOTENT_COMMUNITY_METHODS)))
         await scripts.load()
         yield gateway
     finally:

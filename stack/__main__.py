@@ -97,6 +97,8 @@ async def main() -> int:
         community_settings = CommunitySettings()
         hosts.append(await start_service(COMMUNITY, community_settings))
         os.environ.setdefault("POND_MEMBER_TARGET", f"{config.client_host()}:{hosts[0].port}")
+        # The gateway's community routes call the community service started above.
+        os.environ.setdefault("POND_COMMUNITY_TARGET", f"{config.client_host()}:{hosts[2].port}")
         if not os.environ.get("POND_WECHAT_API_BASE"):
             http.append(await _wechat_standin(settings.host).start())
             os.environ["POND_WECHAT_API_BASE"] = http[-1].url
@@ -193,6 +195,8 @@ def _gateway_banner(url: str, wechat: str, standin: bool) -> None:
   curl -s {url}/v1/me -H "Authorization: Bearer $TOKEN"
   curl -s -X POST {url}/v1/me/phone -H "Authorization: Bearer $TOKEN" \\
       -H 'Content-Type: application/json' -d '{{"code": "phone-13812345678"}}'
+  curl -s -X POST {url}/v1/check-ins -H "Authorization: Bearer $TOKEN"
+  curl -s -X POST {url}/v1/live-codes/fruit/join -H "Authorization: Bearer $TOKEN"
 """,
         flush=True,
     )

@@ -3,7 +3,7 @@
 
 from fastapi import APIRouter
 
-from gateway.routes import auth, health, me, orders, phone, points, program
+from gateway.routes import auth, community, health, me, orders, phone, points, program
 
 ROUTE_GROUPS: list[APIRouter] = [
     health.router,
@@ -13,4 +13,5 @@ ROUTE_GROUPS: list[APIRouter] = [
     points.router,
     orders.router,
     program.router,
+    community.router,
 ]

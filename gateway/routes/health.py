@@ -1,5 +1,11 @@
-"""/healthz (the process answers: liveness), /readyz (the member service's health
-and Redis answer: readiness), /metrics (Prometheus; keep it off the public ingress)."""
+"""/healthz (the process answers: liveness), /readyz (the member service's health,
+the community service's when POND_COMMUNITY_TARGET names one, and Redis answer:
+readiness), /metrics (Prometheus; keep it off the public ingress).
+
+A gateway without a community service (a member-only deployment) is ready without
+it: its community routes answer 503 COMMUNITY_NOT_CONFIGURED whatever the probe says.
+With one configured, a community outage makes the gateway unready like a member
+outage: every replica shares it, so the probe only tells the ingress what is true."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import contextlib
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.models import Health
@@ -27,20 +33,22 @@ async def healthz() -> Health:
             responses={503: {"model": Health, "description": "Not ready"}})
 async def readyz(request: Request) -> Response:
     gateway = request.app.state.gateway
-    checks = dict(zip(("member", "redis"), await asyncio.gather(
-        _member_serving(gateway), _redis_answers(gateway)), strict=True))
+    probes = {"member": _serving(gateway.member_health, "pond.member.v1.MemberService"),
+              "redis": _redis_answers(gateway)}
+    if gateway.community_health is not None:
+        probes["community"] = _serving(gateway.community_health,
+                                       "pond.community.v1.CommunityService")
+    checks = dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
     ok = all(checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-async def _member_serving(gateway: Gateway) -> bool:
-    stub = gateway.member_health
+async def _serving(stub: health_pb2_grpc.HealthStub, service: str) -> bool:
     with contextlib.suppress(Exception):
         # typeshed's HealthStub declares no methods (grpc adds them at run time).
         reply = await stub.Check(  # type: ignore[attr-defined]
-            health_pb2.HealthCheckRequest(service="pond.member.v1.MemberService"),
-            timeout=PROBE_SECONDS)
+            health_pb2.HealthCheckRequest(service=service), timeout=PROBE_SECONDS)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
     return False
 

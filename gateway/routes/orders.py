@@ -3,7 +3,7 @@ does not exist (404): the gateway never confirms that an id belongs to someone."
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pond.member.v1 import member_pb2 as pb
@@ -18,8 +18,15 @@ from services.runtime.errors import NotFound, PermissionDenied
 router = APIRouter(prefix="/v1/me", tags=["orders"])
 
 
+# An OpenAPI link: where an order's id leads (client generators and schemathesis's
+# stateful tests follow it).
+_ORDER_LINK: dict[int | str, dict[str, Any]] = {200: {"links": {"GetOrder": {
+    "operationId": "get_order", "parameters": {"order_id": "$response.body#/orders/0/id"},
+    "description": "The first order of the page"}}}}
+
+
 @router.get("/orders", response_model=OrdersPage, summary="My orders, newest first",
-            responses=problem_responses(400, 401))
+            responses={**problem_responses(400, 401), **_ORDER_LINK})
 async def list_orders(request: Request, me: Reading, page_size: PageSize = PAGE_SIZE_DEFAULT,
                       page_token: PageToken = "") -> OrdersPage:
     members = request.app.state.gateway.members

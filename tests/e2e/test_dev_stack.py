@@ -71,6 +71,7 @@ class DevStack:
     valkey_port: int
     gateway_port: int
     wechat_port: int
+    community_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -105,14 +106,16 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
                POND_JOBS_INTERVAL_SECONDS=str(JOBS_INTERVAL), POND_LOG_FORMAT="json")
     log_path = work / "stack.log"
     started_at = datetime.now(UTC)
-    env.update(POND_COMMUNITY_PORT=str(_free_port()),
+    community_port = _free_port()
+    env.update(POND_COMMUNITY_PORT=str(community_port),
                POND_COMMUNITY_METRICS_PORT=str(_free_port()),
                POND_COMMUNITY_CALLBACK_PORT=str(_free_port()))
     with log_path.open("w") as out:
         # A usual umask: whatever is owner-only is so because the stack made it so.
         proc = subprocess.Popen([sys.executable, "-m", "stack"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, umask=0o022)
-    stack = DevStack(proc, data_dir, log_path, started_at, *ports)
+    stack = DevStack(proc, data_dir, log_path, started_at, *ports,
+                     community_port=community_port)
     try:
         wait_serving(stack.member_port, proc)
         wait_serving(stack.tagging_port, proc)
@@ -330,18 +333,21 @@ def test_killed_valkey_is_restarted_and_events_still_reach_tagging(dev_stack: De
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the banner's walk-through uses curl")
 def test_the_banners_curl_walk_through_signs_in_and_reads_me(dev_stack: DevStack):
     """The gateway's lines of the banner, run as printed: sign in with a stand-in
-    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's)."""
+    code, read /v1/me, bind a phone (WeChat's APIs are the stand-in's), check in
+    (the community service behind the gateway)."""
     lines = dev_stack.log().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("LOGIN="))
     script = "\n".join(lines[start:start + 7])
-    assert "/v1/me" in script and "/v1/me/phone" in script
+    assert "/v1/me" in script and "/v1/me/phone" in script and "/v1/check-ins" in script
     # Ready: member answers and Redis too (another test here restarts Valkey).
     wait_until(lambda: _status(f"http://127.0.0.1:{dev_stack.gateway_port}/readyz") == 200)
     run = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    me, phone = (json.loads(doc) for doc in run.stdout.replace("}{", "}\n{").splitlines())
+    me, phone, check_in = (json.loads(doc)
+                           for doc in run.stdout.replace("}{", "}\n{").splitlines())
     assert me["id"].startswith("m") and me["tier"]["level"] == 0
     assert phone["me"]["id"] == me["id"] and phone["me"]["phone"] == "138****5678"
+    assert check_in["streak"] == 1 and check_in["already_checked_in"] is False
     listening = listening_addresses(dev_stack.gateway_port)
     assert listening and listening <= LOOPBACK
 
