@@ -29,7 +29,7 @@ from services.runtime.auth import Role, mint_token
 from services.runtime.host import ServiceHost, start_service
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.redis_conn import EmbeddedValkey, redact_url
-from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
+from services.runtime.server import freeze_startup_heap, termination_requested
 from services.runtime.supervision import Supervised, Task
 from services.tagging.server import SPEC as TAGGING
 from services.tagging.settings import TaggingSettings
@@ -65,6 +65,9 @@ async def main() -> int:
     os.environ.setdefault("POND_COMMUNITY_WECOM_AES_KEY",
                           dev_secret(data_dir, "wecom.aeskey", 32).rstrip("="))
     os.environ.setdefault("POND_COMMUNITY_WECOM_CORP_ID", "pond-dev-corp")
+    # From here on a SIGTERM (an impatient test, Ctrl-C) waits for the start-up to
+    # finish and then stops everything in order.
+    terminated = termination_requested()
     valkey = None
     if not os.environ.get("REDIS_URL"):
         valkey = EmbeddedValkey(
@@ -114,7 +117,7 @@ async def main() -> int:
         _banner(settings, tagging_settings, hosts[0].port, hosts[1].port, token_file,
                 client_env)
         _gateway_banner(http[-1].url, gateway_settings.wechat_api_base, bool(len(http) > 1))
-        await wait_for_termination_signal()
+        await terminated.wait()
     finally:
         for server in reversed(http):
             await server.stop()

@@ -168,10 +168,17 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def wait_for_termination_signal() -> None:
-    """Returns on SIGTERM or SIGINT."""
+def termination_requested() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT from now on. Taken before a long start-up, it
+    keeps a signal that arrives meanwhile (the process then stops in order once it
+    has started) instead of leaving it to the default action, which kills at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def wait_for_termination_signal() -> None:
+    """Returns on SIGTERM or SIGINT."""
+    await termination_requested().wait()
