@@ -17,6 +17,7 @@ from pond.community.v1 import community_pb2_grpc
 from pond.events.v1 import community_events_pb2 as cev
 from pond.events.v1 import event_pb2
 from pond.member.v1 import member_pb2 as mpb
+from pond.tagging.v1 import tagging_pb2_grpc
 
 from services.community.events import STREAM
 from services.community.server import CommunityService, start_community_service
@@ -25,6 +26,8 @@ from services.runtime.auth import Role
 from services.runtime.clients import call_metadata
 from services.runtime.clock import ManualClock
 from services.runtime.errors import error_details
+from services.tagging.server import start_tagging_service
+from services.tagging.settings import TaggingSettings
 from tests.conftest import TEST_SECRET, MemberHarness, token
 
 FLASH, INTEREST, VIP = (pb.GROUP_KIND_PROMOTION_FLASH, pb.GROUP_KIND_INTEREST,
@@ -139,3 +142,30 @@ async def community_fixture(member: MemberHarness, redis_url: str, redis,
     finally:  # the harness's service: a test may have restarted it
         await harness.channel.close()
         await harness.service.stop(0)
+
+
+Pair = tuple[Community, tagging_pb2_grpc.TaggingServiceStub]
+
+
+@pytest_asyncio.fixture(name="with_tagging")
+async def with_tagging_fixture(  # a community asking a real tagging service
+    member: MemberHarness, redis_url: str, redis,
+                       tmp_path) -> AsyncIterator[Pair]:
+    tagging = await start_tagging_service(TaggingSettings(
+        jobs_enabled=False, data_dir=tmp_path / "tagging", auth_secret=TEST_SECRET,
+        redis_url=redis_url, mode="test", outbox_poll_seconds=0.05, tagging_flush_seconds=0.2,
+        tagging_rescore_delay_seconds=0), clock=member.clock, port=0, metrics=False)
+    service = await start_community_service(community_settings(
+        tmp_path, redis_url, member.target,
+        community_tagging_target=f"127.0.0.1:{tagging.port}"), clock=member.clock, port=0,
+        metrics=False)
+    tch = grpc.aio.insecure_channel(f"127.0.0.1:{tagging.port}")
+    cch = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield (Community(service, cch, community_pb2_grpc.CommunityServiceStub(cch),
+                         member.clock, member), tagging_pb2_grpc.TaggingServiceStub(tch))
+    finally:
+        await cch.close()
+        await tch.close()
+        await service.stop(0)
+        await tagging.stop(0)

@@ -5,46 +5,18 @@ of the member (interactions_30d / _90d, 0 before), once per event."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
-import pytest_asyncio
 from pond.community.v1 import community_pb2 as pb
-from pond.community.v1 import community_pb2_grpc
 from pond.tagging.v1 import tagging_pb2 as tpb
-from pond.tagging.v1 import tagging_pb2_grpc
 
-from services.community.server import start_community_service
 from services.runtime.auth import Role
-from services.tagging.server import start_tagging_service
-from services.tagging.settings import TaggingSettings
-from tests.conftest import TEST_SECRET, MemberHarness, eventually
-from tests.integration.community_harness import Community, community_settings
-
-Pair = tuple[Community, tagging_pb2_grpc.TaggingServiceStub]
-
-
-@pytest_asyncio.fixture
-async def with_tagging(member: MemberHarness, redis_url: str, redis,
-                       tmp_path) -> AsyncIterator[Pair]:
-    tagging = await start_tagging_service(TaggingSettings(
-        jobs_enabled=False, data_dir=tmp_path / "tagging", auth_secret=TEST_SECRET,
-        redis_url=redis_url, mode="test", outbox_poll_seconds=0.05, tagging_flush_seconds=0.2,
-        tagging_rescore_delay_seconds=0), clock=member.clock, port=0, metrics=False)
-    service = await start_community_service(community_settings(
-        tmp_path, redis_url, member.target,
-        community_tagging_target=f"127.0.0.1:{tagging.port}"), clock=member.clock, port=0,
-        metrics=False)
-    tch = grpc.aio.insecure_channel(f"127.0.0.1:{tagging.port}")
-    cch = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-    try:
-        yield (Community(service, cch, community_pb2_grpc.CommunityServiceStub(cch),
-                         member.clock, member), tagging_pb2_grpc.TaggingServiceStub(tch))
-    finally:
-        await cch.close()
-        await tch.close()
-        await service.stop(0)
-        await tagging.stop(0)
+from tests.conftest import eventually
+from tests.integration.community_harness import (  # noqa: F401 (fixture)
+    Community,
+    Pair,
+    community_settings,
+    with_tagging_fixture,
+)
 
 
 async def test_joins_leaves_check_ins_and_chain_joins_are_interactions(with_tagging: Pair):
