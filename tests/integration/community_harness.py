@@ -148,9 +148,10 @@ Pair = tuple[Community, tagging_pb2_grpc.TaggingServiceStub]
 
 
 @pytest_asyncio.fixture(name="with_tagging")
-async def with_tagging_fixture(  # a community asking a real tagging service
-    member: MemberHarness, redis_url: str, redis,
-                       tmp_path) -> AsyncIterator[Pair]:
+async def with_tagging_fixture(
+    member: MemberHarness, redis_url: str, redis, tmp_path
+) -> AsyncIterator[Pair]:
+    """A community service that asks a real tagging service (segments, tags)."""
     tagging = await start_tagging_service(TaggingSettings(
         jobs_enabled=False, data_dir=tmp_path / "tagging", auth_secret=TEST_SECRET,
         redis_url=redis_url, mode="test", outbox_poll_seconds=0.05, tagging_flush_seconds=0.2,
