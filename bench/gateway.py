@@ -12,9 +12,11 @@ server (bench.http_servers), the load generator (bench.http_load), and this runn
 which also serves the WeChat stand-in the members sign in through.
 
 Schedule: raw (the generator's own ceiling), then starlette, gateway, starlette,
-gateway, starlette: each gateway run is divided by the mean of the Starlette runs
-right before and after it. Then latency: blocks of one-at-a-time GetMember calls over
-gRPC and /v1/me requests through the gateway, alternated, p50 of each.
+gateway, starlette, fastapi, starlette: each gateway run is divided by the mean of the
+Starlette runs right before and after it, and so is the FastAPI floor (a route with
+no work: the best any FastAPI gateway could do). Then latency: blocks of
+one-at-a-time GetMember calls over gRPC and /v1/me requests through the gateway,
+alternated, p50 of each.
 
 Exit status 0 when every request succeeded (a missed goal is reported, not fatal,
 unless --strict)."""
@@ -69,6 +71,7 @@ class Stack:
     gateway: ServerProcess
     starlette: ServerProcess
     raw: ServerProcess
+    fastapi: ServerProcess
     valkey_pid: int | None
     tokens: list[str]
     member_ids: list[str]
@@ -187,10 +190,14 @@ async def start_stack(opts: Options, workdir: Path, valkey: EmbeddedValkey,
     raw = ServerProcess("raw", workdir, env, "--body-file", str(body_file),
                         module="bench.http_servers").start()
     processes.append(raw)
+    floor = ServerProcess("fastapi", workdir, env, "--body-file", str(body_file),
+                          module="bench.http_servers").start()
+    processes.append(floor)
+    await _wait_healthy(f"http://127.0.0.1:{floor.port}")
     await _wait_healthy(f"http://127.0.0.1:{baseline.port}")
     service_token = gateway_token(GatewaySettings(auth_secret=secret)).get()
     valkey_pid = find_pid("valkey-server", f":{valkey.port}")
-    stack = Stack(member, gateway, baseline, raw, valkey_pid, tokens, member_ids,
+    stack = Stack(member, gateway, baseline, raw, floor, valkey_pid, tokens, member_ids,
                   service_token, processes)
     return stack, standin
 
@@ -244,6 +251,8 @@ async def measure(opts: Options, workdir: Path, say: Any) -> Figures:
                     BASELINE_PATH), ("gateway", stack.gateway, "/v1/me"),
                     ("starlette", stack.starlette, BASELINE_PATH),
                     ("gateway", stack.gateway, "/v1/me"),
+                    ("starlette", stack.starlette, BASELINE_PATH),
+                    ("fastapi", stack.fastapi, BASELINE_PATH),
                     ("starlette", stack.starlette, BASELINE_PATH)]
         retries = RETRIES
         for label, server, path in schedule:

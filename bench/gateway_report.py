@@ -83,6 +83,16 @@ class Figures:
         return statistics.mean(r.ratio for r in self.ratios)
 
     @property
+    def framework_floor(self) -> Ratio | None:
+        """The FastAPI route with no work over the Starlette runs around it."""
+        for i, run in enumerate(self.runs):
+            if run.label == "fastapi":
+                near = [self.runs[j] for j in (i - 1, i + 1)
+                        if 0 <= j < len(self.runs) and self.runs[j].label == "starlette"]
+                return Ratio(run, near) if near else None
+        return None
+
+    @property
     def generator_headroom(self) -> float:
         """The generator against a server doing no work, over the fastest baseline run:
         how far the generator is from being what limits the baseline."""
@@ -102,6 +112,8 @@ class Figures:
                         "gateway_rps": round(r.run.rate, 1),
                         "starlette_rps": round(r.baseline_rate, 1)} for r in self.ratios],
             "mean_ratio": round(self.mean_ratio, 4),
+            "fastapi_floor_ratio": (None if self.framework_floor is None
+                                    else round(self.framework_floor.ratio, 4)),
             "throughput_goal": THROUGHPUT_GOAL,
             "generator_headroom": round(self.generator_headroom, 2),
             "latency": {"direct_get_member": self.latency.summary(self.latency.direct_us),
@@ -131,6 +143,11 @@ def table(f: Figures) -> str:
     for r in f.ratios:
         lines.append(f"GET /v1/me / Starlette: {r.run.rate:,.0f} / {r.baseline_rate:,.0f} "
                      f"requests/s = {r.ratio:.1%} (CPU-cost ratio {_pct(r.cpu_ratio)})")
+    floor = f.framework_floor
+    if floor is not None:
+        lines.append(f"FastAPI, a route with no work / Starlette: {floor.run.rate:,.0f} / "
+                     f"{floor.baseline_rate:,.0f} requests/s = {floor.ratio:.1%} (the most "
+                     "any FastAPI gateway could reach)")
     verdict = "PASS" if f.mean_ratio >= THROUGHPUT_GOAL else "MISS"
     lines.append(f"throughput ratio {f.mean_ratio:.1%}, goal >= {THROUGHPUT_GOAL:.0%}: "
                  f"{verdict}")

@@ -5,12 +5,15 @@ headers, no access log, no server header):
     python -m bench.http_servers gateway   --port-file F   (settings from POND_*/REDIS_URL)
     python -m bench.http_servers starlette --port-file F --body-file B
     python -m bench.http_servers raw       --port-file F --body-file B
+    python -m bench.http_servers fastapi   --port-file F --body-file B
 
 `gateway` is `python -m gateway` (the production app, opening its member client and
 Redis at start-up) on a free port. `starlette` is the baseline: a bare Starlette app
 with one JSON endpoint answering the body in B (the gateway's /v1/me answer) through
 JSONResponse. `raw` is no framework at all: an asyncio protocol answering every
-request with the same bytes, to measure the load generator's own ceiling.
+request with the same bytes, to measure the load generator's own ceiling. `fastapi`
+is the framework's floor: a FastAPI app answering the same body from one route with
+no dependencies, middleware or calls (what any FastAPI gateway reaches at best).
 
 Each binds 127.0.0.1 on a free port, writes it to --port-file and serves until SIGTERM.
 """
@@ -78,6 +81,23 @@ def serve_starlette(port_file: str, body: dict[str, Any]) -> None:
     _serve(app, port_file)
 
 
+def serve_fastapi(port_file: str, body: dict[str, Any]) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get(JSON_PATH)
+    async def endpoint() -> JSONResponse:
+        return JSONResponse(body)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    _serve(app, port_file)
+
+
 class _Fixed(asyncio.Protocol):
     """Answers each request (a head ending in a blank line; the benchmark's GETs have
     no body) with the same bytes."""
@@ -121,9 +141,9 @@ def serve_raw(port_file: str, body: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http_servers")
-    parser.add_argument("kind", choices=("gateway", "starlette", "raw"))
+    parser.add_argument("kind", choices=("gateway", "starlette", "raw", "fastapi"))
     parser.add_argument("--port-file", required=True)
-    parser.add_argument("--body-file", help="starlette, raw: the JSON body to answer")
+    parser.add_argument("--body-file", help="starlette, raw, fastapi: the JSON body to answer")
     args = parser.parse_args(argv)
     if args.kind == "gateway":
         serve_gateway(args.port_file)
@@ -131,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.body_file:
         parser.error(f"{args.kind} needs --body-file")
     body = json.loads(Path(args.body_file).read_text(encoding="utf-8"))
-    (serve_starlette if args.kind == "starlette" else serve_raw)(args.port_file, body)
+    serve = {"starlette": serve_starlette, "raw": serve_raw, "fastapi": serve_fastapi}
+    serve[args.kind](args.port_file, body)
     return 0
 
 

@@ -46,8 +46,15 @@ def start_stack(data_dir: Path, port: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_serving(port: int, proc: subprocess.Popen, data_dir: Path,
+                 timeout: float = 60) -> None:
+    """The member service answers health checks and the stack has finished starting
+    (it writes the dev token after every component is up)."""
     deadline = time.monotonic() + timeout
+    while not (data_dir / "dev-operator.token").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the stack did not finish starting"
+        time.sleep(0.05)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
@@ -71,7 +78,7 @@ def test_member_journey_survives_restart(tmp_path: Path):
     port = _free_port()
     proc = start_stack(tmp_path, port)
     try:
-        wait_serving(port, proc)
+        wait_serving(port, proc, tmp_path)
         token = (tmp_path / "dev-operator.token").read_text().strip()
         md = call_metadata(token)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -100,7 +107,7 @@ def test_member_journey_survives_restart(tmp_path: Path):
     assert "13912345678" not in out
     proc = start_stack(tmp_path, port)
     try:
-        wait_serving(port, proc)
+        wait_serving(port, proc, tmp_path)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = member_pb2_grpc.MemberServiceStub(channel)
             again = stub.GetMember(pb.GetMemberRequest(member_id=member_id),
