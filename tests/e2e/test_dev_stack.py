@@ -117,8 +117,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     stack = DevStack(proc, data_dir, log_path, started_at, *ports,
                      community_port=community_port)
     try:
-        wait_serving(stack.member_port, proc)
-        wait_serving(stack.tagging_port, proc)
+        wait_serving(stack.member_port, proc, data_dir)
+        wait_serving(stack.tagging_port, proc, data_dir)
         # The banner follows start-up.
         wait_until(lambda: "Gateway  HTTP" in stack.log() or proc.poll() is not None)
         assert proc.poll() is None, stack.log()
