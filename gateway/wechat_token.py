@@ -56,6 +56,11 @@ class WeChatAccessToken:
             holder = secrets.token_hex(8)
             if await self._take(keys=[LOCK_KEY], args=[holder, LOCK_MS]):
                 try:
+                    # Read again under the lock: a holder that renewed and let go
+                    # between our read and our lock left a fresh token.
+                    fresh = await self._cached()
+                    if fresh is not None and fresh[0] - self.margin > time.time():
+                        return fresh[1]
                     return await self._renew()
                 finally:
                     await self._release(keys=[LOCK_KEY], args=[holder])
