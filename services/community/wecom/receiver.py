@@ -13,7 +13,8 @@ brand's callback secrets, and they turn into that service's joins and leaves.
          records it durably and returns at once), answered "success".
 
 A bad signature (or a message for another corp) is 403 with no details; a body
-that is not a WeCom callback is 400; WeCom retries anything but a 200 "success"."""
+that is not a WeCom callback is 400; a body over MAX_CALLBACK_BYTES is 413, read no
+further than that; WeCom retries anything but a 200 "success"."""
 
 from __future__ import annotations
 
@@ -48,9 +49,26 @@ def _params(request: Request, *names: str) -> list[str] | None:
     return values if all(values) else None
 
 
+async def _bounded_body(request: Request) -> bytes | None:
+    """The body, read at most MAX_CALLBACK_BYTES of it: None when it is larger (or
+    says it is). The port faces the internet and anyone may post to it before the
+    signature is checked, so a huge or endless body must not be held in memory."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_CALLBACK_BYTES):
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_CALLBACK_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def callback_app(crypto: WeComCrypto, receive: Receive) -> Starlette:
     forbidden = PlainTextResponse("forbidden", status_code=403)
     bad = PlainTextResponse("bad request", status_code=400)
+    too_large = PlainTextResponse("body too large", status_code=413)
 
     async def verify_url(request: Request) -> Response:
         params = _params(request, "msg_signature", "timestamp", "nonce", "echostr")
@@ -67,9 +85,9 @@ def callback_app(crypto: WeComCrypto, receive: Receive) -> Starlette:
         params = _params(request, "msg_signature", "timestamp", "nonce")
         if params is None:
             return bad
-        body = await request.body()
-        if len(body) > MAX_CALLBACK_BYTES:
-            return bad
+        body = await _bounded_body(request)
+        if body is None:
+            return too_large
         try:
             signature, timestamp, nonce = params
             message = crypto.decrypt(signature, timestamp, nonce,
