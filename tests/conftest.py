@@ -126,7 +126,8 @@ async def gateway_factory(member: MemberHarness, redis_url: str):
         wechat = await standin_server(standin).start()
         started.append(wechat)
         target = overrides.pop("member_target", member.target)
-        settings = gateway_settings(target, redis_url, wechat.url, TEST_SECRET, **overrides)
+        redis = overrides.pop("redis_url", redis_url)
+        settings = gateway_settings(target, redis, wechat.url, TEST_SECRET, **overrides)
         server = await gateway_server(settings, port=0).start()
         started.append(server)
         harness = GatewayHarness(server, standin, httpx.AsyncClient(base_url=server.url),
