@@ -6,7 +6,7 @@ signs the customers' access tokens, which no service accepts."""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from services.runtime.auth import AuthConfig, SigningKey, key_id_of, previous_keys_from
 from services.runtime.config import RuntimeSettings
@@ -52,10 +52,22 @@ class GatewaySettings(RuntimeSettings):
     # Comma-separated origins allowed by CORS ("" = none; the mini-program itself
     # needs none: wx.request is no browser).
     cors_origins: str = ""
-    # Proxies whose X-Forwarded-For is believed (the ingress), for the per-IP limits.
+    # Proxies whose X-Forwarded-For is believed (the ingress), for the per-IP limits:
+    # addresses or networks (10.0.0.0/8). The client IP is the rightmost address in
+    # X-Forwarded-For that is not one of them. Never "*": uvicorn then takes the
+    # leftmost, which the client writes itself, and each request picks its own IP.
     forwarded_allow_ips: str = "127.0.0.1"
     # The tier programme (public, changed a few times a year) is kept this long.
     tier_program_cache_seconds: float = 10.0
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _named_proxies_only(cls, value: str) -> str:
+        if "*" in (part.strip() for part in value.split(",")):
+            raise ValueError("POND_FORWARDED_ALLOW_IPS: name the proxies' addresses or "
+                             "networks, not '*' (the client's own X-Forwarded-For would "
+                             "choose its IP and escape the per-IP limits)")
+        return value
 
     def gateway_token_config(self) -> AuthConfig:
         """How customers' access tokens are signed and checked (ValueError when unusable,

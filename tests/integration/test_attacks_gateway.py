@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 from pond.member.v1 import member_pb2 as mpb
 
 from services.runtime.logs import configure_logging
@@ -227,3 +229,44 @@ async def test_redis_restarted_under_the_gateway_is_503_then_serves_again(
         assert refreshed.status_code == 200, refreshed.text
     finally:
         valkey.stop()
+
+
+LIMITS = "auth=0/2/60,read=100/100/60,write=100/100/60"
+
+
+def _manifest_env(name: str) -> str:
+    manifest = Path(__file__).parents[2] / "k8s" / "base" / "gateway.yaml"
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if doc and doc.get("kind") == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                for env in container.get("env", []):
+                    if env["name"] == name:
+                        return str(env["value"])
+    raise AssertionError(f"{name} is not in the gateway's Deployment")
+
+
+async def _logins(gw: GatewayHarness, forwarded_for: list[str]) -> list[int]:
+    return [(await gw.http.post("/v1/auth/wechat-login", json={"code": gw.code("x")},
+                                headers={"X-Forwarded-For": xff})).status_code
+            for xff in forwarded_for]
+
+
+async def test_the_deployed_gateway_counts_no_ip_the_client_wrote(gateway_factory, redis):
+    """Configured as k8s/base deploys it, a client that writes a new X-Forwarded-For
+    on every request is still one client to the per-IP limits (here the peer is no
+    proxy of the deployment's, so the header counts for nothing)."""
+    gw = await gateway_factory(rate_limits=LIMITS,
+                               forwarded_allow_ips=_manifest_env("POND_FORWARDED_ALLOW_IPS"))
+    assert await _logins(gw, [f"203.0.113.{i}" for i in range(3)]) == [200, 200, 429]
+
+
+async def test_behind_a_proxy_the_address_it_added_counts(gateway_factory, redis):
+    """Behind a named proxy (here the loopback peer) that appends the address it saw,
+    the client's own entries on the left count for nothing; another client is not
+    counted with it; "*", which would believe the leftmost entry, is refused."""
+    gw = await gateway_factory(rate_limits=LIMITS, forwarded_allow_ips="127.0.0.0/8")
+    spoofed = [f"203.0.113.{i}, 198.51.100.7" for i in range(3)]
+    assert await _logins(gw, spoofed) == [200, 200, 429]
+    assert await _logins(gw, ["198.51.100.8"]) == [200]
+    with pytest.raises(ValueError, match="POND_FORWARDED_ALLOW_IPS"):
+        await gateway_factory(forwarded_allow_ips="*")
