@@ -24,11 +24,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Request, Response
 from pond.community.v1 import community_pb2 as pb
 
 from gateway import convert
-from gateway.auth import SignedInMember
 from gateway.errors import Problem, problem_responses
 from gateway.idempotency import KEY_RE, ValueMovingKey
 from gateway.models import (
@@ -42,8 +41,8 @@ from gateway.models import (
     LiveCodeJoined,
     MyGroupsPage,
 )
-from gateway.ratelimit import signed_in
-from gateway.routes.me import load_me
+from gateway.routes.me import ReadingMember as Reading
+from gateway.routes.me import WritingMember as Writing
 from gateway.routes.pages import PAGE_SIZE_DEFAULT, PageSize, PageToken
 from gateway.state import Gateway
 from services.runtime.errors import FailedPrecondition
@@ -54,24 +53,6 @@ RuleId = Annotated[str, Path(**_ID, description="The live code's routing rule",
                              openapi_examples={"live code": {"value": "fruit-club"}})]
 ChainId = Annotated[str, Path(**_ID, openapi_examples={"chain": {"value": "cherries-0301"}})]
 ENTRY_NOT_FOUND = "CHAIN_ENTRY_NOT_FOUND"
-
-
-def _still_a_member(route_class: str) -> Callable[..., Awaitable[SignedInMember]]:
-    """The signed-in member, still one: a member merged into another (a phone bound on
-    another device) is 401 MEMBER_MERGED here as on every member route, so nothing is
-    joined, checked in or ordered under an id the merge has already moved."""
-
-    admitted = Depends(signed_in(route_class))  # a default: the annotations are strings
-
-    async def dependency(request: Request, me: SignedInMember = admitted) -> SignedInMember:
-        await load_me(request.app.state.gateway, me.member_id)
-        return me
-
-    return dependency
-
-
-Reading = Annotated[SignedInMember, Depends(_still_a_member("read"))]
-Writing = Annotated[SignedInMember, Depends(_still_a_member("write"))]
 
 
 def _gateway(request: Request) -> Gateway:

@@ -4,6 +4,7 @@ Always the member of the access token: no route takes a member id from the clien
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +33,26 @@ async def load_me(gateway: Gateway, member_id: str) -> pb.Member:
         raise unauthorized("this membership was joined with another: sign in again",
                            "MEMBER_MERGED")
     return member
+
+
+def still_a_member(route_class: str) -> Callable[..., Awaitable[SignedInMember]]:
+    """The signed-in member, still one: a member merged into another (a phone bound on
+    another device, an operator's merge) is 401 MEMBER_MERGED, so that nothing is
+    written under an id the merge has moved, and no list shows the (now empty)
+    history of that id as if it were the customer's."""
+
+    admitted = Depends(signed_in(route_class))  # a default: the annotations are strings
+
+    async def dependency(request: Request, me: SignedInMember = admitted) -> SignedInMember:
+        await load_me(request.app.state.gateway, me.member_id)
+        return me
+
+    return dependency
+
+
+# For routes that do not read the member themselves (lists, community calls).
+ReadingMember = Annotated[SignedInMember, Depends(still_a_member("read"))]
+WritingMember = Annotated[SignedInMember, Depends(still_a_member("write"))]
 
 
 async def me_view(gateway: Gateway, member: pb.Member) -> MeView:

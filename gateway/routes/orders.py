@@ -11,7 +11,7 @@ from pond.member.v1 import member_pb2 as pb
 from gateway import convert
 from gateway.errors import Problem, problem_responses
 from gateway.models import OrdersPage, OrderView
-from gateway.routes.me import Reading
+from gateway.routes.me import ReadingMember
 from gateway.routes.pages import PAGE_SIZE_DEFAULT, PageSize, PageToken
 from services.runtime.errors import NotFound, PermissionDenied
 
@@ -27,7 +27,7 @@ _ORDER_LINK: dict[int | str, dict[str, Any]] = {200: {"links": {"GetOrder": {
 
 @router.get("/orders", response_model=OrdersPage, summary="My orders, newest first",
             responses={**problem_responses(400, 401), **_ORDER_LINK})
-async def list_orders(request: Request, me: Reading, page_size: PageSize = PAGE_SIZE_DEFAULT,
+async def list_orders(request: Request, me: ReadingMember, page_size: PageSize = PAGE_SIZE_DEFAULT,
                       page_token: PageToken = "") -> OrdersPage:
     members = request.app.state.gateway.members
     reply = await members.call(members.stub.ListOrders, pb.ListOrdersRequest(
@@ -39,7 +39,7 @@ async def list_orders(request: Request, me: Reading, page_size: PageSize = PAGE_
 
 @router.get("/orders/{order_id}", response_model=OrderView, summary="One of my orders",
             responses=problem_responses(401, 404))
-async def get_order(request: Request, me: Reading,
+async def get_order(request: Request, me: ReadingMember,
                     order_id: Annotated[str, Path(min_length=1, max_length=128)]) -> OrderView:
     members = request.app.state.gateway.members
     try:

@@ -17,7 +17,7 @@ from gateway.models import (
     StoredValueBalance,
     StoredValueEntriesPage,
 )
-from gateway.routes.me import Reading, load_me
+from gateway.routes.me import Reading, ReadingMember, load_me
 from gateway.routes.pages import PAGE_SIZE_DEFAULT, PageSize, PageToken
 from gateway.state import Gateway
 
@@ -34,7 +34,7 @@ async def points_balance(request: Request, me: Reading) -> PointsBalance:
 
 @router.get("/points/entries", response_model=PointsEntriesPage,
             summary="My points history, newest first", responses=problem_responses(400, 401))
-async def points_entries(request: Request, me: Reading,
+async def points_entries(request: Request, me: ReadingMember,
                          page_size: PageSize = PAGE_SIZE_DEFAULT,
                          page_token: PageToken = "") -> PointsEntriesPage:
     members = request.app.state.gateway.members
@@ -48,7 +48,7 @@ async def points_entries(request: Request, me: Reading,
 @router.get("/points/expiring", response_model=ExpiringPoints,
             summary="My points expiring soon", responses=problem_responses(400, 401))
 async def points_expiring(
-    request: Request, me: Reading,
+    request: Request, me: ReadingMember,
     within_days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> ExpiringPoints:
     gateway: Gateway = request.app.state.gateway
@@ -71,7 +71,7 @@ async def stored_value_balance(request: Request, me: Reading) -> StoredValueBala
 
 @router.get("/stored-value/entries", response_model=StoredValueEntriesPage,
             summary="My stored-value history", responses=problem_responses(400, 401))
-async def stored_value_entries(request: Request, me: Reading,
+async def stored_value_entries(request: Request, me: ReadingMember,
                                page_size: PageSize = PAGE_SIZE_DEFAULT,
                                page_token: PageToken = "") -> StoredValueEntriesPage:
     members = request.app.state.gateway.members

@@ -270,3 +270,31 @@ async def test_behind_a_proxy_the_address_it_added_counts(gateway_factory, redis
     assert await _logins(gw, ["198.51.100.8"]) == [200]
     with pytest.raises(ValueError, match="POND_FORWARDED_ALLOW_IPS"):
         await gateway_factory(forwarded_allow_ips="*")
+
+
+async def test_a_merged_members_session_reads_no_empty_history(
+        gw: GatewayHarness, community: Community):
+    """An operator merges A into B: A's still-valid access token gets 401 MEMBER_MERGED
+    on every member route, lists included (they would show A's history, moved to B,
+    as empty, as if the customer's points and orders were gone), and writes nothing."""
+    a, b = await gw.login("dup-a"), await gw.login("dup-b")
+    await community.group("g1")
+    await open_chain(community, "g1", "cherries")
+    await community.member.stub.MergeMembers(mpb.MergeMembersRequest(
+        surviving_id=b["member_id"], merged_id=a["member_id"], reason="duplicate"),
+        metadata=community.member.md())
+    headers = bearer(a["access_token"])
+    for path in ("/v1/me", "/v1/me/orders", "/v1/me/orders/o1", "/v1/me/points",
+                 "/v1/me/points/entries", "/v1/me/points/expiring", "/v1/me/stored-value",
+                 "/v1/me/stored-value/entries", "/v1/me/groups", "/v1/me/check-in-streak",
+                 "/v1/chains/cherries"):
+        assert_problem(await gw.http.get(path, headers=headers), 401, "MEMBER_MERGED")
+    for method, path, extra in (
+            ("PATCH", "/v1/me", {"json": {"nickname": "x"}}),
+            ("POST", "/v1/chains/cherries/entries", {"json": {"quantity": 1},
+                                                     "headers": {**headers, **key()}}),
+            ("POST", "/v1/check-ins", {})):
+        reply = await gw.http.request(method, path, **{"headers": headers, **extra})
+        assert_problem(reply, 401, "MEMBER_MERGED")
+    chain = (await gw.http.get("/v1/chains/cherries", headers=bearer(b["access_token"]))).json()
+    assert chain["stock_left"] == 5
