@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pond.community.v1 import community_pb2 as pb
 from pond.member.v1 import member_pb2 as mpb
 
 from services.runtime.logs import configure_logging
@@ -26,6 +27,7 @@ from tests.integration.community_harness import (  # noqa: F401 (fixture)
     community_fixture,
 )
 from tests.integration.test_gateway_auth import assert_problem
+from tests.integration.test_gateway_community import TEMPLATE as TEST_TEMPLATE
 from tests.integration.test_gateway_community import open_chain, signed_in
 from tests.integration.test_transport import restore_logging  # noqa: F401 (fixture)
 
@@ -298,3 +300,36 @@ async def test_a_merged_members_session_reads_no_empty_history(
         assert_problem(reply, 401, "MEMBER_MERGED")
     chain = (await gw.http.get("/v1/chains/cherries", headers=bearer(b["access_token"]))).json()
     assert chain["stock_left"] == 5
+
+
+async def test_live_code_scans_at_once_never_overfill_a_group(
+        gw: GatewayHarness, community: Community):
+    """Seven members scan a live code of 2-seat groups at once, twice each: every
+    member lands in one group, and no group holds more than its capacity."""
+    await community.rule("fruit", template=TEST_TEMPLATE)
+    members = [await signed_in(gw, f"scan{i}") for i in range(7)]
+    replies = await asyncio.gather(*(gw.http.post("/v1/live-codes/fruit/join", headers=h)
+                                     for _, h in members + members))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    by_member: dict[str, set[str]] = {}
+    for (member_id, _), reply in zip(members + members, replies, strict=True):
+        by_member.setdefault(member_id, set()).add(reply.json()["group"]["id"])
+    assert all(len(groups) == 1 for groups in by_member.values()), by_member
+    listed = await community.stub.ListGroups(pb.ListGroupsRequest(pool_id="fruit"),
+                                             metadata=community.md())
+    for group in listed.groups:
+        assert group.member_count <= 2, group
+    assert sum(g.member_count for g in listed.groups) == 7
+
+
+async def test_check_ins_at_once_make_one(gw: GatewayHarness, community: Community):
+    _, headers = await signed_in(gw, "early")
+    await community.rule("fruit", template=TEST_TEMPLATE)
+    assert (await gw.http.post("/v1/live-codes/fruit/join", headers=headers)).status_code == 200
+    replies = await asyncio.gather(*(gw.http.post("/v1/check-ins", headers=headers)
+                                     for _ in range(6)))
+    assert sorted(r.status_code for r in replies) == [200] * 5 + [201], [
+        r.text for r in replies]
+    assert len({r.json()["day"] for r in replies}) == 1
+    streak = (await gw.http.get("/v1/me/check-in-streak", headers=headers)).json()
+    assert streak["total_days"] == 1, streak
