@@ -2,22 +2,33 @@
 were one person) move their groups here: each group the merged member is in becomes
 the surviving member's (who keeps one seat where both were in, the group's count
 dropping by one), the merged member's memberships are left with the reason, and the
-counters the POS reads follow. Applied once per event (the runtime's processed mark
-is committed with these writes); a concurrent join makes the runtime run it again on
-fresh reads."""
+counters the POS reads follow. Their entries in open chains move too (domain
+`merge_entry`: the survivor can see, change and withdraw them; both entries in one
+chain become one); check-in streaks stay with each record. Applied once per event
+(the runtime's processed mark is committed with these writes); a concurrent join
+makes the runtime run it again on fresh reads."""
 
 from __future__ import annotations
 
 from pond.events.v1 import member_events_pb2 as mev
 
+from services.community.domain import chains as dch
 from services.community.domain import groups as dg
 from services.community.membership import ACTIVE, LEFT
-from services.community.store import GROUPS, MEMBER_STATS, MEMBERSHIPS, membership_id
+from services.community.store import (
+    CHAIN_ENTRIES,
+    CHAINS,
+    GROUPS,
+    MEMBER_STATS,
+    MEMBERSHIPS,
+    membership_id,
+)
 from services.community.writes import Writes
 from services.runtime.documents import UnitOfWork
 from services.runtime.events import Received
 
 MAX_GROUPS_PER_MEMBER = 1000  # far above any real member's; one unit of work
+MAX_OPEN_ENTRIES_PER_MEMBER = 1000
 
 
 class Merges:
@@ -55,6 +66,32 @@ class Merges:
             else:
                 uow.replace(MEMBERSHIPS.name, {**seat, "_v": kept["_v"]})
         await self._counters(uow, merged, surviving, moved)
+        await self._chain_entries(uow, merged, surviving, now)
+
+    async def _chain_entries(self, uow: UnitOfWork, merged: str, surviving: str,
+                             now: int) -> None:
+        entries = await self.store.find(CHAIN_ENTRIES.name,
+                                        {"member_id": merged, "state": dch.ACTIVE},
+                                        limit=MAX_OPEN_ENTRIES_PER_MEMBER)
+        for entry in entries:
+            chain = await self.store.get(CHAINS.name, entry["chain_id"])
+            if chain is None:
+                continue
+            kept = await self.store.get(CHAIN_ENTRIES.name,
+                                        dch.entry_id(chain["_id"], surviving))
+            moved = dch.merge_entry(chain, entry, kept, surviving, now)
+            if not moved:
+                continue
+            gone, survivor = moved
+            uow.replace(CHAIN_ENTRIES.name, gone)
+            if "_v" in survivor and survivor["_v"] is not None:
+                uow.replace(CHAIN_ENTRIES.name, survivor)
+            else:
+                survivor.pop("_v", None)
+                uow.insert(CHAIN_ENTRIES.name, survivor)
+            # The chain's version moves with its entries, so a join or change racing
+            # the merge on this chain goes again on fresh reads (as they guard on it).
+            uow.replace(CHAINS.name, {**chain, "update_time": now})
 
     async def _counters(self, uow: UnitOfWork, merged: str, surviving: str, moved: int) -> None:
         gone = await self.store.get(MEMBER_STATS.name, merged)

@@ -50,7 +50,8 @@ RULES = Collection("rules", (Index(("deleted", "priority")),))
 CHECKINS = Collection("checkins")
 STREAKS = Collection("streaks")
 CHAINS = Collection("chains", (Index(("group_id", "state")),))
-CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),))
+CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),
+                                              Index(("member_id", "state"))))
 # Operations (columns, activity and health, WeCom callbacks, graduation):
 COLUMNS = Collection("columns", (Index(("state",)),))
 COLUMN_POSTS = Collection("column_posts", (Index(("column_id", "occurrence")),

@@ -206,3 +206,47 @@ async def test_a_deadline_passed_while_the_service_was_down_closes_at_start(
 
     closed = await eventually(get, lambda ch: ch.state == pb.CHAIN_STATE_CLOSED)
     assert closed.closed_by == "deadline" and [e.quantity for e in closed.entries] == [2]
+
+
+async def test_a_merged_members_chain_entries_move_to_the_survivor(community: Community, redis):
+    """MembersMerged: m-old's entries in open chains become m-new's (one entry where
+    both had joined, in the earlier place), sold stays, and the survivor can change
+    and withdraw them; a closed chain's order list is left as it was."""
+    from pond.events.v1 import member_events_pb2 as mev
+
+    from services.runtime.eventbus import make_event, stream_for
+
+    c = community
+    await c.group("a")
+    await open_chain(c, "both", stock=10)
+    await open_chain(c, "only-old", stock=10)
+    await open_chain(c, "closed", stock=10)
+    await join(c, "m-old", 2, "k1", "both")
+    await join(c, "m-new", 3, "k2", "both")
+    await join(c, "m-old", 1, "k3", "only-old")
+    await join(c, "m-old", 1, "k4", "closed")
+    await c.stub.CloseChain(pb.CloseChainRequest(chain_id="closed"), metadata=c.md(Role.GUIDE))
+    merged = make_event("member", "m-new", mev.MembersMerged(
+        surviving_id="m-new", merged_id="m-old", cause="phone"), c.clock.now())
+    for _ in range(2):  # delivered twice: applied once
+        await redis.xadd(stream_for("member"), {b"e": merged.SerializeToString()})
+
+    async def entries(chain_id):
+        chain = await c.stub.GetChain(pb.GetChainRequest(chain_id=chain_id), metadata=c.md())
+        return chain.sold, [(e.member_id, e.quantity, e.position) for e in chain.entries]
+
+    assert await eventually(lambda: entries("only-old"), lambda e: e == (1, [("m-new", 1, 1)]))
+    assert await entries("both") == (5, [("m-new", 5, 1)])
+    assert await entries("closed") == (1, [("m-old", 1, 1)])
+    # The survivor holds them now: a change within stock, and a withdrawal.
+    changed = await c.stub.ChangeChainEntry(pb.ChangeChainEntryRequest(
+        chain_id="only-old", member_id="m-new", quantity=2, idempotency_key="k5"),
+        metadata=c.md(Role.GATEWAY, "m-new"))
+    assert changed.quantity == 2
+    await c.stub.WithdrawChainEntry(pb.WithdrawChainEntryRequest(
+        chain_id="both", member_id="m-new", idempotency_key="k6"),
+        metadata=c.md(Role.GATEWAY, "m-new"))
+    assert await entries("both") == (0, [])
+    await fails(c.stub.WithdrawChainEntry(pb.WithdrawChainEntryRequest(
+        chain_id="only-old", member_id="m-old", idempotency_key="k7"),
+        metadata=c.md(Role.GATEWAY, "m-old")), FAILED, "CHAIN_ENTRY_NOT_FOUND")

@@ -86,6 +86,32 @@ def _active(entry: Doc | None) -> Doc:
     return entry
 
 
+def merge_entry(chain: Doc, merged: Doc, kept: Doc | None, surviving_id: str,
+                now: int) -> list[Doc]:
+    """The entries after the member of `merged` (an active entry) was merged into
+    `surviving_id` (whose entry in the chain is `kept`, if any): the survivor holds
+    the merged quantity (added to its own when both had joined, even past the
+    per-member limit: both were orders the chain accepted, and stock already counts
+    them; the limit binds changes from now on) in the earlier place in the order list,
+    and the merged entry is withdrawn. Stock and sold are unchanged. Closed chains are
+    left as they are: their order list is history."""
+    if chain["state"] != OPEN or merged["state"] != ACTIVE:
+        return []
+    gone = {**merged, "state": WITHDRAWN, "update_time": now, "merged_into": surviving_id}
+    base = {**merged, "_id": entry_id(chain["_id"], surviving_id), "member_id": surviving_id,
+            "update_time": now}
+    if kept is not None and kept["state"] == ACTIVE:
+        first = merged if merged["position"] < kept["position"] else kept
+        survivor = {**kept, "quantity": kept["quantity"] + merged["quantity"],
+                    "position": first["position"], "join_time": first["join_time"],
+                    "update_time": now}
+    elif kept is not None:  # withdrawn earlier: the document is reused
+        survivor = {**base, "_v": kept.get("_v")}
+    else:
+        survivor = {k: v for k, v in base.items() if k != "_v"}
+    return [gone, survivor]
+
+
 def closed(chain: Doc, now: int, closed_by: str) -> Doc:
     return {**chain, "state": CLOSED, "close_time": now, "closed_by": closed_by}
 
