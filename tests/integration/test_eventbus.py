@@ -185,6 +185,33 @@ async def test_event_already_finished_by_the_group_is_acked_without_handling(
     assert await pending_count(redis, "g") == 0
 
 
+async def test_a_failing_event_in_a_round_leaves_only_itself_pending(
+    redis: aioredis.Redis,
+) -> None:
+    """A round's messages are acked together after their effects: one that fails stays
+    pending alone, those before and after it in the round are done and acked."""
+    raws = [envelope(f"m{i}") for i in range(3)]
+    calls: list[str] = []
+
+    async def handler(event: event_pb2.Event) -> None:
+        calls.append(event.subject_id)
+        if event.subject_id == "m1":
+            raise RuntimeError("refused")
+
+    c = consumer(redis, "g", "c1", handler)
+    await c.ensure_group()
+    await publish(redis, STREAM, raws)
+
+    await poll_until([c], lambda: c.stats.handled + c.stats.failed == 3)
+    assert calls == ["m0", "m1", "m2"]
+    assert (c.stats.handled, c.stats.failed) == (2, 1)
+    pending = await redis.xpending_range(STREAM, "g", min="-", max="+", count=10)
+    assert len(pending) == 1
+    assert [bool(await redis.exists(f"pond:consumed:g:{event_id(r)}")) for r in raws] == [
+        True, False, True,
+    ]
+
+
 async def test_poisoned_event_is_dead_lettered_after_max_deliveries(
     redis: aioredis.Redis,
 ) -> None:
