@@ -4,23 +4,29 @@ the surviving member's (who keeps one seat where both were in, the group's count
 dropping by one), the merged member's memberships are left with the reason, and the
 counters the POS reads follow. Their entries in open chains move too (domain
 `merge_entry`: the survivor can see, change and withdraw them; both entries in one
-chain become one); check-in streaks stay with each record. Applied once per event
+chain become one); check-in streaks combine (the survivor's days are both records'
+days, today's check-in counts for the survivor). Applied once per event
 (the runtime's processed mark is committed with these writes); a concurrent join
 makes the runtime run it again on fresh reads."""
 
 from __future__ import annotations
 
+from datetime import date
+
 from pond.events.v1 import member_events_pb2 as mev
 
 from services.community.domain import chains as dch
+from services.community.domain import checkin as dc
 from services.community.domain import groups as dg
 from services.community.membership import ACTIVE, LEFT
 from services.community.store import (
     CHAIN_ENTRIES,
     CHAINS,
+    CHECKINS,
     GROUPS,
     MEMBER_STATS,
     MEMBERSHIPS,
+    STREAKS,
     membership_id,
 )
 from services.community.writes import Writes
@@ -29,6 +35,7 @@ from services.runtime.events import Received
 
 MAX_GROUPS_PER_MEMBER = 1000  # far above any real member's; one unit of work
 MAX_OPEN_ENTRIES_PER_MEMBER = 1000
+MAX_CHECK_IN_DAYS = 3660  # ten years of daily check-ins: one read per record
 
 
 class Merges:
@@ -67,6 +74,34 @@ class Merges:
                 uow.replace(MEMBERSHIPS.name, {**seat, "_v": kept["_v"]})
         await self._counters(uow, merged, surviving, moved)
         await self._chain_entries(uow, merged, surviving, now)
+        await self._streaks(uow, merged, surviving)
+
+    async def _streaks(self, uow: UnitOfWork, merged: str, surviving: str) -> None:
+        """The survivor's streak from both records' days; the merged record's last
+        check-in is copied to the survivor when it has none that day, so checking in
+        again that day returns it (once a day per person)."""
+        theirs = await self.store.find(CHECKINS.name, {"member_id": merged},
+                                       limit=MAX_CHECK_IN_DAYS)
+        if not theirs:
+            return
+        ours = await self.store.find(CHECKINS.name, {"member_id": surviving},
+                                     limit=MAX_CHECK_IN_DAYS)
+        days = {date.fromisoformat(d["day"]) for d in theirs + ours}
+        record = dc.streak_of_days(days)
+        assert record is not None
+        kept = await self.store.get(STREAKS.name, surviving)
+        if kept is None:
+            uow.insert(STREAKS.name, {"_id": surviving, **record})
+        else:
+            uow.replace(STREAKS.name, {**kept, **record})
+        last = max(theirs, key=lambda d: d["day"])
+        key = f"{surviving}:{last['day']}"
+        if not any(d["_id"] == key for d in ours):
+            copy = {k: v for k, v in last.items() if k != "_v"}
+            if last["day"] == record["last_day"]:  # the person's latest: the merged counts
+                copy |= {k: record[k] for k in ("streak", "best_streak", "total_days")}
+            uow.insert(CHECKINS.name, {**copy, "_id": key, "member_id": surviving,
+                                       "merged_from": merged})
 
     async def _chain_entries(self, uow: UnitOfWork, merged: str, surviving: str,
                              now: int) -> None:

@@ -47,7 +47,7 @@ MEMBERSHIPS = Collection(
 )
 MEMBER_STATS = Collection("member_stats")
 RULES = Collection("rules", (Index(("deleted", "priority")),))
-CHECKINS = Collection("checkins")
+CHECKINS = Collection("checkins", (Index(("member_id", "day")),))
 STREAKS = Collection("streaks")
 CHAINS = Collection("chains", (Index(("group_id", "state")),))
 CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),

@@ -250,3 +250,31 @@ async def test_a_merged_members_chain_entries_move_to_the_survivor(community: Co
     await fails(c.stub.WithdrawChainEntry(pb.WithdrawChainEntryRequest(
         chain_id="only-old", member_id="m-old", idempotency_key="k7"),
         metadata=c.md(Role.GATEWAY, "m-old")), FAILED, "CHAIN_ENTRY_NOT_FOUND")
+
+
+async def test_a_merged_members_check_ins_join_the_survivors_streak(community: Community, redis):
+    """MembersMerged: the two records' check-in days make one streak, and a day one
+    record checked in counts for the survivor (a second check-in returns the first)."""
+    from pond.events.v1 import member_events_pb2 as mev
+
+    from services.runtime.eventbus import make_event, stream_for
+
+    c = community
+    await check_in(c, "m-old")  # day 1 on the old record
+    c.clock.advance(days=1)
+    await check_in(c, "m-new")  # day 2 on the new one
+    c.clock.advance(days=1)
+    await check_in(c, "m-old")  # day 3 on the old record again
+    merged = make_event("member", "m-new", mev.MembersMerged(
+        surviving_id="m-new", merged_id="m-old", cause="phone"), c.clock.now())
+    for _ in range(2):  # delivered twice: applied once
+        await redis.xadd(stream_for("member"), {b"e": merged.SerializeToString()})
+
+    async def streak():
+        s = await c.stub.GetCheckInStreak(pb.GetCheckInStreakRequest(member_id="m-new"),
+                                          metadata=c.md())
+        return s.streak, s.best_streak, s.total_days, s.checked_in_today
+
+    assert await eventually(streak, lambda s: s == (3, 3, 3, True))
+    again = await check_in(c, "m-new")
+    assert again.already_checked_in and again.check_in.streak == 3

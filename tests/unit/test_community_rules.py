@@ -163,3 +163,17 @@ def test_sold_is_always_the_active_entries_and_never_above_stock(moves):
             pass
         active = sum(e["quantity"] for e in entries.values() if e["state"] == dch.ACTIVE)
         assert chain["sold"] == active <= chain["stock"]
+
+
+def test_streak_of_days_merges_two_records_of_one_person():
+    from datetime import date
+
+    from services.community.domain.checkin import streak_of_days
+
+    d = date(2026, 3, 1)
+    days = {d, d.replace(day=2), d.replace(day=3), d.replace(day=5), d.replace(day=6)}
+    assert streak_of_days(days) == {"streak": 2, "best_streak": 3, "total_days": 5,
+                                    "last_day": "2026-03-06"}
+    assert streak_of_days({d}) == {"streak": 1, "best_streak": 1, "total_days": 1,
+                                   "last_day": "2026-03-01"}
+    assert streak_of_days(set()) is None

@@ -4,6 +4,7 @@ with the current and best streak. No I/O: days come in as dates."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,3 +32,17 @@ def current_streak(streak: Doc | None, today: date) -> int:
         return 0
     last = date.fromisoformat(streak["last_day"])
     return int(streak["streak"]) if today - last <= timedelta(days=1) else 0
+
+
+def streak_of_days(days: set[date]) -> Doc | None:
+    """The streak record of a set of check-in days (two records of one person merged):
+    the run that ends on the last day, the longest run, the number of days."""
+    if not days:
+        return None
+    ordered = sorted(days)
+    best = run = 1
+    for before, after in pairwise(ordered):
+        run = run + 1 if after - before == timedelta(days=1) else 1
+        best = max(best, run)
+    return {"streak": run, "best_streak": best, "total_days": len(ordered),
+            "last_day": ordered[-1].isoformat()}
