@@ -165,6 +165,16 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 30.0,
+               what: str = "condition not met in time") -> None:
+    """The synchronous `eventually` (for tests driving other processes): polls
+    `condition` until it is true; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that touches Redis is marked `redis`, so CI can rerun exactly those
     against Debian's redis-server."""

@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from redis.retry import Retry
 
 from services.runtime.clients import call_metadata
 from services.runtime.schedule import next_occurrence
+from tests.conftest import wait_until
 from tests.e2e.test_stack_journey import _free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,10 +358,3 @@ def _status(url: str) -> int:
             return int(resp.status)
     except OSError:  # refused, or an HTTP error (HTTPError is one)
         return 0
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)

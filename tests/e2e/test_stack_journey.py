@@ -21,6 +21,7 @@ from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
 from services.runtime.clients import call_metadata
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -51,10 +52,12 @@ def wait_serving(port: int, proc: subprocess.Popen, data_dir: Path,
     """The member service answers health checks and the stack has finished starting
     (it writes the dev token after every component is up)."""
     deadline = time.monotonic() + timeout
-    while not (data_dir / "dev-operator.token").exists():
+
+    def started() -> bool:
         assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "the stack did not finish starting"
-        time.sleep(0.05)
+        return (data_dir / "dev-operator.token").exists()
+
+    wait_until(started, timeout, "the stack did not finish starting")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:

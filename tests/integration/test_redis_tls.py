@@ -9,7 +9,6 @@ import ipaddress
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from services.runtime.redis_conn import connect_redis
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.redis
 PASSWORD = "tls-test-password"
@@ -91,11 +91,11 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     ]).encode())
     process.stdin.close()
     try:
-        deadline = time.monotonic() + 10
-        while "Ready to accept connections" not in _read(tmp_path / "redis.log"):
+        def ready() -> bool:
             assert process.poll() is None, _read(tmp_path / "redis.log")
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+            return "Ready to accept connections" in _read(tmp_path / "redis.log")
+
+        wait_until(ready, 10, "redis-server did not start")
         yield port, ca
     finally:
         process.terminate()
