@@ -73,17 +73,13 @@ class WeChatAccessToken:
 
     async def invalidate(self, token: str) -> None:
         """WeChat said `token` is no longer valid: drop it (unless already replaced)."""
-        cached = await self._read(keys=[TOKEN_KEY])
-        if cached is not None and _token_of(cached) == token:
-            await self._forget(keys=[TOKEN_KEY], args=[cached])
+        raw = await self._read(keys=[TOKEN_KEY])
+        if raw is not None and _parsed(raw)[1] == token:
+            await self._forget(keys=[TOKEN_KEY], args=[raw])
 
     async def _cached(self) -> tuple[float, str] | None:
         raw = await self._read(keys=[TOKEN_KEY])
-        if raw is None:
-            return None
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        at, _, token = text.partition("|")
-        return float(at), token
+        return None if raw is None else _parsed(raw)
 
     async def _renew(self) -> str:
         token, expires_in = await self.wechat.stable_access_token()
@@ -93,6 +89,8 @@ class WeChatAccessToken:
         return token
 
 
-def _token_of(raw: bytes | str) -> str:
+def _parsed(raw: bytes | str) -> tuple[float, str]:
+    """(expires_at, token) of a stored `<expires_at>|<token>`."""
     text = raw.decode() if isinstance(raw, bytes) else raw
-    return text.partition("|")[2]
+    at, _, token = text.partition("|")
+    return float(at), token

@@ -119,11 +119,8 @@ class Merges:
                 continue
             gone, survivor = moved
             uow.replace(CHAIN_ENTRIES.name, gone)
-            if "_v" in survivor and survivor["_v"] is not None:
-                uow.replace(CHAIN_ENTRIES.name, survivor)
-            else:
-                survivor.pop("_v", None)
-                uow.insert(CHAIN_ENTRIES.name, survivor)
+            # A survivor document with a version replaces the one read; else it is new.
+            (uow.replace if "_v" in survivor else uow.insert)(CHAIN_ENTRIES.name, survivor)
             # The chain's version moves with its entries, so a join or change racing
             # the merge on this chain goes again on fresh reads (as they guard on it).
             uow.replace(CHAINS.name, {**chain, "update_time": now})

@@ -105,9 +105,9 @@ def merge_entry(chain: Doc, merged: Doc, kept: Doc | None, surviving_id: str,
         survivor = {**kept, "quantity": kept["quantity"] + merged["quantity"],
                     "position": first["position"], "join_time": first["join_time"],
                     "update_time": now}
-    elif kept is not None:  # withdrawn earlier: the document is reused
-        survivor = {**base, "_v": kept.get("_v")}
-    else:
+    elif kept is not None:  # withdrawn earlier: the document is reused (its version)
+        survivor = {**base, "_v": kept["_v"]}
+    else:  # a new document: no version yet
         survivor = {k: v for k, v in base.items() if k != "_v"}
     return [gone, survivor]
 
