@@ -120,7 +120,9 @@ async def serve_member(port_file: str, profiler: _Profiler | None, patch: str = 
     await service.stop(0)
 
 
-async def serve_community(port_file: str, profiler: _Profiler | None) -> None:
+async def serve_community(port_file: str, profiler: _Profiler | None, patch: str = "") -> None:
+    if patch:
+        runpy.run_path(patch, run_name="bench_patch")
     from services.community.server import start_community_service
     from services.community.settings import CommunitySettings
     from services.runtime.logs import configure_logging
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("echo", "member", "community"))
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--response-file", help="echo: the serialized Member to answer")
-    parser.add_argument("--patch", metavar="FILE", help="member: run FILE first (what-if)")
+    parser.add_argument("--patch", metavar="FILE", help="run FILE first (what-if)")
     parser.add_argument("--profile", metavar="DIR", help="enable SIGUSR1/SIGUSR2 profiling")
     args = parser.parse_args(argv)
     profiler = _Profiler(args.profile) if args.profile else None
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("echo needs --response-file")
         asyncio.run(serve_echo(args.port_file, args.response_file, profiler))
     elif args.kind == "community":
-        asyncio.run(serve_community(args.port_file, profiler))
+        asyncio.run(serve_community(args.port_file, profiler, args.patch or ""))
     else:
         asyncio.run(serve_member(args.port_file, profiler, args.patch or ""))
     return 0
