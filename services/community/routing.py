@@ -122,13 +122,17 @@ class Routing:
             await self.membership.entry_facts(rule["template"]["entry_rules"], lookup,
                                               payment_id)
 
+        # The rule read above serves the first attempt (a stale one cannot do harm: a
+        # group it opens is written guarded by the rule's version); retries reload it.
+        read = [rule]
+
         async def attempt() -> Routed:
             current = await self.store.find(MEMBERSHIPS.name, {
                 "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
             if current:  # routed before (the code scanned twice): the same group
                 mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
                 return Routed(Joined(mine, current[0], already_member=True), rule_id)
-            rule = await self.get_rule(rule_id)
+            rule = read.pop() if read else await self.get_rule(rule_id)
             uow = UnitOfWork()
             found = await open_pool_group(self.store, rule_id,
                                           dr.POOL_ORDER[rule["fill_strategy"]])

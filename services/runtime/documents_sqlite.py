@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import aiosqlite
 import orjson
@@ -69,6 +69,40 @@ _SEQUENCE_NEXT = (
 )
 
 
+_PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
+_PLAIN = (str, int, float, bool)
+
+
+class _FindPlan(NamedTuple):
+    sql: str | None  # None: nothing to read (limit 0)
+    on_loop: bool
+    param_fields: tuple[str, ...]  # where's fields whose values are the parameters
+    params: list[Any]  # the parameters of the query the plan was made for
+
+
+def _plan_key(
+    t: Table, where: Mapping[str, Any] | None, order: Order, limit: int | None
+) -> tuple[Any, ...] | None:
+    """What decides a find's SQL when `where` holds plain equalities (the hot path's
+    finds): the fields, each value's type (the value itself for a field a partial index
+    filters on, which may be written into the SQL as a literal), order and limit.
+    None for anything else (operators, None, lists), which is planned every time."""
+    if not where or type(limit) not in (int, type(None)):
+        return None
+    shape = []
+    literal = t.literal_fields
+    for field, value in where.items():
+        kind = type(value)
+        if kind not in _PLAIN:
+            return None
+        shape.append((field, kind, value) if field in literal else (field, kind))
+    try:
+        return (t.name, tuple(shape), tuple(order) if not isinstance(order, str) else order,
+                limit)
+    except TypeError:
+        return None
+
+
 class SqliteDocumentStore(DocumentStore):
     engine: Literal["sqlite", "mongodb"] = "sqlite"
 
@@ -86,6 +120,7 @@ class SqliteDocumentStore(DocumentStore):
         self._r = reader
         self._point = point
         self._sequences = frozenset(schema.sequences)
+        self._plans: dict[tuple[Any, ...], _FindPlan] = {}
 
     @classmethod
     async def open(cls, schema: Schema, path: str | Path) -> SqliteDocumentStore:
@@ -149,11 +184,33 @@ class SqliteDocumentStore(DocumentStore):
         limit: int | None = None,
     ) -> list[Doc]:
         t = self._tables[collection]
+        plan = self._plans.get(key) if (key := _plan_key(t, where, order, limit)) else None
+        if plan is None:
+            plan = self._plan(t, where, order, limit)
+            if key is not None:
+                if len(self._plans) >= _PLANS:
+                    self._plans.clear()
+                self._plans[key] = plan
+            params = plan.params
+        else:  # the same shape of query as before: only the values differ
+            assert where is not None
+            params = [where[f] for f in plan.param_fields]
+        if plan.sql is None:
+            return []
+        if plan.on_loop:
+            rows = self._point.execute(plan.sql, params).fetchall()
+        else:
+            rows = list(await self._r.execute_fetchall(plan.sql, params))
+        return [t.load(row) for row in rows]
+
+    def _plan(
+        self, t: Table, where: Mapping[str, Any] | None, order: Order, limit: int | None
+    ) -> _FindPlan:
         terms = parse_where(t.c, where)
         keys = parse_order(t.c, order)
         check_limit(limit)
         if limit == 0:
-            return []
+            return _FindPlan(None, False, (), [])
         cond, params = where_sql(terms, t.partial_terms)
         sql = f"SELECT {t.columns} FROM {q(t.name)}"
         if cond:
@@ -162,7 +219,12 @@ class SqliteDocumentStore(DocumentStore):
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         on_loop = limit is not None and limit <= _POINT_LIMIT and self._seeks(t, terms)
-        return [t.load(row) for row in await self._read(sql, params, on_loop=on_loop)]
+        # Plain equalities only (what _plan_key caches): each one not written as a
+        # literal is one parameter, in the where's order.
+        param_fields = tuple(
+            term.field for term in terms if term not in t.partial_terms
+        )
+        return _FindPlan(sql, on_loop, param_fields, params)
 
     @staticmethod
     def _seeks(t: Table, terms: tuple[Term, ...]) -> bool:

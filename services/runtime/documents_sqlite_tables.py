@@ -140,6 +140,8 @@ class Table:
         self.partial_terms = frozenset(
             term for i in c.indexes if i.partial for term in parse_where(c, i.partial)
         )
+        # Fields whose equality may be written into a find's SQL as a literal.
+        self.literal_fields = frozenset(term.field for term in self.partial_terms)
         # Equality on one of these seeks an index (see SqliteDocumentStore.find).
         self.seek: list[tuple[str, frozenset[Term]]] = [("_id", frozenset())] + [
             (i.fields[0].lstrip("-"),

@@ -125,19 +125,21 @@ def _run_transactions(
     """The batch in one IMMEDIATE transaction: one COMMIT, so one write of the WAL's
     pages per batch instead of per work (most of the writer's cost under load).
     First all together, no savepoints (two statements a work, each a GIL hand-off
-    with the event loop); if one raises, that is rolled back and the batch runs
-    again with each work in a savepoint, so the one that fails rolls back alone
-    (a work only writes through `raw`, so a rolled-back run leaves no trace)."""
-    if len(works) > 1:
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            results = [work(raw) for work in works]
-            raw.execute("COMMIT")
-        except Exception:
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")
-        else:
-            return [(True, result) for result in results]
+    with the event loop); if one raises, that is rolled back (a batch of one ends
+    there) and the batch runs again with each work in a savepoint, so the one that
+    fails rolls back alone (a work only writes through `raw`, so a rolled-back run
+    leaves no trace)."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        results = [work(raw) for work in works]
+        raw.execute("COMMIT")
+    except Exception as exc:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        if len(works) == 1:  # nothing else to keep: no second run
+            return [(False, exc)]
+    else:
+        return [(True, result) for result in results]
     return _run_in_savepoints(raw, works)
 
 

@@ -351,6 +351,31 @@ async def test_a_partial_index_query_finds_what_it_matches(store):
     assert await ids(store, "lots", {"remaining": {"$gt": 1}}) == ["l2", "l3", "l4"]
 
 
+async def test_repeated_finds_of_one_shape_answer_for_their_own_values(store):
+    """The same query with other values (SQLite keeps a plan per query shape): the
+    values of a partial index's field decide whether the index applies, so finds with
+    open True and open False, 1 and True, must each see their own documents."""
+    lots = [
+        {"_id": "c1", "code": "A", "open": True, "member_id": "m1", "remaining": 1},
+        {"_id": "c2", "code": "A", "open": False, "member_id": "m1", "remaining": 0},
+        {"_id": "c3", "code": "B", "open": False, "member_id": "m2", "remaining": 2},
+        {"_id": "c4", "code": "C", "open": 1, "member_id": "m2", "remaining": 3},
+    ]
+    await commit(store, lambda u: u.put_many("lots", lots))
+    for _ in range(2):  # the second round answers from kept plans
+        assert await ids(store, "lots", {"code": "A", "open": True}, limit=5) == ["c1"]
+        assert await ids(store, "lots", {"code": "A", "open": False}, limit=5) == ["c2"]
+        assert await ids(store, "lots", {"code": "B", "open": False}, limit=5) == ["c3"]
+        assert await ids(store, "lots", {"member_id": "m2"}, limit=5) == ["c3", "c4"]
+        assert await ids(store, "lots", {"member_id": "m1"}, limit=1) == ["c1"]
+        assert await ids(store, "lots", {"member_id": "m1"}, limit=0) == []
+        assert await ids(store, "lots", {"member_id": "m1", "remaining": 0}) == ["c2"]
+        assert await ids(store, "lots", {"member_id": "m2", "remaining": {"$gt": 2}}) == ["c4"]
+        assert await ids(store, "lots", {"member_id": None}) == []
+        assert await ids(store, "lots", {"member_id": "m2"}, order=("-remaining",)) == [
+            "c4", "c3"]
+
+
 @pytest.mark.parametrize(
     "where",
     [
