@@ -65,9 +65,29 @@ class Routing:
         try:
             await self.store.commit(uow)
         except DuplicateKey as exc:
-            raise already_exists("RULE_EXISTS", f"routing rule {rule['_id']!r} exists",
-                                 domain=DOMAIN, rule_id=rule["_id"]) from exc
+            gone = await self.store.get(RULES.name, rule["_id"])
+            if gone is None or not gone["deleted"]:
+                raise already_exists("RULE_EXISTS", f"routing rule {rule['_id']!r} exists",
+                                     domain=DOMAIN, rule_id=rule["_id"]) from exc
+            return await self._recreate(gone, rule)
         return rule
+
+    async def _recreate(self, gone: Doc, rule: Doc) -> Doc:
+        """A deleted rule's id given again: the new rule takes it over, with the pool
+        of groups named after it (their members stay) and its numbering, so a live
+        code printed with that id works again and overflow groups never reuse a number."""
+        async def attempt() -> Doc:
+            current = await self.store.get(RULES.name, rule["_id"])
+            if current is None or not current["deleted"]:  # taken again meanwhile
+                raise already_exists("RULE_EXISTS", f"routing rule {rule['_id']!r} exists",
+                                     domain=DOMAIN, rule_id=rule["_id"])
+            revived = {**rule, "_v": current["_v"], "last_sequence": current["last_sequence"]}
+            uow = UnitOfWork()
+            uow.replace(RULES.name, revived)
+            await self.store.commit(uow)
+            return revived
+
+        return await self.w.run(("pool", gone["_id"]), attempt)
 
     async def get_rule(self, rule_id: str) -> Doc:
         rule = await self.store.get(RULES.name, rule_id)

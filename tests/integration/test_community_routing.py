@@ -61,6 +61,26 @@ async def test_rule_crud(community: Community):
         grpc.StatusCode.PERMISSION_DENIED)
 
 
+async def test_a_deleted_rules_id_can_be_given_again_and_its_pool_comes_back(
+        community: Community):
+    """An operator who deleted a live code's rule and creates it again (the printed QR
+    code names the rule) gets the rule back with the groups already opened for it; the
+    numbering goes on, so no overflow group's number is used twice."""
+    c = community
+    await c.rule("again", template=TEMPLATE)
+    first = [await c.route(f"a{i}", "again") for i in range(3)]
+    assert [r.group.id for r in first] == ["again-1", "again-1", "again-2"]
+    await c.stub.DeleteRoutingRule(pb.DeleteRoutingRuleRequest(rule_id="again"),
+                                   metadata=c.md())
+    revived = await c.rule("again", name="Again", fill_strategy=FILL_FIRST, template=TEMPLATE)
+    assert (revived.id, revived.name, revived.last_sequence, revived.enabled) == (
+        "again", "Again", 2, True)
+    routed = [await c.route(f"b{i}", "again") for i in range(2)]
+    assert [r.group.id for r in routed] == ["again-2", "again-3"]
+    assert routed[1].opened_group
+    await fails(c.rule("again"), grpc.StatusCode.ALREADY_EXISTS, "RULE_EXISTS")
+
+
 async def test_fill_first_then_overflow_from_the_template(community: Community, redis):
     c = community
     await c.rule("fruit", template=TEMPLATE)
