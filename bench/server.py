@@ -5,7 +5,7 @@
     python -m bench.server community --port-file F   (likewise)
 
 Each writes its port to --port-file once it is serving and stops on SIGTERM.
-With --patch FILE (member only) the file runs in the server process before the
+With --patch FILE the file runs in the server process before the
 service starts: a what-if experiment (say, a cheaper request id) measured without
 editing services/. With --profile DIR, SIGUSR1 starts cProfile on the event-loop
 thread and SIGUSR2 stops it and writes DIR/<n>.prof, so the runner profiles
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import grpc
 from pond.member.v1 import member_pb2
+
+from services.runtime.loop import run
 
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
@@ -151,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "echo":
         if not args.response_file:
             parser.error("echo needs --response-file")
-        asyncio.run(serve_echo(args.port_file, args.response_file, profiler))
+        run(serve_echo(args.port_file, args.response_file, profiler))
     elif args.kind == "community":
-        asyncio.run(serve_community(args.port_file, profiler, args.patch or ""))
+        run(serve_community(args.port_file, profiler, args.patch or ""))
     else:
-        asyncio.run(serve_member(args.port_file, profiler, args.patch or ""))
+        run(serve_member(args.port_file, profiler, args.patch or ""))
     return 0
 
 

@@ -28,6 +28,7 @@ from services.member.settings import MemberSettings
 from services.runtime.auth import Role, mint_token
 from services.runtime.host import ServiceHost, start_service
 from services.runtime.logs import configure_logging, get_logger
+from services.runtime.loop import run
 from services.runtime.redis_conn import EmbeddedValkey, redact_url
 from services.runtime.server import freeze_startup_heap, termination_requested
 from services.runtime.supervision import Supervised, Task
@@ -207,4 +208,4 @@ def _gateway_banner(url: str, wechat: str, standin: bool) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(asyncio.run(main()))
+        sys.exit(run(main()))

@@ -26,12 +26,19 @@ from services.runtime.auth import Role, mint_token
 from services.runtime.clients import call_metadata
 from services.runtime.clock import ManualClock
 from services.runtime.logs import configure_logging
+from services.runtime.loop import loop_name, new_event_loop
 from services.runtime.redis_conn import EmbeddedValkey, connect_redis
 
 TEST_SECRET = "test-secret-" + "x" * 20
 TEST_PHONE_KEY = base64.b64encode(b"k" * 32).decode()
 
 configure_logging(os.environ.get("POND_TEST_LOG_LEVEL", "warning"), "json")
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Tests run on the loop the services run on in production
+    (services.runtime.loop): uvloop, or asyncio's own with POND_EVENT_LOOP=asyncio."""
+    return {loop_name(): new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import asyncio
 import sys
 
 from bench.server import _Profiler, _until_terminated, _write_port
+from services.runtime.loop import run
 
 
 def compact_payloads() -> None:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compact_payloads:
         compact_payloads()
-    asyncio.run(serve(args.port_file, _Profiler(args.profile) if args.profile else None))
+    run(serve(args.port_file, _Profiler(args.profile) if args.profile else None))
     return 0
 
 

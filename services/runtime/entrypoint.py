@@ -4,12 +4,12 @@ until SIGTERM, then stop it in order (host.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 from services.runtime.host import ServiceSpec, start_service
 from services.runtime.logs import configure_logging, get_logger
+from services.runtime.loop import run
 from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
 
 
@@ -35,4 +35,4 @@ async def serve(spec: ServiceSpec[Any]) -> int:
 
 
 def main(spec: ServiceSpec[Any]) -> None:
-    sys.exit(asyncio.run(serve(spec)))
+    sys.exit(run(serve(spec)))
