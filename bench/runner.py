@@ -139,7 +139,8 @@ def _server_env(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("POND_") and k not in ("MONGODB_URI", "REDIS_URL")
+        if (not k.startswith("POND_") or k == "POND_EVENT_LOOP")
+        and k not in ("MONGODB_URI", "REDIS_URL")
     }
     env.update(
         POND_DATA_DIR=str(data_dir),
