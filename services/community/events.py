@@ -14,7 +14,6 @@ STREAM = stream_for(PRODUCER)
 MEMBER_STREAM = stream_for("member")
 
 MemberJoinedGroup = cev.MemberJoinedGroup
-MemberFirstJoinedGroup = cev.MemberFirstJoinedGroup
 MemberLeftGroup = cev.MemberLeftGroup
 GroupOpened = cev.GroupOpened
 GroupArchived = cev.GroupArchived

@@ -1,7 +1,7 @@
 """Membership: joining (entry rules checked, capacity never exceeded), leaving and
 removal, with each member's history kept; the POS's "is this member in any group";
-a member's first ever join announced (MemberFirstJoinedGroup) besides every join and
-leave.
+every join and leave announced, a member's first ever join marked as such
+(MemberJoinedGroup.first_join).
 
 Capacity: a join writes the group's member count, guarded by the version it read,
 with the membership, the member's stats and the events in one unit of work. Joins
@@ -15,7 +15,7 @@ from typing import Any
 
 from services.community.domain import groups as dg
 from services.community.domain.errors import RuleViolation
-from services.community.events import MemberFirstJoinedGroup, MemberJoinedGroup, MemberLeftGroup
+from services.community.events import MemberJoinedGroup, MemberLeftGroup
 from services.community.peers import MemberLookup, Peers
 from services.community.store import GROUPS, MEMBER_STATS, MEMBERSHIPS, membership_id
 from services.community.writes import Writes
@@ -102,13 +102,12 @@ class Membership:
             uow.insert(MEMBER_STATS.name, {"_id": member_id, "active": 1,
                                            "first_group_id": group["_id"],
                                            "first_join_time": micros})
-            self.w.emit(uow, member_id, MemberFirstJoinedGroup(
-                member_id=member_id, group_id=group["_id"]), now)
         else:
             uow.replace(MEMBER_STATS.name, {**stats, "active": stats["active"] + 1})
         self.w.emit(uow, member_id, MemberJoinedGroup(
             group_id=group["_id"], member_id=member_id, group_kind=group["kind"],
-            group_level=group["level"], store_id=group["store_id"], rule_id=rule_id), now)
+            group_level=group["level"], store_id=group["store_id"], rule_id=rule_id,
+            first_join=first), now)
         return Joined(group, membership, first_join=first)
 
     # -- leaving --

@@ -33,7 +33,7 @@ from tests.conftest import TEST_SECRET, MemberHarness, token
 FLASH, INTEREST, VIP = (pb.GROUP_KIND_PROMOTION_FLASH, pb.GROUP_KIND_INTEREST,
                         pb.GROUP_KIND_VIP)
 PAYLOADS = {cls.DESCRIPTOR.full_name: cls for cls in (
-    cev.MemberJoinedGroup, cev.MemberFirstJoinedGroup, cev.MemberLeftGroup, cev.GroupOpened,
+    cev.MemberJoinedGroup, cev.MemberLeftGroup, cev.GroupOpened,
     cev.GroupArchived, cev.CheckedIn, cev.ChainJoined, cev.ChainEntryChanged, cev.ChainClosed,
     cev.ColumnPostDue)}
 

@@ -103,7 +103,7 @@ async def test_fill_first_then_overflow_from_the_template(community: Community, 
     await c.stub.LeaveGroup(pb.LeaveGroupRequest(group_id="fruit-2", member_id="m3"),
                             metadata=c.md())
     assert (await c.route("m9", "fruit")).group.id == "fruit-2"  # room again: no new group
-    events = await eventually(lambda: published(redis), lambda e: len(e) >= 19)
+    events = await eventually(lambda: published(redis), lambda e: len(e) >= 11)
     opened_events = [p for n, p in events if n == "GroupOpened"]
     assert [(p.group_id, p.sequence, p.owner_guide_id) for p in opened_events] == [
         ("fruit-2", 2, "guide-7"), ("fruit-3", 3, "guide-7")]
