@@ -40,6 +40,10 @@ from services.runtime.redis_health import RedisLink
 
 STREAM_PREFIX = "pond.events."
 DEAD_SUFFIX = ".dead"
+# A stream entry's fields: the serialized envelope, and its type beside it so that a
+# group can pass over the types it does not want without parsing the envelope
+# (entries added before the type field existed have only the envelope).
+ENVELOPE_FIELD, TYPE_FIELD = b"e", b"t"
 # Streams are trimmed approximately to this length; consumers keep up long before.
 STREAM_MAXLEN = 1_000_000
 _DONE_TTL_SECONDS = 7 * 24 * 3600
@@ -93,11 +97,24 @@ def make_event(
     )
 
 
+def event_type(raw: bytes) -> bytes:
+    """The type of a serialized envelope (what goes in the entry's type field); b""
+    for one that cannot be read, whose entry then has no type field (so that every
+    group reads it and dead-letters it)."""
+    try:
+        return event_pb2.Event.FromString(raw).type.encode()
+    except message.DecodeError:
+        return b""
+
+
 async def publish(redis: aioredis.Redis, stream: str, events: list[bytes]) -> list[bytes]:
-    """XADD serialized envelopes in one round trip; returns the stream ids."""
+    """XADD serialized envelopes (with their types) in one round trip; returns the
+    stream ids."""
     pipe = redis.pipeline(transaction=False)
     for raw in events:
-        pipe.xadd(stream, {b"e": raw}, maxlen=STREAM_MAXLEN, approximate=True)
+        type_ = event_type(raw)
+        fields = {ENVELOPE_FIELD: raw, TYPE_FIELD: type_} if type_ else {ENVELOPE_FIELD: raw}
+        pipe.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
     return await pipe.execute()
 
 
@@ -133,6 +150,8 @@ class EventConsumer:
         # XACK per round, without the per-event done-key round trips: a consumer that
         # needs a few types of a busy stream pays for those only.
         self.wanted = wanted
+        self._wanted_types = None if wanted is None else frozenset(
+            t.encode() for t in wanted)
         # Stale messages are looked for at most every half claim-idle (and every
         # second at most), not on every round: a busy consumer polls hundreds of times
         # a second, and each look is a round trip that finds nothing.
@@ -190,16 +209,20 @@ class EventConsumer:
         return done + len(unwanted)
 
     def _unwanted(self, fields: dict[bytes, bytes]) -> bool:
-        """A readable envelope of a type the handler does not act on (an unreadable
-        one goes the usual way, to the dead letters)."""
-        if self.wanted is None:
+        """An entry of a type the handler does not act on, known from its type field
+        or, in an entry without one, from its envelope (an unreadable envelope goes
+        the usual way, to the dead letters)."""
+        if self._wanted_types is None:
             return False
+        type_ = fields.get(TYPE_FIELD)
+        if type_ is not None:
+            return type_ not in self._wanted_types
         event = event_pb2.Event()
         try:
-            event.ParseFromString(fields.get(b"e", b""))
+            event.ParseFromString(fields.get(ENVELOPE_FIELD, b""))
         except Exception:
             return False
-        return bool(event.id) and event.type not in self.wanted
+        return bool(event.id) and event.type.encode() not in self._wanted_types
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls until `stop`; never ends over a Redis outage or a bad round: each
@@ -273,7 +296,7 @@ class EventConsumer:
         for msg_id, fields in messages:
             event = event_pb2.Event()
             try:
-                event.ParseFromString(fields.get(b"e", b""))
+                event.ParseFromString(fields.get(ENVELOPE_FIELD, b""))
                 if not event.id:
                     raise ValueError("event without id")
             except Exception as exc:
@@ -345,7 +368,7 @@ class EventConsumer:
         pipe.xadd(
             self.stream + DEAD_SUFFIX,
             {
-                b"e": fields.get(b"e", b""),
+                ENVELOPE_FIELD: fields.get(ENVELOPE_FIELD, b""),
                 b"error": why.encode(),
                 b"group": self.group.encode(),
                 b"source_id": msg_id,
