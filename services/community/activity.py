@@ -132,8 +132,11 @@ class Activity:
             joined) else ""
 
     def consumers(self, store: DocumentStore, clock: Clock) -> list[Consumer]:
+        # A check-in without a group is not the activity's: passed over without a
+        # processed mark (no read, no commit for most check-ins).
         own = EventHandlers(ACTIVITY_CONSUMER, store, clock).on(
-            CheckedIn, self.on_checked_in).on(ChainJoined, self.on_chain_joined)
+            CheckedIn, self.on_checked_in, when=lambda checked: bool(checked.group_id)).on(
+            ChainJoined, self.on_chain_joined)
         orders = EventHandlers(ACTIVITY_CONSUMER, store, clock).on(
             mev.OrderPaid, self.on_order_paid)
         # Read in the service's consumer group of each stream (the host merges them

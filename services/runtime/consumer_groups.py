@@ -47,6 +47,7 @@ class ConsumerGroup:
     group: str
     handle: Handle
     wanted: Collection[str] | None  # None: every type
+    keeps_marks: bool  # every handler applies an event once by its own marks
     max_deliveries: int | None = None
     claim_idle_ms: int | None = None
     block_ms: int | None = None
@@ -72,6 +73,7 @@ class Dispatch:
                 self._by_type.setdefault(type_, []).append(handle)
         self.types: frozenset[str] | None = (
             None if self._for_all else frozenset(self._by_type))
+        self.keeps_marks = all(_keeps_marks(h) for h in handles)
 
     async def __call__(self, envelope: event_pb2.Event) -> None:
         errors: list[Exception] = []
@@ -98,7 +100,7 @@ def consumer_groups(consumers: Sequence[Consumer], service: str) -> list[Consume
         handle = declared[0].handle if len(declared) == 1 else Dispatch(
             [c.handle for c in declared])
         groups.append(ConsumerGroup(
-            stream, group, handle, wanted=_types(handle),
+            stream, group, handle, wanted=_types(handle), keeps_marks=_keeps_marks(handle),
             max_deliveries=_one([c.max_deliveries for c in declared], "max_deliveries", where),
             claim_idle_ms=_one([c.claim_idle_ms for c in declared], "claim_idle_ms", where),
             block_ms=_one([c.block_ms for c in declared], "block_ms", where),
@@ -109,6 +111,10 @@ def consumer_groups(consumers: Sequence[Consumer], service: str) -> list[Consume
 def _types(handle: Handle) -> frozenset[str] | None:
     types = getattr(handle, "types", None)
     return None if types is None else frozenset(types)
+
+
+def _keeps_marks(handle: Handle) -> bool:
+    return bool(getattr(handle, "keeps_marks", False))
 
 
 def _check_marks(declared: list[Consumer], where: str) -> None:

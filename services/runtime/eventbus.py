@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
@@ -144,6 +144,7 @@ class EventConsumer:
         batch: int = 100,
         name: str = "",
         wanted: Container[str] | None = None,
+        done_keys: bool = True,
     ) -> None:
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
         # The event types the handler acts on (None: all). Others are acked in one
@@ -152,6 +153,11 @@ class EventConsumer:
         self.wanted = wanted
         self._wanted_types = None if wanted is None else frozenset(
             t.encode() for t in wanted)
+        # Whether the group remembers the events it finished in Redis (done keys,
+        # looked up before its handler runs). Off when the handler keeps processed
+        # marks of its own (events.EventHandlers): those skip a redelivered event
+        # anyway, and the keys would cost two pipelines of a command per event.
+        self.done_keys = done_keys
         # Stale messages are looked for at most every half claim-idle (and every
         # second at most), not on every round: a busy consumer polls hundreds of times
         # a second, and each look is a round trip that finds nothing.
@@ -162,6 +168,11 @@ class EventConsumer:
         self.handler = handler
         self.max_deliveries, self.claim_idle_ms = max_deliveries, claim_idle_ms
         self.block_ms, self.batch = block_ms, batch
+        # After a round that found work but not a full batch, the next read waits this
+        # long, so that under load a round carries the events of several publishes
+        # (each round costs its read and ack whatever it carries); an event arriving
+        # on an idle stream is still read at once.
+        self.coalesce_seconds = 0.01
         self.stats = ConsumerStats()
         self._last_error: dict[bytes, str] = {}  # last handler error per pending message
 
@@ -200,10 +211,11 @@ class EventConsumer:
                     unwanted.append(msg_id)
                 else:
                     wanted.append((msg_id, fields))
-        if wanted:
-            done += await self._deliver_all(wanted)
-        if unwanted:
+        if wanted:  # the unwanted are acked with the wanted, in the same step
+            done += await self._deliver_all(wanted, unwanted)
+        elif unwanted:
             await self.redis.xack(self.stream, self.group, *unwanted)
+        if unwanted:
             self.stats.skipped += len(unwanted)
             HANDLED.labels(self.stream, self.group, "unwanted").inc(len(unwanted))
         return done + len(unwanted)
@@ -234,8 +246,10 @@ class EventConsumer:
                 if not group_ready:
                     await self.ensure_group()
                     group_ready = True
-                await self.poll()
+                done = await self.poll()
                 self.link.ok()
+                if 0 < done < self.batch and self.coalesce_seconds > 0:
+                    await asyncio.sleep(self.coalesce_seconds)
             except aioredis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     group_ready = False  # Redis lost the group (restart without AOF)
@@ -286,12 +300,15 @@ class EventConsumer:
     async def _deliver(self, msg_id: bytes, fields: dict[bytes, bytes]) -> int:
         return await self._deliver_all([(msg_id, fields)])
 
-    async def _deliver_all(self, messages: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    async def _deliver_all(
+        self, messages: list[tuple[bytes, dict[bytes, bytes]]], unwanted: Sequence[bytes] = (),
+    ) -> int:
         """Handles a round's messages in order with two round trips for the round, not
         two per message: one look at their done keys first (EXISTS, pipelined), one
         pipeline at the end setting the done keys of those handled and acking them
-        with those found done. Acks still follow the effects; an id seen twice in the
-        round (a relay's republish) is handled once."""
+        with those found done and the round's `unwanted` (without done keys: the ack
+        alone). Acks still follow the effects; an id seen twice in the round (a
+        relay's republish) is handled once."""
         events: list[tuple[bytes, event_pb2.Event]] = []
         for msg_id, fields in messages:
             event = event_pb2.Event()
@@ -304,10 +321,13 @@ class EventConsumer:
                 continue
             events.append((msg_id, event))
         if not events:
+            await self._acknowledge([], [], unwanted)
             return 0
         # EXISTS rather than MGET: the services' ACL users allow EXISTS.
         keys = [self._done_key(event.id) for _msg_id, event in events]
-        if len(keys) == 1:  # a pipeline costs more than one command
+        if not self.done_keys:
+            found = [0] * len(keys)
+        elif len(keys) == 1:  # a pipeline costs more than one command
             found = [await self.redis.exists(keys[0])]
         else:
             check = self.redis.pipeline(transaction=False)
@@ -342,18 +362,25 @@ class EventConsumer:
                 seen.add(event.id)
                 applied.append((msg_id, event.id))
         finally:
-            await self._acknowledge(applied, skipped)
+            await self._acknowledge(applied, skipped, unwanted)
         return len(applied) + len(skipped)
 
-    async def _acknowledge(self, applied: list[tuple[bytes, str]], skipped: list[bytes]) -> None:
-        """Marks the applied events done and acks them with the skipped, in one step."""
-        if not applied and not skipped:
+    async def _acknowledge(
+        self, applied: list[tuple[bytes, str]], skipped: list[bytes], unwanted: Sequence[bytes] = (),
+    ) -> None:
+        """Marks the applied events done and acks them with the skipped (and the
+        round's unwanted), in one step."""
+        acked = [*unwanted, *skipped, *(msg_id for msg_id, _ in applied)]
+        if not acked:
             return
-        pipe = self.redis.pipeline(transaction=True)
-        for _msg_id, event_id in applied:
-            pipe.set(self._done_key(event_id), b"1", ex=_DONE_TTL_SECONDS)
-        pipe.xack(self.stream, self.group, *skipped, *(msg_id for msg_id, _ in applied))
-        await pipe.execute()
+        if self.done_keys and applied:
+            pipe = self.redis.pipeline(transaction=True)
+            for _msg_id, event_id in applied:
+                pipe.set(self._done_key(event_id), b"1", ex=_DONE_TTL_SECONDS)
+            pipe.xack(self.stream, self.group, *acked)
+            await pipe.execute()
+        else:
+            await self.redis.xack(self.stream, self.group, *acked)
         for msg_id, _event_id in applied:
             self._last_error.pop(msg_id, None)
         self.stats.handled += len(applied)

@@ -259,6 +259,8 @@ class ServiceHost(Generic[S]):
                     # The payload types its handlers act on: the rest of the stream
                     # is acked in bulk.
                     wanted=c.wanted,
+                    # Handlers with processed marks need no done keys in Redis.
+                    done_keys=not c.keeps_marks,
                 )
                 self.consumers.append(consumer)
                 task = f"consumer:{c.stream}" + ("" if c.group == name else f":{c.group}")

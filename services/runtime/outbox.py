@@ -135,6 +135,10 @@ class OutboxRelay:
             await self.store.outbox_mark_published([seq for seq, _raw in pending])
             PUBLISHED.labels(self.service).inc(len(pending))
             total += len(pending)
+            if len(pending) < self.batch:
+                # The outbox held no more when read; what committed since has woken
+                # the relay for its next round (no second read to find it empty).
+                return total
 
     async def _lead(self) -> bool:
         """Holds the lease: renewed a third of its life after the last renewal (or
