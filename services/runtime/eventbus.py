@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
@@ -32,6 +32,7 @@ import structlog
 from google.protobuf import any_pb2, message
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
+from redis.typing import EncodableT, FieldT
 
 from services.runtime.clock import timestamp_pb
 from services.runtime.ids import random_hex
@@ -113,7 +114,9 @@ async def publish(redis: aioredis.Redis, stream: str, events: list[bytes]) -> li
     pipe = redis.pipeline(transaction=False)
     for raw in events:
         type_ = event_type(raw)
-        fields = {ENVELOPE_FIELD: raw, TYPE_FIELD: type_} if type_ else {ENVELOPE_FIELD: raw}
+        fields: dict[FieldT, EncodableT] = {ENVELOPE_FIELD: raw}
+        if type_:
+            fields[TYPE_FIELD] = type_
         pipe.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
     return await pipe.execute()
 
@@ -143,7 +146,7 @@ class EventConsumer:
         block_ms: int = 1000,
         batch: int = 100,
         name: str = "",
-        wanted: Container[str] | None = None,
+        wanted: Collection[str] | None = None,
         done_keys: bool = True,
     ) -> None:
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
@@ -366,7 +369,10 @@ class EventConsumer:
         return len(applied) + len(skipped)
 
     async def _acknowledge(
-        self, applied: list[tuple[bytes, str]], skipped: list[bytes], unwanted: Sequence[bytes] = (),
+        self,
+        applied: list[tuple[bytes, str]],
+        skipped: list[bytes],
+        unwanted: Sequence[bytes] = (),
     ) -> None:
         """Marks the applied events done and acks them with the skipped (and the
         round's unwanted), in one step."""

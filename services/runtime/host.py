@@ -263,8 +263,8 @@ class ServiceHost(Generic[S]):
                     done_keys=not c.keeps_marks,
                 )
                 self.consumers.append(consumer)
-                task = f"consumer:{c.stream}" + ("" if c.group == name else f":{c.group}")
-                work.append(Task(task, consumer.run))
+                label = f"consumer:{c.stream}" + ("" if c.group == name else f":{c.group}")
+                work.append(Task(label, consumer.run))
         elif service.consumers:
             log.warning("no Redis: event consumers are off", service=name)
         store = service.store
