@@ -1,19 +1,27 @@
 """Domain events on Redis Streams: one envelope (pond.events.v1.Event), one stream per
-producer, consumer groups, at-least-once delivery.
+producer, consumer groups, at-least-once delivery (the envelope and the stream entry:
+envelopes.py).
 
-Consumers ack after the effect; a redelivered event whose id this group already
-finished is acked without running again; a message idle past `claim_idle_ms` is
-reclaimed (XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's
-dead-letter stream ("<stream>.dead") with the error (services.runtime.deadletters
-lists and replays them). Handlers must still be idempotent by event id, since a crash
-between effect and ack redelivers the event: services.runtime.events applies each
-event once per consumer with a processed mark in the handler's unit of work.
+Consumers ack after the effect; a message idle past `claim_idle_ms` is reclaimed
+(XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's dead-letter
+stream ("<stream>.dead") with the error (services.runtime.deadletters lists and
+replays them). Handlers must be idempotent by event id, since a crash between effect
+and ack redelivers the event: services.runtime.events applies each event once per
+consumer with a processed mark in the handler's unit of work. A group whose handler
+keeps no such marks keeps done keys in Redis instead (`done_keys`): a redelivered
+event whose id the group finished is acked without running again.
+
+A round reads what is new (up to `batch`), passes over the entries of types the
+handler does not act on by their type field (acked with the rest of the round) and
+hands the others to the handler in order; under load the next read waits a few
+milliseconds so that a round carries several publishes, since a round costs a read
+and an ack whatever it carries.
 
 While a handler runs, the envelope's request id is the log context's (every line
 the handler logs carries it, and events it emits carry it on).
 
 Metrics (per stream and group): pond_events_handled_total{outcome=applied|skipped|
-failed}, pond_events_redelivered_total, pond_events_dead_lettered_total, and
+unwanted|failed}, pond_events_redelivered_total, pond_events_dead_lettered_total, and
 pond_consumer_lag / pond_consumer_pending (XINFO GROUPS, refreshed by `measure()`).
 """
 
@@ -24,29 +32,25 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import cast
 
 import redis.asyncio as aioredis
 import structlog
-from google.protobuf import any_pb2, message
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
-from redis.typing import EncodableT, FieldT
 
-from services.runtime.clock import timestamp_pb
-from services.runtime.ids import random_hex
-from services.runtime.logs import current_request_id, request_id_var
+# The envelope and the stream entry, here for the modules that import them from here.
+from services.runtime.envelopes import DEAD_SUFFIX as DEAD_SUFFIX
+from services.runtime.envelopes import ENVELOPE_FIELD, TYPE_FIELD
+from services.runtime.envelopes import STREAM_MAXLEN as STREAM_MAXLEN
+from services.runtime.envelopes import STREAM_PREFIX as STREAM_PREFIX
+from services.runtime.envelopes import event_type as event_type
+from services.runtime.envelopes import make_event as make_event
+from services.runtime.envelopes import publish as publish
+from services.runtime.envelopes import stream_for as stream_for
+from services.runtime.logs import request_id_var
 from services.runtime.redis_health import RedisLink
 
-STREAM_PREFIX = "pond.events."
-DEAD_SUFFIX = ".dead"
-# A stream entry's fields: the serialized envelope, and its type beside it so that a
-# group can pass over the types it does not want without parsing the envelope
-# (entries added before the type field existed have only the envelope).
-ENVELOPE_FIELD, TYPE_FIELD = b"e", b"t"
-# Streams are trimmed approximately to this length; consumers keep up long before.
-STREAM_MAXLEN = 1_000_000
 _DONE_TTL_SECONDS = 7 * 24 * 3600
 
 log = structlog.get_logger("pond.events")
@@ -69,56 +73,6 @@ LAG = Gauge(
 PENDING = Gauge(
     "pond_consumer_pending", "entries read by the group but not acked yet", ["stream", "group"]
 )
-
-
-def stream_for(producer: str) -> str:
-    return f"{STREAM_PREFIX}{producer}"
-
-
-def make_event(
-    producer: str,
-    subject_id: str,
-    payload: message.Message,
-    occurred_at: datetime,
-    request_id: str = "",
-) -> event_pb2.Event:
-    """The envelope; its request id is the one given, else the current call's (or
-    the event being handled's) from the log context."""
-    packed = any_pb2.Any()
-    packed.Pack(payload)
-    ts = timestamp_pb(occurred_at)
-    return event_pb2.Event(
-        id=random_hex(16),
-        type=payload.DESCRIPTOR.full_name,
-        occurred_at=ts,
-        producer=producer,
-        subject_id=subject_id,
-        payload=packed,
-        request_id=request_id or current_request_id(),
-    )
-
-
-def event_type(raw: bytes) -> bytes:
-    """The type of a serialized envelope (what goes in the entry's type field); b""
-    for one that cannot be read, whose entry then has no type field (so that every
-    group reads it and dead-letters it)."""
-    try:
-        return event_pb2.Event.FromString(raw).type.encode()
-    except message.DecodeError:
-        return b""
-
-
-async def publish(redis: aioredis.Redis, stream: str, events: list[bytes]) -> list[bytes]:
-    """XADD serialized envelopes (with their types) in one round trip; returns the
-    stream ids."""
-    pipe = redis.pipeline(transaction=False)
-    for raw in events:
-        type_ = event_type(raw)
-        fields: dict[FieldT, EncodableT] = {ENVELOPE_FIELD: raw}
-        if type_:
-            fields[TYPE_FIELD] = type_
-        pipe.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
-    return await pipe.execute()
 
 
 Handler = Callable[[event_pb2.Event], Awaitable[None]]

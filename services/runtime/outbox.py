@@ -30,7 +30,7 @@ import structlog
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
 
-from services.runtime.eventbus import STREAM_MAXLEN, event_type, publish
+from services.runtime.envelopes import STREAM_MAXLEN, event_type, publish
 from services.runtime.leases import Leases
 from services.runtime.redis_health import RedisLink
 from services.runtime.redis_scripts import ScriptArg
