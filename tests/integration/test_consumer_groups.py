@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from pond.events.v1 import member_events_pb2 as mev
 from pond.example.v1 import notes_pb2 as pb
 from pond.example.v1 import notes_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services._example.events import STREAM
 from services._example.server import SPEC, build
@@ -65,7 +66,8 @@ class Applied:
 @pytest_asyncio.fixture
 async def service(tmp_path, redis_url: str, redis) -> AsyncIterator[tuple[ServiceHost, Applied]]:
     """The example service with two more concerns on its own stream: "registrations"
-    (MemberRegistered, TierChanged) and "tiers" (TierChanged), marks of their own."""
+    (MemberRegistered, TierChanged) and "tiers" (TierChanged to a level above 1),
+    marks of their own."""
     applied = Applied()
 
     async def build_more(ctx: HostContext) -> Service:
@@ -75,7 +77,7 @@ async def service(tmp_path, redis_url: str, redis) -> AsyncIterator[tuple[Servic
             mev.MemberRegistered, applied.handler("registrations")).on(
             mev.TierChanged, applied.handler("registrations"))
         tiers = EventHandlers("tiers", service.store, ctx.clock).on(
-            mev.TierChanged, applied.handler("tiers"))
+            mev.TierChanged, applied.handler("tiers"), when=lambda changed: changed.to_level > 1)
         service.consumers = [*service.consumers, Consumer(STREAM, registrations),
                              Consumer(STREAM, tiers)]
         return service
@@ -98,8 +100,9 @@ def registered(member_id: str) -> bytes:
                       datetime.now(UTC)).SerializeToString()
 
 
-def tier_changed(member_id: str) -> bytes:
-    return make_event("member", member_id, mev.TierChanged(member_id=member_id, to_level=2),
+def tier_changed(member_id: str, to_level: int = 2) -> bytes:
+    return make_event("member", member_id, mev.TierChanged(member_id=member_id,
+                                                          to_level=to_level),
                       datetime.now(UTC)).SerializeToString()
 
 
@@ -192,6 +195,25 @@ async def test_a_failing_handler_does_not_keep_the_others_from_an_event(
     assert applied.of("registrations") == [(tier, "m1")]
     assert applied.failures_left["registrations"] == 0
     assert await redis.xlen(STREAM + DEAD_SUFFIX) == 0
+
+
+async def test_events_a_handler_turns_down_by_its_when_are_not_applied_or_marked(
+    service: tuple[ServiceHost, Applied], redis: aioredis.Redis
+):
+    """"tiers" wants TierChanged above level 1 only: the one to level 1 is passed over
+    (counted as ignored, no mark), "registrations" applies both."""
+    _host, applied = service
+    ignored = sample("pond_event_handler_outcomes_total", consumer="tiers", outcome="ignored")
+    await publish(redis, STREAM, [tier_changed("low", to_level=1), tier_changed("high")])
+    await eventually(lambda: asyncio_len(applied.of("registrations")), lambda n: n == 2)
+    await eventually(lambda: pending(redis), lambda n: n == 0)
+    assert applied.of("tiers") == [("pond.events.v1.TierChanged", "high")]
+    assert sample("pond_event_handler_outcomes_total", consumer="tiers",
+                  outcome="ignored") == ignored + 1
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def asyncio_len(items: list) -> int:
