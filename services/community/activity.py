@@ -12,9 +12,9 @@ Counters live in one document per group and brand day ("<group>:<YYYY-MM-DD>"):
   orders               the member service's OrderPaid: an order carries no group, so
                        it is attributed to the group the member most recently joined
                        within the 7 days before it was paid (and is still in), if any.
-The events are consumed from the streams (consumer group "community-activity"),
-each applied once (the runtime's processed marks), their counter written with the
-mark in one unit of work."""
+The events are consumed from the streams (in the service's consumer group
+"community"), each applied once (the runtime's processed marks, under
+"community-activity"), their counter written with the mark in one unit of work."""
 
 from __future__ import annotations
 
@@ -132,12 +132,16 @@ class Activity:
             joined) else ""
 
     def consumers(self, store: DocumentStore, clock: Clock) -> list[Consumer]:
+        # A check-in without a group is not the activity's: passed over without a
+        # processed mark (no read, no commit for most check-ins).
         own = EventHandlers(ACTIVITY_CONSUMER, store, clock).on(
-            CheckedIn, self.on_checked_in).on(ChainJoined, self.on_chain_joined)
+            CheckedIn, self.on_checked_in, when=lambda checked: bool(checked.group_id)).on(
+            ChainJoined, self.on_chain_joined)
         orders = EventHandlers(ACTIVITY_CONSUMER, store, clock).on(
             mev.OrderPaid, self.on_order_paid)
-        return [Consumer(STREAM, own, group=ACTIVITY_CONSUMER),
-                Consumer(MEMBER_STREAM, orders, group=ACTIVITY_CONSUMER)]
+        # Read in the service's consumer group of each stream (the host merges them
+        # with the service's other consumers there); the marks are the activity's own.
+        return [Consumer(STREAM, own), Consumer(MEMBER_STREAM, orders)]
 
     # -- reading --
     async def days(self, group_id: str, first: date, last: date) -> list[dh.DayActivity]:

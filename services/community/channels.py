@@ -45,5 +45,7 @@ def channel_consumer(adapter: ChannelAdapter, store: DocumentStore, clock: Clock
     async def on_post(event: Received[ColumnPostDue], uow: UnitOfWork) -> None:
         await adapter.post(event.payload)
 
+    # In the service's consumer group on its stream (the host merges it with the
+    # others there); its processed marks are its own.
     handlers = EventHandlers(CHANNEL_CONSUMER, store, clock).on(ColumnPostDue, on_post)
-    return Consumer(STREAM, handlers, group=CHANNEL_CONSUMER)
+    return Consumer(STREAM, handlers)

@@ -1,19 +1,27 @@
 """Domain events on Redis Streams: one envelope (pond.events.v1.Event), one stream per
-producer, consumer groups, at-least-once delivery.
+producer, consumer groups, at-least-once delivery (the envelope and the stream entry:
+envelopes.py).
 
-Consumers ack after the effect; a redelivered event whose id this group already
-finished is acked without running again; a message idle past `claim_idle_ms` is
-reclaimed (XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's
-dead-letter stream ("<stream>.dead") with the error (services.runtime.deadletters
-lists and replays them). Handlers must still be idempotent by event id, since a crash
-between effect and ack redelivers the event: services.runtime.events applies each
-event once per consumer with a processed mark in the handler's unit of work.
+Consumers ack after the effect; a message idle past `claim_idle_ms` is reclaimed
+(XAUTOCLAIM) and retried; after `max_deliveries` it goes to the stream's dead-letter
+stream ("<stream>.dead") with the error (services.runtime.deadletters lists and
+replays them). Handlers must be idempotent by event id, since a crash between effect
+and ack redelivers the event: services.runtime.events applies each event once per
+consumer with a processed mark in the handler's unit of work. A group whose handler
+keeps no such marks keeps done keys in Redis instead (`done_keys`): a redelivered
+event whose id the group finished is acked without running again.
+
+A round reads what is new (up to `batch`), passes over the entries of types the
+handler does not act on by their type field (acked with the rest of the round) and
+hands the others to the handler in order; under load the next read waits a few
+milliseconds so that a round carries several publishes, since a round costs a read
+and an ack whatever it carries.
 
 While a handler runs, the envelope's request id is the log context's (every line
 the handler logs carries it, and events it emits carry it on).
 
 Metrics (per stream and group): pond_events_handled_total{outcome=applied|skipped|
-failed}, pond_events_redelivered_total, pond_events_dead_lettered_total, and
+unwanted|failed}, pond_events_redelivered_total, pond_events_dead_lettered_total, and
 pond_consumer_lag / pond_consumer_pending (XINFO GROUPS, refreshed by `measure()`).
 """
 
@@ -22,26 +30,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import cast
 
 import redis.asyncio as aioredis
 import structlog
-from google.protobuf import any_pb2, message
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
 
-from services.runtime.clock import timestamp_pb
-from services.runtime.ids import random_hex
-from services.runtime.logs import current_request_id, request_id_var
+# The envelope and the stream entry, here for the modules that import them from here.
+from services.runtime.envelopes import DEAD_SUFFIX as DEAD_SUFFIX
+from services.runtime.envelopes import ENVELOPE_FIELD, TYPE_FIELD
+from services.runtime.envelopes import STREAM_MAXLEN as STREAM_MAXLEN
+from services.runtime.envelopes import STREAM_PREFIX as STREAM_PREFIX
+from services.runtime.envelopes import event_type as event_type
+from services.runtime.envelopes import make_event as make_event
+from services.runtime.envelopes import publish as publish
+from services.runtime.envelopes import stream_for as stream_for
+from services.runtime.logs import request_id_var
 from services.runtime.redis_health import RedisLink
 
-STREAM_PREFIX = "pond.events."
-DEAD_SUFFIX = ".dead"
-# Streams are trimmed approximately to this length; consumers keep up long before.
-STREAM_MAXLEN = 1_000_000
 _DONE_TTL_SECONDS = 7 * 24 * 3600
 
 log = structlog.get_logger("pond.events")
@@ -64,41 +73,6 @@ LAG = Gauge(
 PENDING = Gauge(
     "pond_consumer_pending", "entries read by the group but not acked yet", ["stream", "group"]
 )
-
-
-def stream_for(producer: str) -> str:
-    return f"{STREAM_PREFIX}{producer}"
-
-
-def make_event(
-    producer: str,
-    subject_id: str,
-    payload: message.Message,
-    occurred_at: datetime,
-    request_id: str = "",
-) -> event_pb2.Event:
-    """The envelope; its request id is the one given, else the current call's (or
-    the event being handled's) from the log context."""
-    packed = any_pb2.Any()
-    packed.Pack(payload)
-    ts = timestamp_pb(occurred_at)
-    return event_pb2.Event(
-        id=random_hex(16),
-        type=payload.DESCRIPTOR.full_name,
-        occurred_at=ts,
-        producer=producer,
-        subject_id=subject_id,
-        payload=packed,
-        request_id=request_id or current_request_id(),
-    )
-
-
-async def publish(redis: aioredis.Redis, stream: str, events: list[bytes]) -> list[bytes]:
-    """XADD serialized envelopes in one round trip; returns the stream ids."""
-    pipe = redis.pipeline(transaction=False)
-    for raw in events:
-        pipe.xadd(stream, {b"e": raw}, maxlen=STREAM_MAXLEN, approximate=True)
-    return await pipe.execute()
 
 
 Handler = Callable[[event_pb2.Event], Awaitable[None]]
@@ -126,13 +100,21 @@ class EventConsumer:
         block_ms: int = 1000,
         batch: int = 100,
         name: str = "",
-        wanted: Container[str] | None = None,
+        wanted: Collection[str] | None = None,
+        done_keys: bool = True,
     ) -> None:
         self.redis, self.stream, self.group, self.consumer = redis, stream, group, consumer
         # The event types the handler acts on (None: all). Others are acked in one
         # XACK per round, without the per-event done-key round trips: a consumer that
         # needs a few types of a busy stream pays for those only.
         self.wanted = wanted
+        self._wanted_types = None if wanted is None else frozenset(
+            t.encode() for t in wanted)
+        # Whether the group remembers the events it finished in Redis (done keys,
+        # looked up before its handler runs). Off when the handler keeps processed
+        # marks of its own (events.EventHandlers): those skip a redelivered event
+        # anyway, and the keys would cost two pipelines of a command per event.
+        self.done_keys = done_keys
         # Stale messages are looked for at most every half claim-idle (and every
         # second at most), not on every round: a busy consumer polls hundreds of times
         # a second, and each look is a round trip that finds nothing.
@@ -143,6 +125,11 @@ class EventConsumer:
         self.handler = handler
         self.max_deliveries, self.claim_idle_ms = max_deliveries, claim_idle_ms
         self.block_ms, self.batch = block_ms, batch
+        # After a round that found work but not a full batch, the next read waits this
+        # long, so that under load a round carries the events of several publishes
+        # (each round costs its read and ack whatever it carries); an event arriving
+        # on an idle stream is still read at once.
+        self.coalesce_seconds = 0.01
         self.stats = ConsumerStats()
         self._last_error: dict[bytes, str] = {}  # last handler error per pending message
 
@@ -181,25 +168,30 @@ class EventConsumer:
                     unwanted.append(msg_id)
                 else:
                     wanted.append((msg_id, fields))
-        if wanted:
-            done += await self._deliver_all(wanted)
-        if unwanted:
+        if wanted:  # the unwanted are acked with the wanted, in the same step
+            done += await self._deliver_all(wanted, unwanted)
+        elif unwanted:
             await self.redis.xack(self.stream, self.group, *unwanted)
+        if unwanted:
             self.stats.skipped += len(unwanted)
             HANDLED.labels(self.stream, self.group, "unwanted").inc(len(unwanted))
         return done + len(unwanted)
 
     def _unwanted(self, fields: dict[bytes, bytes]) -> bool:
-        """A readable envelope of a type the handler does not act on (an unreadable
-        one goes the usual way, to the dead letters)."""
-        if self.wanted is None:
+        """An entry of a type the handler does not act on, known from its type field
+        or, in an entry without one, from its envelope (an unreadable envelope goes
+        the usual way, to the dead letters)."""
+        if self._wanted_types is None:
             return False
+        type_ = fields.get(TYPE_FIELD)
+        if type_ is not None:
+            return type_ not in self._wanted_types
         event = event_pb2.Event()
         try:
-            event.ParseFromString(fields.get(b"e", b""))
+            event.ParseFromString(fields.get(ENVELOPE_FIELD, b""))
         except Exception:
             return False
-        return bool(event.id) and event.type not in self.wanted
+        return bool(event.id) and event.type.encode() not in self._wanted_types
 
     async def run(self, stop: asyncio.Event) -> None:
         """Polls until `stop`; never ends over a Redis outage or a bad round: each
@@ -211,8 +203,10 @@ class EventConsumer:
                 if not group_ready:
                     await self.ensure_group()
                     group_ready = True
-                await self.poll()
+                done = await self.poll()
                 self.link.ok()
+                if 0 < done < self.batch and self.coalesce_seconds > 0:
+                    await asyncio.sleep(self.coalesce_seconds)
             except aioredis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     group_ready = False  # Redis lost the group (restart without AOF)
@@ -263,17 +257,20 @@ class EventConsumer:
     async def _deliver(self, msg_id: bytes, fields: dict[bytes, bytes]) -> int:
         return await self._deliver_all([(msg_id, fields)])
 
-    async def _deliver_all(self, messages: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    async def _deliver_all(
+        self, messages: list[tuple[bytes, dict[bytes, bytes]]], unwanted: Sequence[bytes] = (),
+    ) -> int:
         """Handles a round's messages in order with two round trips for the round, not
         two per message: one look at their done keys first (EXISTS, pipelined), one
         pipeline at the end setting the done keys of those handled and acking them
-        with those found done. Acks still follow the effects; an id seen twice in the
-        round (a relay's republish) is handled once."""
+        with those found done and the round's `unwanted` (without done keys: the ack
+        alone). Acks still follow the effects; an id seen twice in the round (a
+        relay's republish) is handled once."""
         events: list[tuple[bytes, event_pb2.Event]] = []
         for msg_id, fields in messages:
             event = event_pb2.Event()
             try:
-                event.ParseFromString(fields.get(b"e", b""))
+                event.ParseFromString(fields.get(ENVELOPE_FIELD, b""))
                 if not event.id:
                     raise ValueError("event without id")
             except Exception as exc:
@@ -281,10 +278,13 @@ class EventConsumer:
                 continue
             events.append((msg_id, event))
         if not events:
+            await self._acknowledge([], [], unwanted)
             return 0
         # EXISTS rather than MGET: the services' ACL users allow EXISTS.
         keys = [self._done_key(event.id) for _msg_id, event in events]
-        if len(keys) == 1:  # a pipeline costs more than one command
+        if not self.done_keys:
+            found = [0] * len(keys)
+        elif len(keys) == 1:  # a pipeline costs more than one command
             found = [await self.redis.exists(keys[0])]
         else:
             check = self.redis.pipeline(transaction=False)
@@ -319,18 +319,28 @@ class EventConsumer:
                 seen.add(event.id)
                 applied.append((msg_id, event.id))
         finally:
-            await self._acknowledge(applied, skipped)
+            await self._acknowledge(applied, skipped, unwanted)
         return len(applied) + len(skipped)
 
-    async def _acknowledge(self, applied: list[tuple[bytes, str]], skipped: list[bytes]) -> None:
-        """Marks the applied events done and acks them with the skipped, in one step."""
-        if not applied and not skipped:
+    async def _acknowledge(
+        self,
+        applied: list[tuple[bytes, str]],
+        skipped: list[bytes],
+        unwanted: Sequence[bytes] = (),
+    ) -> None:
+        """Marks the applied events done and acks them with the skipped (and the
+        round's unwanted), in one step."""
+        acked = [*unwanted, *skipped, *(msg_id for msg_id, _ in applied)]
+        if not acked:
             return
-        pipe = self.redis.pipeline(transaction=True)
-        for _msg_id, event_id in applied:
-            pipe.set(self._done_key(event_id), b"1", ex=_DONE_TTL_SECONDS)
-        pipe.xack(self.stream, self.group, *skipped, *(msg_id for msg_id, _ in applied))
-        await pipe.execute()
+        if self.done_keys and applied:
+            pipe = self.redis.pipeline(transaction=True)
+            for _msg_id, event_id in applied:
+                pipe.set(self._done_key(event_id), b"1", ex=_DONE_TTL_SECONDS)
+            pipe.xack(self.stream, self.group, *acked)
+            await pipe.execute()
+        else:
+            await self.redis.xack(self.stream, self.group, *acked)
         for msg_id, _event_id in applied:
             self._last_error.pop(msg_id, None)
         self.stats.handled += len(applied)
@@ -345,7 +355,7 @@ class EventConsumer:
         pipe.xadd(
             self.stream + DEAD_SUFFIX,
             {
-                b"e": fields.get(b"e", b""),
+                ENVELOPE_FIELD: fields.get(ENVELOPE_FIELD, b""),
                 b"error": why.encode(),
                 b"group": self.group.encode(),
                 b"source_id": msg_id,

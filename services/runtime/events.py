@@ -19,7 +19,10 @@ means the event was applied before: the delivery is acked without effect. A guar
 write that finds its document changed (Conflict) runs the handler again on fresh
 reads, a few times, before the delivery is left for redelivery.
 
-Events of a type no handler is registered for are acked and counted as ignored.
+Events of a type no handler is registered for are acked and counted as ignored, and
+so are those a handler's `when` (a pure test of the payload, given at registration)
+turns down: they are not the handler's, so no processed mark is read or kept for
+them (`.on(CheckedIn, on_checked_in, when=lambda p: bool(p.group_id))`).
 Marks are pruned after `POND_PROCESSED_RETENTION_DAYS` by the host's prune job.
 """
 
@@ -99,26 +102,45 @@ class Received(Generic[P]):
 
 
 Handler = Callable[[Received[Any], UnitOfWork], Awaitable[None]]
+_Registered = tuple[type[message.Message], Handler, Callable[[Any], bool] | None]
+
+
+def _unpack(envelope: event_pb2.Event, payload_type: type[P]) -> P:
+    payload = payload_type()
+    if not envelope.payload.Unpack(payload):
+        raise ValueError(f"payload is not a {envelope.type}")
+    return payload
 
 
 class EventHandlers:
     """One consumer's handlers by payload type; calling it handles one envelope (the
     raw handler EventConsumer takes)."""
 
+    # It applies each event once by its own processed marks: the group reading for it
+    # needs no done keys of its own in Redis (eventbus.EventConsumer).
+    keeps_marks = True
+
     def __init__(self, consumer: str, store: DocumentStore, clock: Clock | None = None) -> None:
         self.consumer = consumer
         self.store = store
         # When marks are made (what pruning compares): the service's clock.
         self.clock = clock or SystemClock()
-        self._by_type: dict[str, tuple[type[message.Message], Handler]] = {}
+        self._by_type: dict[str, _Registered] = {}
 
     def on(
-        self, payload_type: type[P], handler: Callable[[Received[P], UnitOfWork], Awaitable[None]]
+        self,
+        payload_type: type[P],
+        handler: Callable[[Received[P], UnitOfWork], Awaitable[None]],
+        *,
+        when: Callable[[P], bool] | None = None,
     ) -> EventHandlers:
+        """Registers the handler of a payload type; `when` (optional, no I/O) says
+        which of its events are the handler's: the others are acked with nothing
+        read or written (no processed mark either)."""
         name = payload_type.DESCRIPTOR.full_name
         if name in self._by_type:
             raise ValueError(f"{self.consumer}: a handler for {name} is registered already")
-        self._by_type[name] = (payload_type, handler)
+        self._by_type[name] = (payload_type, handler, when)
         return self
 
     @property
@@ -130,14 +152,17 @@ class EventHandlers:
         if entry is None:
             OUTCOMES.labels(self.consumer, "ignored").inc()
             return
-        payload_type, handler = entry
+        payload_type, handler, when = entry
+        payload = _unpack(envelope, payload_type)
+        if when is not None and not when(payload):
+            OUTCOMES.labels(self.consumer, "ignored").inc()
+            return
         if await self.store.is_processed(self.consumer, envelope.id):
             OUTCOMES.labels(self.consumer, "already_applied").inc()
             return
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            payload = payload_type()
-            if not envelope.payload.Unpack(payload):
-                raise ValueError(f"payload is not a {envelope.type}")
+            if attempt > 1:  # fresh, in case the handler changed it
+                payload = _unpack(envelope, payload_type)
             uow = UnitOfWork()
             uow.mark_processed(self.consumer, envelope.id, epoch_micros(self.clock.now()))
             event: Received[Any] = Received(envelope, payload, uow, self.store)

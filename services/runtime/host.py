@@ -9,7 +9,8 @@ in `make run`:
 
   start   Redis client (REDIS_URL) -> build (the store it opens) -> gRPC server
           (interceptor, health NOT_SERVING, reflection, metrics) -> supervised tasks:
-          outbox relay (one publisher per service, a Redis lease), event consumers,
+          outbox relay (one publisher per service, a Redis lease), event consumers
+          (one consumer group per stream, see consumer_groups.py),
           the timer loop, one loop per scheduled job, the processed-mark and
           idempotency prune job, the service's own tasks, health checks and
           backlog/lag metrics -> health from what the service needs (health.py).
@@ -37,11 +38,12 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf.descriptor import ServiceDescriptor
-from pond.events.v1 import event_pb2
 
 from services.runtime.clients import Channels, Client, ServiceToken, make_client
 from services.runtime.clock import Clock, SystemClock, epoch_micros
 from services.runtime.config import RuntimeSettings
+from services.runtime.consumer_groups import Consumer as Consumer
+from services.runtime.consumer_groups import consumer_groups
 from services.runtime.documents import DocumentStore, Schema, open_document_store
 from services.runtime.eventbus import EventConsumer
 from services.runtime.health import HealthMonitor
@@ -62,20 +64,6 @@ log = structlog.get_logger("pond.host")
 S = TypeVar("S", bound=RuntimeSettings)
 C = TypeVar("C")
 PRUNE_JOB = "prune-records"
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """Reads `stream` in consumer group `group` (default: the service's name) and
-    hands each envelope to `handle` (an events.EventHandlers, by payload type)."""
-
-    stream: str
-    handle: Callable[[event_pb2.Event], Awaitable[None]]
-    group: str = ""
-    # None: POND_EVENT_MAX_DELIVERIES / _CLAIM_IDLE_MS / _BLOCK_MS.
-    max_deliveries: int | None = None
-    claim_idle_ms: int | None = None
-    block_ms: int | None = None
 
 
 @dataclass
@@ -260,18 +248,23 @@ class ServiceHost(Generic[S]):
             self.scripts = ScriptRegistry(self.redis, f"pond:{name}:",
                                           streams=[service.publishes] if service.publishes else [])
             leases = Leases(self.scripts)
-            for c in service.consumers:
+            # One group per stream (and group name) whatever the number of concerns
+            # declared on it (consumer_groups.py).
+            for c in consumer_groups(service.consumers, name):
                 consumer = EventConsumer(
-                    self.redis, c.stream, c.group or name, f"{socket.gethostname()}-{os.getpid()}",
+                    self.redis, c.stream, c.group, f"{socket.gethostname()}-{os.getpid()}",
                     c.handle, block_ms=c.block_ms or s.event_block_ms,
                     max_deliveries=c.max_deliveries or s.event_max_deliveries,
                     claim_idle_ms=c.claim_idle_ms or s.event_claim_idle_ms,
-                    # EventHandlers say which payload types they act on: the rest of
-                    # the stream is acked in bulk.
-                    wanted=getattr(c.handle, "types", None),
+                    # The payload types its handlers act on: the rest of the stream
+                    # is acked in bulk.
+                    wanted=c.wanted,
+                    # Handlers with processed marks need no done keys in Redis.
+                    done_keys=not c.keeps_marks,
                 )
                 self.consumers.append(consumer)
-                work.append(Task(f"consumer:{c.stream}", consumer.run))
+                label = f"consumer:{c.stream}" + ("" if c.group == name else f":{c.group}")
+                work.append(Task(label, consumer.run))
         elif service.consumers:
             log.warning("no Redis: event consumers are off", service=name)
         store = service.store

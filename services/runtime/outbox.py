@@ -30,9 +30,10 @@ import structlog
 from pond.events.v1 import event_pb2
 from prometheus_client import Counter, Gauge
 
-from services.runtime.eventbus import STREAM_MAXLEN, publish
+from services.runtime.envelopes import STREAM_MAXLEN, event_type, publish
 from services.runtime.leases import Leases
 from services.runtime.redis_health import RedisLink
+from services.runtime.redis_scripts import ScriptArg
 
 log = structlog.get_logger("pond.outbox")
 
@@ -47,15 +48,23 @@ LEADER = Gauge(
 )
 
 # KEYS[1] lease, KEYS[2] stream; ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] maxlen,
-# ARGV[4..] envelopes. -1 when the lease is not ours (nothing added). Each entry
-# names its publisher ("p": the lease token: host, pid), for operators and tests.
+# ARGV[4..] pairs of envelope and its type. -1 when the lease is not ours (nothing
+# added). Each entry carries the envelope ("e"), its type ("t": consumer groups pass
+# over the types they do not want without parsing the envelope; left out for an
+# envelope that cannot be read, which every group then reads and dead-letters) and
+# its publisher ("p": the lease token: host, pid, for operators and tests).
 FENCED_PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-for i = 4, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i], 'p', ARGV[1])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i], 'p', ARGV[1])
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+               'e', ARGV[i], 't', ARGV[i + 1], 'p', ARGV[1])
+  end
 end
-return #ARGV - 3
+return (#ARGV - 3) / 2
 """
 
 
@@ -115,11 +124,10 @@ class OutboxRelay:
             pending = await self.store.outbox_pending(self.batch)
             if not pending:
                 return total
-            added = await self._publish(
-                keys=[self.lease.name, self.stream],
-                args=[self.lease.token, self.lease.ttl_ms, STREAM_MAXLEN,
-                      *(raw for _seq, raw in pending)],
-            )
+            args: list[ScriptArg] = [self.lease.token, self.lease.ttl_ms, STREAM_MAXLEN]
+            for _seq, raw in pending:
+                args += (raw, event_type(raw))
+            added = await self._publish(keys=[self.lease.name, self.stream], args=args)
             if added < 0:
                 self._lost()
                 raise LeaseLost(self.lease.key)
@@ -127,6 +135,10 @@ class OutboxRelay:
             await self.store.outbox_mark_published([seq for seq, _raw in pending])
             PUBLISHED.labels(self.service).inc(len(pending))
             total += len(pending)
+            if len(pending) < self.batch:
+                # The outbox held no more when read; what committed since has woken
+                # the relay for its next round (no second read to find it empty).
+                return total
 
     async def _lead(self) -> bool:
         """Holds the lease: renewed a third of its life after the last renewal (or
