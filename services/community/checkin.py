@@ -43,10 +43,14 @@ class CheckIns:
             now = self.w.now()
             today = dc.brand_day(now, self.w.timezone)
             key = f"{member_id}:{today.isoformat()}"
-            first = await self.store.get(CHECKINS.name, key)
-            if first is not None:
-                return first, True
+            # The streak is written with every check-in: only when its last day is
+            # today (or later: a clock set back) can today's check-in exist, so the
+            # usual check-in reads one document.
             streak = await self.store.get(STREAKS.name, member_id)
+            if streak is not None and streak["last_day"] >= today.isoformat():
+                first = await self.store.get(CHECKINS.name, key)
+                if first is not None:
+                    return first, True
             record = dc.next_streak(streak, today)
             doc = {"_id": key, "member_id": member_id, "group_id": group_id,
                    "day": today.isoformat(), "time": self.w.now_micros(), **_counts(record)}

@@ -24,6 +24,13 @@ from services.runtime.documents import Doc, UnitOfWork
 ACTIVE, LEFT, REMOVED = "active", "left", "removed"
 
 
+class Unread:
+    """A value not read yet (None is a read that found nothing)."""
+
+
+UNREAD = Unread()
+
+
 @dataclass
 class Joined:
     group: Doc
@@ -70,14 +77,24 @@ class Membership:
 
         return await self.w.run(("group", group_id), attempt)
 
+    async def member_stats(self, member_id: str) -> Doc | None:
+        """The member's counters; None for a member who never joined a group, who then
+        has no membership anywhere (the first join writes both in one unit of work,
+        and a merge moves memberships only with counters), so callers skip reading one."""
+        return await self.store.get(MEMBER_STATS.name, member_id)
+
     async def add_member(self, uow: UnitOfWork, group: Doc, member_id: str,
-                         facts: dg.EntryFacts, rule_id: str = "") -> Joined:
+                         facts: dg.EntryFacts, rule_id: str = "",
+                         stats: Doc | Unread | None = UNREAD) -> Joined:
         """Adds the join of `member_id` to `group` to `uow` (the group's count, the
         membership, the member's stats, the events); RuleViolation when the group is
         archived or full or the member fails its entry rules. Nothing added when the
-        member is in the group already."""
+        member is in the group already. `stats`: the member's counters if the caller
+        read them in this attempt."""
+        if isinstance(stats, Unread):
+            stats = await self.member_stats(member_id)
         mid = membership_id(group["_id"], member_id)
-        current = await self.store.get(MEMBERSHIPS.name, mid)
+        current = None if stats is None else await self.store.get(MEMBERSHIPS.name, mid)
         if current is not None and current["state"] == ACTIVE:
             return Joined(group, current, already_member=True)
         dg.ensure_joinable(group)
@@ -96,7 +113,6 @@ class Membership:
             "join_count": (current or {}).get("join_count", 0) + 1,
         }
         (uow.replace if current else uow.insert)(MEMBERSHIPS.name, membership)
-        stats = await self.store.get(MEMBER_STATS.name, member_id)
         first = stats is None
         if stats is None:
             uow.insert(MEMBER_STATS.name, {"_id": member_id, "active": 1,

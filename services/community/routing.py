@@ -147,11 +147,13 @@ class Routing:
         read = [rule]
 
         async def attempt() -> Routed:
-            current = await self.store.find(MEMBERSHIPS.name, {
-                "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
-            if current:  # routed before (the code scanned twice): the same group
-                mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
-                return Routed(Joined(mine, current[0], already_member=True), rule_id)
+            stats = await self.membership.member_stats(member_id)
+            if stats is not None:  # in a group now or before: maybe routed here already
+                current = await self.store.find(MEMBERSHIPS.name, {
+                    "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
+                if current:  # routed before (the code scanned twice): the same group
+                    mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
+                    return Routed(Joined(mine, current[0], already_member=True), rule_id)
             rule = read.pop() if read else await self.get_rule(rule_id)
             uow = UnitOfWork()
             found = await open_pool_group(self.store, rule_id,
@@ -159,7 +161,8 @@ class Routing:
             opened = found is None
             group = await self._open_group(uow, rule) if found is None else found
             facts = await self.membership.entry_facts(group["entry_rules"], lookup, payment_id)
-            joined = await self.membership.add_member(uow, group, member_id, facts, rule_id)
+            joined = await self.membership.add_member(uow, group, member_id, facts, rule_id,
+                                                      stats)
             if not joined.already_member:
                 await self.store.commit(uow)
             return Routed(joined, rule_id, opened)

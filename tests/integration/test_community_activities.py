@@ -70,6 +70,22 @@ async def test_check_in_once_a_day_with_streaks_in_the_brand_time_zone(community
     assert checked == [("2026-03-03", 1), ("2026-03-04", 2), ("2026-03-06", 1)]
 
 
+async def test_a_check_in_after_the_clock_was_set_back_returns_that_days_first(
+        community: Community):
+    """The day's check-in is found also when the member's last check-in is on a later
+    day (a clock set back): the second check-in of a day never counts twice."""
+    c = community
+    c.clock.set(datetime(2026, 3, 3, 4, 0, tzinfo=UTC))  # 3 March in Shanghai
+    first = await check_in(c, "m1")
+    c.clock.set(datetime(2026, 3, 4, 4, 0, tzinfo=UTC))
+    await check_in(c, "m1")
+    c.clock.set(datetime(2026, 3, 3, 5, 0, tzinfo=UTC))  # back to 3 March
+    again = await check_in(c, "m1")
+    assert again.already_checked_in and again.check_in == first.check_in
+    s = await streak(c, "m1")
+    assert (s.best_streak, s.total_days) == (2, 2)
+
+
 async def open_chain(c: Community, chain_id: str = "cherries", **kw) -> pb.Chain:
     fields = dict(group_id="a", product="Cherries 5 jin", price_fen=19_900, stock=5,
                   per_member_limit=3, deadline=c.ts(hours=6), chain_id=chain_id)

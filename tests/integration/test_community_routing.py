@@ -81,6 +81,20 @@ async def test_a_deleted_rules_id_can_be_given_again_and_its_pool_comes_back(
     await fails(c.rule("again"), grpc.StatusCode.ALREADY_EXISTS, "RULE_EXISTS")
 
 
+async def test_a_member_who_left_is_routed_into_the_pool_again(community: Community):
+    """A member with a past (left) membership in the pool's group scans the live code
+    again: a new stint in that group, counted as a second join, not a first."""
+    c = community
+    await c.rule("back", template=TEMPLATE)
+    first = await c.route("m1", "back")
+    await c.stub.LeaveGroup(pb.LeaveGroupRequest(group_id=first.group.id, member_id="m1"),
+                            metadata=c.md())
+    again = await c.route("m1", "back")
+    assert again.group.id == first.group.id and not again.already_member
+    assert (again.membership.join_count, again.first_join) == (2, False)
+    assert (await c.route("m1", "back")).already_member
+
+
 async def test_fill_first_then_overflow_from_the_template(community: Community, redis):
     c = community
     await c.rule("fruit", template=TEMPLATE)
