@@ -80,6 +80,9 @@ class RuntimeSettings(BaseSettings):
     # Outbox relay: publish pending events; poll interval when idle.
     outbox_relay_enabled: bool = True
     outbox_poll_seconds: float = 1.0
+    # After each publish the relay lets this long's commits gather, so that under load
+    # one script call carries many events (the most an event waits for it).
+    outbox_coalesce_seconds: float = Field(default=0.01, ge=0, le=1)
     # The relay's lease (one publisher per service): a killed leader's successor
     # takes over within this and a third of it.
     outbox_lease_seconds: float = 10.0

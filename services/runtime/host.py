@@ -295,6 +295,7 @@ class ServiceHost(Generic[S]):
             self.relay = OutboxRelay(
                 outbox, leases, service.publishes, poll_seconds=s.outbox_poll_seconds,
                 service=name, lease_ttl_seconds=s.outbox_lease_seconds,
+                coalesce_seconds=s.outbox_coalesce_seconds,
             )
             if s.outbox_relay_enabled:
                 relay.append(Task("relay", self.relay.run))

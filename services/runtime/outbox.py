@@ -90,10 +90,11 @@ class OutboxRelay:
         name: str = "",
         service: str = "",
         lease_ttl_seconds: float = 10.0,
+        coalesce_seconds: float = 0.01,
     ) -> None:
         self.store, self.stream = store, stream
         self.poll_seconds, self.batch = poll_seconds, batch
-        self.coalesce_seconds = 0.002
+        self.coalesce_seconds = coalesce_seconds
         self._wake = asyncio.Event()
         # How this relay is named in the Redis-health metrics and logs.
         self.link = RedisLink(name or f"outbox:{stream}")
