@@ -16,6 +16,7 @@ the loser routes again."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ from services.runtime.errors import already_exists, failed_precondition, not_fou
 from services.runtime.ids import new_id
 
 MAX_RULES = 1000  # rules a brand may have: routing by context reads them in order
+# How long a scan may use a rule read by an earlier scan. A change made on this
+# replica applies at once (it drops the kept rule); one made on another, within this.
+RULE_KEPT_SECONDS = 1.0
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Routing:
         self.w = writes
         self.store = writes.store
         self.membership = membership
+        self._kept: dict[str, tuple[float, Doc]] = {}  # rule id -> (read at, rule)
 
     # -- rules --
     async def create_rule(self, rule_id: str, fields: Mapping[str, Any]) -> Doc:
@@ -85,6 +90,7 @@ class Routing:
             uow = UnitOfWork()
             uow.replace(RULES.name, revived)
             await self.store.commit(uow)
+            self._changed(rule["_id"])
             return revived
 
         return await self.w.run(("pool", gone["_id"]), attempt)
@@ -94,6 +100,22 @@ class Routing:
         if rule is None or rule["deleted"]:
             raise not_found("routing rule", rule_id, domain=DOMAIN)
         return rule
+
+    async def scanned_rule(self, rule_id: str) -> Doc:
+        """The rule a scan of its live code goes by: kept for RULE_KEPT_SECONDS (every
+        scan of a busy code would read the same document). Safe to be a moment old:
+        what routing writes with it (a new group's number) is guarded by its version,
+        and a retry reads it afresh."""
+        now = time.monotonic()
+        kept = self._kept.get(rule_id)
+        if kept is not None and now - kept[0] < RULE_KEPT_SECONDS:
+            return kept[1]
+        rule = await self.get_rule(rule_id)
+        self._kept[rule_id] = (now, rule)
+        return rule
+
+    def _changed(self, rule_id: str) -> None:
+        self._kept.pop(rule_id, None)
 
     async def list_rules(self, after: str, limit: int) -> list[Doc]:
         where: dict[str, Any] = {"deleted": False}
@@ -108,6 +130,7 @@ class Routing:
             uow = UnitOfWork()
             uow.replace(RULES.name, updated)
             await self.store.commit(uow)
+            self._changed(rule_id)
             return updated
 
         return await self.w.run(("pool", rule_id), attempt)
@@ -119,6 +142,7 @@ class Routing:
             uow.replace(RULES.name, {**rule, "deleted": True, "enabled": False,
                                      "update_time": self.w.now_micros()})
             await self.store.commit(uow)
+            self._changed(rule_id)
 
         await self.w.run(("pool", rule_id), attempt)
 
@@ -131,7 +155,7 @@ class Routing:
                     payment_id: str = "") -> Routed:
         lookup = self.membership.peers.lookup(member_id)
         if rule_id:
-            rule = await self.get_rule(rule_id)
+            rule = await self.scanned_rule(rule_id)
             if not rule["enabled"]:
                 raise failed_precondition("RULE_DISABLED", f"routing rule {rule_id!r} is off",
                                           domain=DOMAIN, rule_id=rule_id)
@@ -165,6 +189,8 @@ class Routing:
                                                       stats)
             if not joined.already_member:
                 await self.store.commit(uow)
+                if opened:  # the rule's numbering moved on
+                    self._changed(rule_id)
             return Routed(joined, rule_id, opened)
 
         return await self.w.run(("pool", rule_id), attempt)

@@ -95,6 +95,22 @@ async def test_a_member_who_left_is_routed_into_the_pool_again(community: Commun
     assert (await c.route("m1", "back")).already_member
 
 
+async def test_a_rule_changed_right_after_a_scan_applies_to_the_next_scan(
+        community: Community):
+    """Scans keep the rule they read for a moment; a change made through this service
+    applies to the very next scan all the same."""
+    c = community
+    await c.rule("live", template=TEMPLATE)
+    await c.route("m1", "live")
+    await c.stub.UpdateRoutingRule(pb.UpdateRoutingRuleRequest(
+        rule_id="live", rule=pb.RoutingRule(enabled=False),
+        update_mask=field_mask_pb2.FieldMask(paths=["enabled"])), metadata=c.md())
+    await fails(c.route("m2", "live"), grpc.StatusCode.FAILED_PRECONDITION, "RULE_DISABLED")
+    await c.stub.DeleteRoutingRule(pb.DeleteRoutingRuleRequest(rule_id="live"),
+                                   metadata=c.md())
+    await fails(c.route("m2", "live"), grpc.StatusCode.NOT_FOUND, "ROUTING_RULE_NOT_FOUND")
+
+
 async def test_fill_first_then_overflow_from_the_template(community: Community, redis):
     c = community
     await c.rule("fruit", template=TEMPLATE)
