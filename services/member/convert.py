@@ -65,6 +65,33 @@ def member_pb(m: Member, program: TierProgram, reveal: Callable, show_phone: boo
     )
 
 
+class ShownMembers:
+    """Members as GetMember and FindMember answer them, kept per (member id, phones
+    shown or masked) and answered again while the member object and the tier
+    programme object are the ones they were made from: MemberStore.read_member hands
+    out one object per stored version of a member (a write makes a new one) and the
+    programme keeps its object while unchanged, so an unchanged member read again is
+    not converted again (nor its phone decrypted). The messages are shared between
+    calls: never change one."""
+
+    LIMIT = 10_000  # entries; a full table is emptied
+
+    def __init__(self, reveal: Callable) -> None:
+        self._reveal = reveal
+        self._kept: dict[tuple[str, bool], tuple[Member, TierProgram, pb.Member]] = {}
+
+    def get(self, m: Member, program: TierProgram, show_phone: bool) -> pb.Member:
+        key = (m.id, show_phone)
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] is m and hit[1] is program:
+            return hit[2]
+        shown = member_pb(m, program, self._reveal, show_phone)
+        if len(self._kept) >= self.LIMIT:
+            self._kept.clear()
+        self._kept[key] = (m, program, shown)
+        return shown
+
+
 def kept_member_pb(m: Member, program: TierProgram) -> pb.Member:
     """The member as an idempotent call's stored response keeps it: phones as the
     store holds them (encrypted), so no record holds one in clear and each caller,
