@@ -16,6 +16,12 @@ from services.member.domain.stored_value import StoredValueEntry, StoredValueEnt
 from services.member.domain.tiers import Tier, TierChange, TierProgram
 from services.runtime.clock import epoch_micros, from_epoch_micros
 
+# Enum members by value: a dict look-up, not the Enum call (a member is read on
+# every GetMember and RecordOrder); an unknown value still fails (KeyError).
+_IDENTITY_KINDS = {k.value: k for k in IdentityKind}
+_GENDERS = {g.value: g for g in Gender}
+_MEMBER_KINDS = {k.value: k for k in MemberKind}
+
 
 def ts(when: datetime | None) -> int | None:
     return None if when is None else epoch_micros(when)
@@ -70,13 +76,13 @@ def member_to_doc(m: Member) -> dict:
 def member_from_doc(d: dict) -> Member:
     return Member(
         id=d["_id"],
-        identities=[Identity(IdentityKind(k), lk, v, a) for k, lk, v, a in d["identities"]],
+        identities=[Identity(_IDENTITY_KINDS[k], lk, v, a) for k, lk, v, a in d["identities"]],
         created_at=dt(d["created_at"]),
         updated_at=dt(d["updated_at"]),
         name=d["name"],
         # Documents written before nicknames and merges have neither.
         nickname=d.get("nickname", ""),
-        gender=Gender(d["gender"]),
+        gender=_GENDERS[d["gender"]],
         birthday=d["birthday"],
         city=d["city"],
         store_id=d["store_id"],
@@ -87,7 +93,7 @@ def member_from_doc(d: dict) -> Member:
         co_branded=d["co_branded"],
         paid_until=dt(d["paid_until"]),
         stored_value_opened=d["stored_value_opened"],
-        kind=MemberKind(d["kind"]),
+        kind=_MEMBER_KINDS[d["kind"]],
         tier_level=d["tier_level"],
         tier_since=dt(d["tier_since"]),
         growth_value=d["growth_value"],

@@ -160,4 +160,4 @@ class IdentityUseCases(MemberCore):
         member_id = await self.store.member_id_for(self.lookup(ident))
         if member_id is None:
             raise not_found("member", f"{ident.kind.name.lower()} identity", domain=DOMAIN)
-        return self.view(await self.member(member_id))
+        return self.view(await self.read_member(member_id))

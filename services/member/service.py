@@ -200,6 +200,13 @@ class MemberCore:
             raise not_found("member", member_id, domain=DOMAIN)
         return m
 
+    async def read_member(self, member_id: str) -> Member:
+        """`member` for reading only: shared, never to be changed."""
+        m = await self.store.read_member(member_id) if member_id else None
+        if m is None:
+            raise not_found("member", member_id, domain=DOMAIN)
+        return m
+
     async def active_member(self, member_id: str) -> Member:
         """The member for a write: one merged into another takes no new activity."""
         m = await self.member(member_id)
@@ -217,10 +224,14 @@ class MemberCore:
         return m
 
     async def tier_program(self) -> TierProgram:
-        # Cached briefly: read on every order, changed a few times a year.
+        # Cached briefly: read on every order, changed a few times a year. An
+        # unchanged programme keeps its object, so what is derived from it (the api's
+        # shown members) stays valid across the re-reads.
         if self._program and time.monotonic() - self._program[0] < 5:
             return self._program[1]
         program = await self.store.get_tier_program() or DEFAULT_PROGRAM
+        if self._program and self._program[1] == program:
+            program = self._program[1]
         self._program = (time.monotonic(), program)
         return program
 
@@ -265,7 +276,8 @@ class MemberUseCases(MemberCore):
     """Getting, listing and updating members (identities: identities.py)."""
 
     async def get(self, member_id: str) -> Member:
-        return self.view(await self.member(member_id))
+        """The member as of now, for reading only (see MemberStore.read_member)."""
+        return self.view(await self.read_member(member_id))
 
     async def list(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
         return [self.view(m) for m in await self.store.list_members(flt, after_id, limit)]

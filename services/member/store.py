@@ -167,8 +167,13 @@ class MemberWrite(UnitOfWork):
 class MemberStore:
     """The member service's reads, and the commit of its writes."""
 
+    # Members kept for read_member: enough for a brand's busy members; a table
+    # that fills up is emptied (cheaper than ordering entries by use).
+    READ_CACHE_LIMIT = 10_000
+
     def __init__(self, docs: DocumentStore) -> None:
         self.docs = docs
+        self._read: dict[str, Member] = {}
 
     async def close(self) -> None:
         await self.docs.close()
@@ -186,8 +191,28 @@ class MemberStore:
 
     # -- members --
     async def get_member(self, member_id: str) -> Member | None:
+        """The member, for a write: the caller's own object to change."""
         doc = await self.docs.get(MEMBERS.name, member_id)
         return d.member_from_doc(doc) if doc else None
+
+    async def read_member(self, member_id: str) -> Member | None:
+        """The member, for reading only: one shared object while the stored document
+        keeps its version, so a read of an unchanged member skips building it again
+        (and callers may keep what they derive from it, keyed by the object). The
+        document is read every time: its version (1 at the insert, +1 per write;
+        members are never deleted) says whether the object is still the stored one.
+        Never change what this returns; writes load their own with get_member."""
+        doc = await self.docs.get(MEMBERS.name, member_id)
+        if doc is None:
+            self._read.pop(member_id, None)
+            return None
+        m = self._read.get(member_id)
+        if m is not None and m.version == doc["_v"]:
+            return m
+        if len(self._read) >= self.READ_CACHE_LIMIT:
+            self._read.clear()
+        m = self._read[member_id] = d.member_from_doc(doc)
+        return m
 
     async def member_id_for(self, lookup: str) -> str | None:
         doc = await self.docs.get(IDENTITIES.name, lookup)

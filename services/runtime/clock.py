@@ -43,6 +43,14 @@ def timestamp_pb(when: datetime) -> Timestamp:
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
+def set_timestamp(field: Timestamp, when: datetime) -> None:
+    """`when` written into a message's Timestamp field in place (`msg.create_time`):
+    cheaper than building one and copying it in through the constructor."""
+    delta = when - _EPOCH
+    field.seconds = delta.days * 86_400 + delta.seconds
+    field.nanos = delta.microseconds * 1000
+
+
 def timestamp_from_micros(micros: int) -> Timestamp:
     return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
@@ -56,4 +64,4 @@ def epoch_micros(when: datetime) -> int:
 
 
 def from_epoch_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    return _EPOCH + timedelta(0, 0, micros)  # positional: a third of the keyword form's cost
