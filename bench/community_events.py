@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,12 +74,13 @@ async def measure(shape: str, count: int) -> str:
                 idle = (time.process_time() - idle_from) / 2
                 await redis.config_resetstat()
                 cpu, wall = time.process_time(), time.perf_counter()
-                publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, valkey.url,
-                                              cev.STREAM, str(data / "events")])
+                publisher = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", PUBLISHER, valkey.url, cev.STREAM,
+                    str(data / "events"))
                 while True:
                     await asyncio.sleep(0.05)
                     groups = await redis.xinfo_groups(cev.STREAM)
-                    if publisher.poll() is not None and all(
+                    if publisher.returncode is not None and all(
                             g["entries-read"] >= count and g["pending"] == 0 for g in groups):
                         break
                 wall = time.perf_counter() - wall
