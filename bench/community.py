@@ -5,7 +5,7 @@ groups against one with 100.
 
 Two community servers run as in the dev stack (SQLite under a temporary directory,
 an embedded Valkey for the outbox relay, real tokens, one JSON log line per RPC),
-each on its own store: one seeded with 100 groups, one with 25,000, all in routed
+each on its own store and its own Redis database: one seeded with 100 groups, one with 25,000, all in routed
 pools (BALANCE rules: the pool's open group with the fewest members, the harder of
 the two fill orders), written straight into the store before the server starts, in
 25 pools (the live codes of 25 stores scanned at once: 4 groups a pool against
@@ -122,8 +122,12 @@ async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
             seeded[label] = await seed(workdir / label, n, rng)
             say(f"seeded {n:,} groups in {seeded[label]:.1f} s")
         stubs, procs = {}, {}
-        for label in ("small", "large"):
-            env = _server_env(workdir / label, valkey.url, secret, "", args.log_level, {
+        for db, label in enumerate(("small", "large"), start=1):
+            # Each server on its own Redis database: on one, the server started first
+            # would hold the relay's lease for both and their consumer groups would
+            # share each other's events (the idle one doing part of the other's work).
+            redis_url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
+            env = _server_env(workdir / label, redis_url, secret, "", args.log_level, {
                 "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
                 "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",
                 "POND_COMMUNITY_CALLBACK_PORT": "0"})
