@@ -6,9 +6,9 @@ groups against one with 100.
 Two community servers run as in the dev stack (SQLite under a temporary directory,
 an embedded Valkey for the outbox relay, real tokens, one JSON log line per RPC),
 each on its own store and its own Redis database: one seeded with 100 groups, one
-with 25,000, all in routed pools (BALANCE rules: the pool's open group with the fewest members, the harder of
-the two fill orders), written straight into the store before the server starts, in
-25 pools (the live codes of 25 stores scanned at once: 4 groups a pool against
+with 25,000, all in routed pools (BALANCE rules: the pool's open group with the
+fewest members, the harder of the two fill orders), written straight into the store
+before the server starts, in 25 pools (the live codes of 25 stores scanned at once: 4 groups a pool against
 1,000). RouteMember sends a new member each call (a join: the group's count, the
 membership, the member's counters and two events in one unit of work); CheckIn a new
 member each call (the day's record, the streak, an event). The schedule is echo,
