@@ -8,9 +8,10 @@ an embedded Valkey for the outbox relay, real tokens, one JSON log line per RPC)
 each on its own store and its own Redis database: one seeded with 100 groups, one
 with 25,000, all in routed pools (BALANCE rules: the pool's open group with the
 fewest members, the harder of the two fill orders), written straight into the store
-before the server starts, in 25 pools (the live codes of 25 stores scanned at once: 4 groups a pool against
-1,000). RouteMember sends a new member each call (a join: the group's count, the
-membership, the member's counters and two events in one unit of work); CheckIn a new
+before the server starts, in 25 pools (the live codes of 25 stores scanned at once:
+4 groups a pool against 1,000). RouteMember sends a new member each call (a join: the
+group's count, the membership, the member's counters and its event in one unit of
+work); CheckIn a new
 member each call (the day's record, the streak, an event). The schedule is echo,
 RouteMember, echo, CheckIn, echo, RouteMember@100, RouteMember@25k, RouteMember@100,
 echo: each ratio uses the echo runs next to it, and routing at 25,000 groups is
