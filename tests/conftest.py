@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -95,6 +96,32 @@ def member_settings(tmp_path, redis_url: str = "", **overrides) -> MemberSetting
                jobs_enabled=False)
     env.update(overrides)
     return MemberSettings(**env)
+
+
+@contextlib.asynccontextmanager
+async def member_replicas(
+    tmp_path, redis_url: str, count: int, wrap: Callable[[Any], Any] = lambda store: store
+) -> AsyncIterator[list[MemberHarness]]:
+    """`count` member services (replicas: each with its own process-local state) over
+    one database; `wrap` may stand between each and the store (say, networked reads)."""
+    from services.member.store import open_store
+
+    clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
+    settings = member_settings(tmp_path, redis_url)
+    harnesses: list[MemberHarness] = []
+    try:
+        for _ in range(count):
+            store = wrap(await open_store(sqlite_path=str(tmp_path / "member.db")))
+            service = await start_member_service(settings, clock=clock, port=0, metrics=False,
+                                                 store=store)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+            harnesses.append(MemberHarness(
+                service, channel, member_pb2_grpc.MemberServiceStub(channel), clock))
+        yield harnesses
+    finally:
+        for h in harnesses:
+            await h.channel.close()
+            await h.service.stop(0)
 
 
 @pytest_asyncio.fixture

@@ -8,18 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import grpc
 import pytest_asyncio
 from pond.member.v1 import member_pb2 as pb
-from pond.member.v1 import member_pb2_grpc
 
-from services.member.server import start_member_service
-from services.member.store import MemberStore, open_store
-from services.runtime.clock import ManualClock
+from services.member.store import MemberStore
 from services.runtime.errors import error_details
-from tests.conftest import MemberHarness, member_settings
+from tests.conftest import MemberHarness, member_replicas
 
 MEMBERS = 8
 ORDERS_PER_MEMBER = 5  # 40 orders
@@ -75,22 +71,8 @@ class NetworkedStore:
 async def replicas(tmp_path, redis_url: str, redis) -> AsyncIterator[list[MemberHarness]]:
     """Four member services (replicas: each with its own process-local state) over one
     database, with networked reads."""
-    clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
-    settings = member_settings(tmp_path, redis_url)
-    harnesses: list[MemberHarness] = []
-    try:
-        for _ in range(REPLICAS):
-            store = NetworkedStore(await open_store(sqlite_path=str(tmp_path / "member.db")))
-            service = await start_member_service(settings, clock=clock, port=0, metrics=False,
-                                                 store=store)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-            harnesses.append(MemberHarness(
-                service, channel, member_pb2_grpc.MemberServiceStub(channel), clock))
+    async with member_replicas(tmp_path, redis_url, REPLICAS, NetworkedStore) as harnesses:
         yield harnesses
-    finally:
-        for h in harnesses:
-            await h.channel.close()
-            await h.service.stop(0)
 
 
 async def refund_storm(replicas: list[MemberHarness]

@@ -7,19 +7,14 @@ change, and that each caller sees phones as their role may."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-import grpc
 import pytest_asyncio
 from google.protobuf import field_mask_pb2
 from pond.member.v1 import member_pb2 as pb
-from pond.member.v1 import member_pb2_grpc
 
-from services.member.server import start_member_service
-from services.member.store import open_store
 from services.runtime.auth import Role
-from services.runtime.clock import ManualClock
-from tests.conftest import MemberHarness, member_settings
+from tests.conftest import MemberHarness, member_replicas
 
 PHONE, OTHER_PHONE = "13812345678", "13987654321"
 
@@ -103,22 +98,8 @@ async def test_a_renamed_tier_shows_on_the_next_read(member: MemberHarness):
 @pytest_asyncio.fixture
 async def two_replicas(tmp_path, redis_url: str, redis) -> AsyncIterator[list[MemberHarness]]:
     """Two member services (each with its own process-local state) over one database."""
-    clock = ManualClock(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
-    settings = member_settings(tmp_path, redis_url)
-    harnesses: list[MemberHarness] = []
-    try:
-        for _ in range(2):
-            store = await open_store(sqlite_path=str(tmp_path / "member.db"))
-            service = await start_member_service(settings, clock=clock, port=0, metrics=False,
-                                                 store=store)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
-            harnesses.append(MemberHarness(
-                service, channel, member_pb2_grpc.MemberServiceStub(channel), clock))
+    async with member_replicas(tmp_path, redis_url, 2) as harnesses:
         yield harnesses
-    finally:
-        for h in harnesses:
-            await h.channel.close()
-            await h.service.stop(0)
 
 
 async def test_a_change_made_by_another_replica_shows_on_the_next_read(two_replicas):
