@@ -51,7 +51,7 @@ MEMBERS = Collection(
     ),
     # birthday_md ("-MM-DD") only for the daily birthday job: a scan there is cheaper
     # than an index every member write would keep up.
-    fields=("tier_level", "channel", "birthday_md"),
+    fields=("tier_level", "channel", "birthday_md", "merged_into"),
 )
 IDENTITIES = Collection("identities")
 LOTS = Collection(
@@ -219,8 +219,10 @@ class MemberStore:
         return doc["member_id"] if doc else None
 
     async def list_members(self, flt: MemberFilter, after_id: str, limit: int) -> list[Member]:
-        """Members ordered by id, after `after_id` ("" from the start)."""
-        where: dict = {"_id": {"$gt": after_id}}
+        """Members ordered by id, after `after_id` ("" from the start); members merged
+        into another are not members any more (GetMember still shows them)."""
+        # None: documents written before merged_into was stored.
+        where: dict = {"_id": {"$gt": after_id}, "merged_into": {"$in": ["", None]}}
         for name, value, unset in (
             ("store_id", flt.store_id, ""),
             ("guide_id", flt.guide_id, ""),

@@ -228,6 +228,26 @@ async def test_merge_never_lowers_a_tier(member: MemberHarness):
     assert survivor.tier_level == gold
 
 
+async def test_a_merged_member_is_no_longer_listed(member: MemberHarness):
+    """Operators' member lists show people, not the records a merge closed (which
+    GetMember still answers, naming the survivor)."""
+    h = member
+    a = await register(h, phone(), store_id="s1")
+    b = await register(h, unionid("u-b"), store_id="s1")
+    c = await register(h, unionid("u-c"), store_id="s1")
+
+    async def listed(**flt) -> list[str]:
+        resp = await h.stub.ListMembers(pb.ListMembersRequest(page_size=10, **flt),
+                                        metadata=h.md())
+        return [m.id for m in resp.members]
+
+    assert await listed() == sorted([a.id, b.id, c.id])
+    await merge(h, a.id, b.id)
+    assert await listed() == sorted([a.id, c.id])
+    assert await listed(store_id="s1") == sorted([a.id, c.id])
+    assert (await get(h, b.id)).merged_into == a.id
+
+
 async def test_merged_member_takes_no_activity(member: MemberHarness):
     h = member
     a = await register(h, phone())
