@@ -91,7 +91,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         identities = [
             val.identity(v, f"identities[{i}]", ident) for i, ident in enumerate(request.identities)
         ]
-        profile = val.profile_fields(v, request.profile, "profile", set())
+        profile = val.profile_fields(v, request.profile, "profile", set(), self.app.now())
         for path in ("store_id", "guide_id", "referrer_id"):
             val.text(v, path, getattr(request, path))
         val.enum(v, "acquisition_channel", request.acquisition_channel, dm.VALID_CHANNELS)
@@ -166,7 +166,7 @@ class MemberServicer(member_pb2_grpc.MemberServiceServicer):
         v.raise_if_any()
         src = request.member
         values = (
-            val.profile_fields(v, src.profile, "member.profile", paths)
+            val.profile_fields(v, src.profile, "member.profile", paths, self.app.now())
             if paths & dm.PROFILE_PATHS
             else {}
         )

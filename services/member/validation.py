@@ -60,7 +60,9 @@ def identity(v: Violations, path: str, ident: pb.Identity) -> NewIdentity | None
     return NewIdentity(kind, *dm.canonical_identity(kind, ident.value, ident.app_id))
 
 
-def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -> dict:
+def profile_fields(
+    v: Violations, p: pb.Profile, prefix: str, paths: set[str], now: datetime
+) -> dict:
     """The profile attributes named by `paths` (all of them when empty), checked;
     violations are reported under `prefix` (the request's field path)."""
 
@@ -81,7 +83,7 @@ def profile_fields(v: Violations, p: pb.Profile, prefix: str, paths: set[str]) -
         known = p.gender in Gender._value2member_map_
         out["gender"] = Gender(p.gender) if known else Gender.UNSPECIFIED
     if wanted("birthday"):
-        problem = dm.birthday_problem(p.birthday)
+        problem = dm.birthday_problem(p.birthday, now)
         if problem:
             v.add(f"{prefix}.birthday", problem)
         out["birthday"] = p.birthday

@@ -106,6 +106,24 @@ async def test_register_rejects_bad_input_with_field_violations(member: MemberHa
     assert list(listed.members) == []
 
 
+async def test_a_birthday_in_the_future_is_refused(member: MemberHarness):
+    """Operators correct birthdays (the customer sets it once): not to a day that has
+    not come yet, anywhere (the harness's clock reads 1 March 2026)."""
+    m = (await member.stub.RegisterMember(pb.RegisterMemberRequest(
+        identities=[phone()]), metadata=member.md())).member
+    v = await fails(member.stub.UpdateMember(pb.UpdateMemberRequest(
+        member=pb.Member(id=m.id, profile=pb.Profile(birthday="2026-06-01")),
+        update_mask=field_mask_pb2.FieldMask(paths=["profile.birthday"])),
+        metadata=member.md()), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert v == [("member.profile.birthday", "is in the future")]
+    v = await fails(member.stub.RegisterMember(pb.RegisterMemberRequest(
+        identities=[phone("13900000001")], profile=pb.Profile(birthday="2027-01-01")),
+        metadata=member.md()), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert v == [("profile.birthday", "is in the future")]
+    got = await member.stub.GetMember(pb.GetMemberRequest(member_id=m.id), metadata=member.md())
+    assert got.profile.birthday == ""
+
+
 async def test_get_find_unknown_member_is_not_found(member: MemberHarness):
     await fails(member.stub.GetMember(pb.GetMemberRequest(member_id="nope"), metadata=member.md()),
                 grpc.StatusCode.NOT_FOUND, "MEMBER_NOT_FOUND")

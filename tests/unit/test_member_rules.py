@@ -572,7 +572,16 @@ def test_consuming_threshold() -> None:
     ("17/05/1990", "must be YYYY-MM-DD"), ("1990-13-01", "must be YYYY-MM-DD"),
 ])
 def test_birthday_problem(text: str, problem: str | None) -> None:
-    assert dm.birthday_problem(text) == problem
+    assert dm.birthday_problem(text, NOW) == problem
+
+
+def test_a_birthday_in_the_future_is_refused() -> None:
+    """Up to the date it already is somewhere (UTC+14), not after."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # 2 March 02:00 at UTC+14
+    assert dm.birthday_problem("2026-03-01", now) is None
+    assert dm.birthday_problem("2026-03-02", now) is None
+    assert dm.birthday_problem("2026-03-03", now) == "is in the future"
+    assert dm.birthday_problem("2090-01-01", now) == "is in the future"
 
 
 def test_member_copy_is_independent() -> None:

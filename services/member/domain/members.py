@@ -6,7 +6,7 @@ import calendar
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import IntEnum
 
 
@@ -232,14 +232,21 @@ def birthday_endings(today: date) -> tuple[str, ...]:
     return (ending,)
 
 
-def birthday_problem(text: str) -> str | None:
+# The latest date anywhere on Earth is UTC+14: a birthday up to that day is not in
+# the future for somebody, whatever the brand's time zone.
+LATEST_OFFSET = timedelta(hours=14)
+
+
+def birthday_problem(text: str, now: datetime) -> str | None:
     if not text:
         return None
     try:
         day = date.fromisoformat(text)
     except ValueError:
         return "must be YYYY-MM-DD"
-    return None if day.year >= 1900 else "is before 1900"
+    if day.year < 1900:
+        return "is before 1900"
+    return "is in the future" if day > (now + LATEST_OFFSET).date() else None
 
 
 NICKNAME_MAX = 32
