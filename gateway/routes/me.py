@@ -81,12 +81,9 @@ async def patch_me(request: Request, me: Writing, body: MePatch) -> MeView:
         update.profile.birthday = body.birthday.isoformat()
         paths.append("profile.birthday")
     if body.consents is not None:
-        # The service replaces the consents as a whole: the channels not named keep
-        # what they were.
-        current = await load_me(gateway, me.member_id)
-        wanted: dict[int, bool] = {int(c.channel): c.granted for c in current.consents}
-        wanted.update({convert.contact_channel_number(c.channel): c.granted
-                       for c in body.consents})
+        # The service updates consents per channel: the channels not named keep theirs
+        # (no read here, so two changes of different channels at once both hold).
+        wanted = {convert.contact_channel_number(c.channel): c.granted for c in body.consents}
         update.consents.extend(pb.Consent(channel=ch, granted=g)
                                for ch, g in sorted(wanted.items()))
         paths.append("consents")

@@ -304,13 +304,15 @@ class MemberUseCases(MemberCore):
             now = self.now()
             wanted = dict(values)
             if "consents" in wanted:
-                # A channel's time is when its decision was made (a merge keeps the
+                # Per channel: the channels named get their decision, the others keep
+                # theirs (two updates of different channels at once both hold). A
+                # channel's time is when its decision was made (a merge keeps the
                 # later decision): one sent again unchanged keeps its time.
-                wanted["consents"] = {
+                wanted["consents"] = {**m.consents, **{
                     ch: m.consents[ch] if m.consents.get(ch, (None,))[0] == granted
                     else (granted, at)
                     for ch, (granted, at) in wanted["consents"].items()
-                }
+                }}
             changed = [k for k, v in wanted.items() if getattr(m, k) != v]
             for k, v in wanted.items():
                 setattr(m, k, v)

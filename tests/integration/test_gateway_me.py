@@ -5,6 +5,8 @@ shows up over HTTP; another member's data is never reachable."""
 
 from __future__ import annotations
 
+import asyncio
+
 from pond.member.v1 import member_pb2 as pb
 
 from services.runtime.auth import Role
@@ -153,6 +155,13 @@ async def test_patch_consents_per_channel(gateway: GatewayHarness, member: Membe
     bad = await gateway.http.patch("/v1/me", headers=headers, json={"consents": [
         {"channel": "carrier-pigeon", "granted": True}]})
     assert_problem(bad, 400, "INVALID_ARGUMENT")
+    # Two changes of different channels at once (two screens of the mini-program):
+    # both hold, neither undoes the other.
+    await asyncio.gather(*(gateway.http.patch("/v1/me", headers=headers, json={
+        "consents": [{"channel": ch, "granted": True}]}) for ch in ("email", "phone_call")))
+    final = await gateway.http.get("/v1/me", headers=headers)
+    assert {c["channel"]: c["granted"] for c in final.json()["consents"]} == {
+        "sms": False, "wechat": True, "email": True, "phone_call": True}
 
 
 async def test_patch_nickname_and_birthday_once(gateway: GatewayHarness):

@@ -3,6 +3,7 @@ health and reflection."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -122,6 +123,26 @@ async def test_a_birthday_in_the_future_is_refused(member: MemberHarness):
     assert v == [("profile.birthday", "is in the future")]
     got = await member.stub.GetMember(pb.GetMemberRequest(member_id=m.id), metadata=member.md())
     assert got.profile.birthday == ""
+
+
+async def test_consents_update_per_channel_and_concurrent_changes_both_hold(
+        member: MemberHarness):
+    """UpdateMember's consents are per channel: the channels not named keep their
+    decision, so a customer turning SMS off while WeChat is turned on (two calls at
+    once) ends with both decisions, not the last call's list."""
+    m = (await member.stub.RegisterMember(pb.RegisterMemberRequest(
+        identities=[phone()]), metadata=member.md())).member
+    mask = field_mask_pb2.FieldMask(paths=["consents"])
+
+    def update(channel: int, granted: bool):
+        return member.stub.UpdateMember(pb.UpdateMemberRequest(
+            member=pb.Member(id=m.id, consents=[pb.Consent(channel=channel, granted=granted)]),
+            update_mask=mask), metadata=member.md())
+
+    await update(1, True)  # SMS on
+    await asyncio.gather(update(1, False), update(2, True), update(4, True))
+    got = await member.stub.GetMember(pb.GetMemberRequest(member_id=m.id), metadata=member.md())
+    assert {c.channel: c.granted for c in got.consents} == {1: False, 2: True, 4: True}
 
 
 async def test_get_find_unknown_member_is_not_found(member: MemberHarness):
