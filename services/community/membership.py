@@ -24,13 +24,6 @@ from services.runtime.documents import Doc, UnitOfWork
 ACTIVE, LEFT, REMOVED = "active", "left", "removed"
 
 
-class Unread:
-    """A value not read yet (None is a read that found nothing)."""
-
-
-UNREAD = Unread()
-
-
 @dataclass
 class Joined:
     group: Doc
@@ -70,7 +63,8 @@ class Membership:
         async def attempt() -> Joined:
             group = await self.w.need(GROUPS.name, "group", group_id)
             uow = UnitOfWork()
-            joined = await self.add_member(uow, group, member_id, facts)
+            joined = await self.add_member(uow, group, member_id,
+                                           await self.member_stats(member_id), facts)
             if not joined.already_member:
                 await self.store.commit(uow)
             return joined
@@ -84,15 +78,13 @@ class Membership:
         return await self.store.get(MEMBER_STATS.name, member_id)
 
     async def add_member(self, uow: UnitOfWork, group: Doc, member_id: str,
-                         facts: dg.EntryFacts, rule_id: str = "",
-                         stats: Doc | Unread | None = UNREAD) -> Joined:
+                         stats: Doc | None, facts: dg.EntryFacts,
+                         rule_id: str = "") -> Joined:
         """Adds the join of `member_id` to `group` to `uow` (the group's count, the
         membership, the member's stats, the events); RuleViolation when the group is
         archived or full or the member fails its entry rules. Nothing added when the
-        member is in the group already. `stats`: the member's counters if the caller
-        read them in this attempt."""
-        if isinstance(stats, Unread):
-            stats = await self.member_stats(member_id)
+        member is in the group already. `stats`: the member's counters (member_stats)
+        as read in this attempt."""
         mid = membership_id(group["_id"], member_id)
         current = None if stats is None else await self.store.get(MEMBERSHIPS.name, mid)
         if current is not None and current["state"] == ACTIVE:

@@ -185,8 +185,8 @@ class Routing:
             opened = found is None
             group = await self._open_group(uow, rule) if found is None else found
             facts = await self.membership.entry_facts(group["entry_rules"], lookup, payment_id)
-            joined = await self.membership.add_member(uow, group, member_id, facts, rule_id,
-                                                      stats)
+            joined = await self.membership.add_member(uow, group, member_id, stats, facts,
+                                                      rule_id)
             if not joined.already_member:
                 await self.store.commit(uow)
                 if opened:  # the rule's numbering moved on

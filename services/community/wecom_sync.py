@@ -134,7 +134,8 @@ class WeComSync:
         async def attempt() -> None:
             group = await self.w.need(GROUPS.name, "group", group_id)
             uow = UnitOfWork()
-            joined = await self.membership.add_member(uow, group, member_id, WECOM_FACTS)
+            joined = await self.membership.add_member(
+                uow, group, member_id, await self.membership.member_stats(member_id), WECOM_FACTS)
             if not joined.already_member:
                 await self.store.commit(uow)
 
