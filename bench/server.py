@@ -102,38 +102,26 @@ async def serve_echo(port_file: str, response_file: str, profiler: _Profiler | N
     await server.stop(0)
 
 
-async def serve_member(port_file: str, profiler: _Profiler | None, patch: str = "") -> None:
+async def serve_service(kind: str, port_file: str, profiler: _Profiler | None,
+                        patch: str = "") -> None:
+    """The member or community service as `python -m services.<kind>` runs it, on
+    port 0 and without the metrics port; `patch` runs first (a what-if)."""
     if patch:
         runpy.run_path(patch, run_name="bench_patch")
     # Imported here so the echo process loads nothing of Pond's.
-    from services.member.server import start_member_service
-    from services.member.settings import MemberSettings
     from services.runtime.logs import configure_logging
     from services.runtime.server import freeze_startup_heap
 
-    settings = MemberSettings()
+    if kind == "community":
+        from services.community.server import SPEC as spec
+    else:
+        from services.member.server import SPEC as spec
+    from services.runtime.host import start_service
+
+    settings = spec.settings()
     configure_logging(settings.log_level, settings.log_format)
-    service = await start_member_service(settings, port=0, metrics=False)
+    service = await start_service(spec, settings, port=0, metrics=False)
     freeze_startup_heap()  # as services.runtime.entrypoint does in production
-    if profiler:
-        profiler.install(asyncio.get_running_loop())
-    _write_port(port_file, service.port)
-    await _until_terminated()
-    await service.stop(0)
-
-
-async def serve_community(port_file: str, profiler: _Profiler | None, patch: str = "") -> None:
-    if patch:
-        runpy.run_path(patch, run_name="bench_patch")
-    from services.community.server import start_community_service
-    from services.community.settings import CommunitySettings
-    from services.runtime.logs import configure_logging
-    from services.runtime.server import freeze_startup_heap
-
-    settings = CommunitySettings()
-    configure_logging(settings.log_level, settings.log_format)
-    service = await start_community_service(settings, port=0, metrics=False)
-    freeze_startup_heap()
     if profiler:
         profiler.install(asyncio.get_running_loop())
     _write_port(port_file, service.port)
@@ -154,10 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.response_file:
             parser.error("echo needs --response-file")
         run(serve_echo(args.port_file, args.response_file, profiler))
-    elif args.kind == "community":
-        run(serve_community(args.port_file, profiler, args.patch or ""))
     else:
-        run(serve_member(args.port_file, profiler, args.patch or ""))
+        run(serve_service(args.kind, args.port_file, profiler, args.patch or ""))
     return 0
 
 
