@@ -40,7 +40,7 @@ import uvicorn
 
 from bench import report
 from bench.gateway_report import Figures, LatencyFigure, table
-from bench.load import RunResult
+from bench.load import Remeasuring, RunResult
 from bench.procstat import cpu_seconds, find_pid, machine_busy_seconds
 from bench.runner import ServerProcess, _server_env
 from services.runtime.redis_conn import EmbeddedValkey
@@ -254,24 +254,15 @@ async def measure(opts: Options, workdir: Path, say: Any) -> Figures:
                     ("starlette", stack.starlette, BASELINE_PATH),
                     ("fastapi", stack.fastapi, BASELINE_PATH),
                     ("starlette", stack.starlette, BASELINE_PATH)]
-        retries = RETRIES
+        remeasuring = Remeasuring(RETRIES)
         for label, server, path in schedule:
-            best: RunResult | None = None
-            for attempt in (1, 2):
+
+            async def one_run(attempt: int, label=label, server=server, path=path) -> RunResult:
                 run = await timed_run(gen, label, server, path, stack, opts)
-                run.attempts = attempt
-                say(f"  {label:<10} {run.rate:>9,.0f} requests/s"
-                    + (f"  ({run.errors} errors: {run.first_error})" if run.errors else "")
-                    + (f"  (other work took {run.other_load:.2f} CPU)"
-                       if run.busy_machine else ""))
-                if best is None or (run.other_load or 0.0) < (best.other_load or 0.0):
-                    best = run
-                if not run.busy_machine or attempt == 2 or retries == 0:
-                    break
-                retries -= 1
-                say("  (measuring it again)")
-            assert best is not None
-            runs.append(best)
+                say(run.note("requests/s"))
+                return run
+
+            runs.append(await remeasuring.quieter(one_run, say))
         say("latency: GetMember over gRPC and GET /v1/me through the gateway, one at a time")
         latency = await latencies(gen, stack, opts)
         return Figures(runs, latency, stack.gateway.error_lines())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -63,6 +63,37 @@ class RunResult:
             server_cpu_us_per_call=self.server_cpu_us_per_call,
             other_load_cpus=self.other_load,
         )
+
+    def note(self, unit: str) -> str:
+        """The run's progress line: `label  rate unit`, its errors, a busy machine."""
+        return (f"  {self.label:<12} {self.rate:>9,.0f} {unit}"
+                + (f"  ({self.errors} errors: {self.first_error})" if self.errors else "")
+                + (f"  (other work took {self.other_load:.2f} CPU)"
+                   if self.busy_machine else ""))
+
+
+class Remeasuring:
+    """A run made on a busy machine (BUSY_MACHINE_CPUS) is measured once more and the
+    quieter of the two attempts kept, up to `retries` times in a bench."""
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+
+    async def quieter(self, measure: Callable[[int], Awaitable[RunResult]],
+                      say: Callable[[str], None]) -> RunResult:
+        """`measure(attempt)` once, or twice when the first ran on a busy machine."""
+        best: RunResult | None = None
+        for attempt in (1, 2):
+            run = await measure(attempt)
+            run.attempts = attempt
+            if best is None or (run.other_load or 0.0) < (best.other_load or 0.0):
+                best = run
+            if not run.busy_machine or attempt == 2 or self.retries == 0:
+                break
+            self.retries -= 1
+            say("  (measuring it again)")
+        assert best is not None
+        return best
 
 
 async def closed_loop(

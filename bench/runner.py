@@ -20,7 +20,7 @@ from pond.member.v1 import member_pb2 as pb
 from pond.member.v1 import member_pb2_grpc
 
 from bench import workload
-from bench.load import RunResult, closed_loop
+from bench.load import Remeasuring, RunResult, closed_loop
 from bench.procstat import find_pid
 from bench.server import ECHO_METHOD
 from services.member.events import STREAM
@@ -225,11 +225,13 @@ async def _timed_runs(
     runs: list[RunResult] = []
     windows = []
     drain = 0.0
-    retries = 0 if opts.profile_dir else RETRIES
+    remeasuring = Remeasuring(0 if opts.profile_dir else RETRIES)
     for label in ("echo", "GetMember", "echo", "RecordOrder", "echo"):
-        server, method, make = targets[label]
-        best: RunResult | None = None
-        for attempt in (1, 2):
+        # Bound as defaults: each iteration's own target, though measure runs within it.
+        async def one_run(attempt: int, label: str = label,
+                          target: tuple = targets[label]) -> RunResult:
+            nonlocal drain
+            server, method, make = target
             hooks = None
             if opts.profile_dir:
                 from bench.profiling import Window
@@ -248,26 +250,12 @@ async def _timed_runs(
                 helper_pids=helper_pids,
                 on_window=hooks,
             )
-            result.attempts = attempt
-            say(
-                f"  {label:<12} {result.rate:>9,.0f} calls/s"
-                + (f"  ({result.errors} errors: {result.first_error})" if result.errors else "")
-                + (
-                    f"  (other work took {result.other_load:.2f} CPU)"
-                    if result.busy_machine
-                    else ""
-                )
-            )
+            say(result.note("calls/s"))
             if server.kind == "member":
                 drain = max(drain, await wait_outbox_drained(db, opts.relay_enabled))
-            if best is None or (result.other_load or 0.0) < (best.other_load or 0.0):
-                best = result
-            if not result.busy_machine or attempt == 2 or retries == 0:
-                break
-            retries -= 1
-            say("  (measuring it again)")
-        assert best is not None
-        runs.append(best)
+            return result
+
+        runs.append(await remeasuring.quieter(one_run, say))
     return runs, windows, drain
 
 
