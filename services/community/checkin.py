@@ -43,11 +43,10 @@ class CheckIns:
             now = self.w.now()
             today = dc.brand_day(now, self.w.timezone)
             key = f"{member_id}:{today.isoformat()}"
-            # The streak is written with every check-in: only when its last day is
-            # today (or later: a clock set back) can today's check-in exist, so the
-            # usual check-in reads one document.
+            # The usual check-in reads one document: the streak tells whether today's
+            # check-in can exist.
             streak = await self.store.get(STREAKS.name, member_id)
-            if streak is not None and streak["last_day"] >= today.isoformat():
+            if dc.may_have_checked_in(streak, today):
                 first = await self.store.get(CHECKINS.name, key)
                 if first is not None:
                     return first, True

@@ -177,3 +177,11 @@ def test_streak_of_days_merges_two_records_of_one_person():
     assert streak_of_days({d}) == {"streak": 1, "best_streak": 1, "total_days": 1,
                                    "last_day": "2026-03-01"}
     assert streak_of_days(set()) is None
+
+
+def test_a_check_in_can_exist_only_up_to_the_streaks_last_day():
+    streak = {"streak": 2, "best_streak": 2, "total_days": 2, "last_day": "2026-03-04"}
+    assert not dc.may_have_checked_in(None, date(2026, 3, 4))
+    assert not dc.may_have_checked_in(streak, date(2026, 3, 5))
+    assert dc.may_have_checked_in(streak, date(2026, 3, 4))
+    assert dc.may_have_checked_in(streak, date(2026, 3, 3))  # a clock set back

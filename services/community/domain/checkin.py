@@ -26,6 +26,13 @@ def next_streak(streak: Doc | None, today: date) -> Doc:
             "total_days": streak["total_days"] + 1, "last_day": today.isoformat()}
 
 
+def may_have_checked_in(streak: Doc | None, day: date) -> bool:
+    """Whether a check-in on `day` can exist: the streak is written with every
+    check-in, so not when there is none or its last day is before `day` (a last day
+    after it: a clock set back)."""
+    return streak is not None and streak["last_day"] >= day.isoformat()
+
+
 def current_streak(streak: Doc | None, today: date) -> int:
     """Days in a row that end today or yesterday (still unbroken); 0 otherwise."""
     if streak is None:
