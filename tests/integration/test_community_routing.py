@@ -210,3 +210,17 @@ async def test_entry_rules_of_the_pool(community: Community):
     await c.buy(m, "o-9")
     routed = await c.route(m, "buyers")
     assert routed.opened_group and routed.first_join
+
+
+async def test_the_gateway_routes_only_the_member_in_its_token(community: Community):
+    """A customer's token scans a live code for themselves, never for someone else;
+    the refused scan joins nobody."""
+    c = community
+    await c.rule("mine", template=TEMPLATE)
+    await fails(c.stub.RouteMember(pb.RouteMemberRequest(member_id="m2", rule_id="mine"),
+                                   metadata=c.md(Role.GATEWAY, "m1")),
+                grpc.StatusCode.PERMISSION_DENIED)
+    routed = await c.stub.RouteMember(pb.RouteMemberRequest(member_id="m1", rule_id="mine"),
+                                      metadata=c.md(Role.GATEWAY, "m1"))
+    assert routed.first_join
+    assert await counts(c, "mine") == [(routed.group.id, 1)]
