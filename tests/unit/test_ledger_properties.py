@@ -29,15 +29,7 @@ from hypothesis.stateful import (
 from pond.member.v1 import member_pb2 as pb
 
 from services.member import convert
-from services.member.api import (
-    ADJUST,
-    PAY,
-    RECORD_ORDER,
-    REDEEM,
-    REFUND_ORDER,
-    REFUND_PAYMENT,
-    TOP_UP,
-)
+from services.member.api import RECORD_ORDER, REFUND_ORDER
 from services.member.app import MemberApp
 from services.member.domain import orders as do
 from services.member.domain import points as dp
@@ -50,6 +42,7 @@ from services.member.domain.stored_value import (
     StoredValueEntryKind,
 )
 from services.member.domain.tiers import DEFAULT_PROGRAM
+from services.member.ledgers_api import ADJUST, PAY, REDEEM, REFUND_PAYMENT, TOP_UP
 from services.member.service import LoyaltyRules, NewIdentity
 from services.member.store import MemberStore, open_store
 from services.runtime.clock import ManualClock

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from pond.member.v1 import member_pb2 as pb
 
 from services.member import convert
-from services.member.api import PAY, RECORD_ORDER, REDEEM, REFUND_ORDER, TOP_UP
+from services.member.api import RECORD_ORDER, REFUND_ORDER
 from services.member.app import MemberApp
 from services.member.domain.members import IdentityKind
+from services.member.ledgers_api import PAY, REDEEM, TOP_UP
 from services.member.service import LoyaltyRules, NewIdentity
 from services.member.store import open_store
 from services.runtime.clock import ManualClock, timestamp_pb
