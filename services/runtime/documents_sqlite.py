@@ -52,7 +52,12 @@ from services.runtime.documents_query import (
     parse_where,
 )
 from services.runtime.documents_sqlite_tables import Table, create_tables, q, where_sql
-from services.runtime.storage import SqliteWriter, open_point_reader, open_sqlite
+from services.runtime.storage import (
+    SqliteWriter,
+    WalIndexHeader,
+    open_point_reader,
+    open_sqlite,
+)
 
 _POINT_LIMIT = 1000  # the largest find on the event loop
 _POINT_KEYS = 64  # the most keys a get_many looks up on the event loop
@@ -69,8 +74,10 @@ _SEQUENCE_NEXT = (
 )
 
 
+_KEPT_ROWS = 20_000  # rows kept for get (cleared when full): ~20 MB of member documents
 _PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
 _PLAIN = (str, int, float, bool)
+_UNKEPT = object()
 
 
 class _FindPlan(NamedTuple):
@@ -113,6 +120,7 @@ class SqliteDocumentStore(DocumentStore):
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         point: sqlite3.Connection,
+        wal: WalIndexHeader | None = None,
     ) -> None:
         self.schema = schema
         self._tables = tables
@@ -121,6 +129,12 @@ class SqliteDocumentStore(DocumentStore):
         self._point = point
         self._sequences = frozenset(schema.sequences)
         self._plans: dict[tuple[Any, ...], _FindPlan] = {}
+        # Rows get has read, kept while the database's wal-index header is the one
+        # they were read under: no commit since, by this process or another, so each
+        # is still the stored row (see get).
+        self._wal = wal
+        self._kept: dict[tuple[str, Key], Any] = {}
+        self._kept_under = b""
 
     @classmethod
     async def open(cls, schema: Schema, path: str | Path) -> SqliteDocumentStore:
@@ -138,14 +152,18 @@ class SqliteDocumentStore(DocumentStore):
             reader = await open_sqlite(path)
             reader.row_factory = None
             point = open_point_reader(path)
+            wal = WalIndexHeader.open(path)
         except BaseException:
             if reader is not None:
                 await reader.close()
             await writer.close()
             raise
-        return cls(schema, tables, writer, reader, point)
+        return cls(schema, tables, writer, reader, point, wal)
 
     async def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
         self._point.close()
         await self._r.close()
         await self._writer.close()
@@ -153,7 +171,9 @@ class SqliteDocumentStore(DocumentStore):
     # -- reads --
     async def get(self, collection: str, key: Key) -> Doc | None:
         t = self._tables[collection]
-        row = self._point.execute(t.get_sql, (key,)).fetchone()
+        row = self._kept_row(t, key) if self._wal is not None else (
+            self._point.execute(t.get_sql, (key,)).fetchone()
+        )
         if row is None:
             return None
         doc: Doc = orjson.loads(row[1])
@@ -161,6 +181,28 @@ class SqliteDocumentStore(DocumentStore):
         if t.blob is not None and row[2] is not None:
             doc[t.blob] = row[2]
         return doc
+
+    def _kept_row(self, t: Table, key: Key) -> Any:
+        """The row (or None) as stored now, from the rows kept if nothing was committed
+        since they were read. A read on the event loop releases the GIL and waits to
+        take it back; this way, a busy read-mostly service (GetMember) mostly doesn't.
+        The header is looked at before the row is read, so a row is never kept under
+        a header older than itself. Any commit clears them all: rows kept across this
+        process's own writes would need to know that no other process wrote between."""
+        assert self._wal is not None
+        under = self._wal.look()
+        kept = self._kept
+        if under != self._kept_under:
+            kept.clear()
+            self._kept_under = under
+        ref = (t.name, key)
+        row = kept.get(ref, _UNKEPT)
+        if row is _UNKEPT:
+            row = self._point.execute(t.get_sql, (key,)).fetchone()
+            if len(kept) >= _KEPT_ROWS:
+                kept.clear()
+            kept[ref] = row
+        return row
 
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         t = self._tables[collection]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import sqlite3
 from collections.abc import Callable
@@ -57,6 +58,45 @@ def open_point_reader(path: Path | str) -> sqlite3.Connection:
     )
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+class WalIndexHeader:
+    """Whether anything was committed to a WAL database since the last look, by any
+    connection of any process, for the price of a memory read.
+
+    The wal-index header (the first 48 bytes of the `-shm` file, which every
+    connection to the database maps; https://sqlite.org/walformat.html) is rewritten
+    by each commit (its change counter, frame count and checksums) before the commit
+    can be seen, so equal bytes at two looks mean nothing was committed in between.
+    A query would answer the same (PRAGMA data_version), but every query releases the
+    GIL, and on a busy event loop getting it back cost more than the read itself.
+    Mapped read-only; SQLite never shrinks the file while a connection of this
+    process has the database open (its owner, the store, closes this first)."""
+
+    SIZE = 48
+
+    def __init__(self, view: mmap.mmap) -> None:
+        self._view = view
+
+    @classmethod
+    def open(cls, db_path: Path | str) -> WalIndexHeader | None:
+        """None when the database has no wal-index file to map (not in WAL mode)."""
+        try:
+            fd = os.open(f"{db_path}-shm", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size < cls.SIZE:
+                return None
+            return cls(mmap.mmap(fd, cls.SIZE, prot=mmap.PROT_READ))
+        finally:
+            os.close(fd)
+
+    def look(self) -> bytes:
+        return self._view[: self.SIZE]
+
+    def close(self) -> None:
+        self._view.close()
 
 
 class SqliteWriter:

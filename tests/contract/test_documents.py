@@ -696,3 +696,68 @@ async def test_the_sqlite_file_is_the_owners_only(backend, open_store, tmp_path)
     await open_store()
     mode = stat.S_IMODE(os.stat(tmp_path / "docs.db").st_mode)
     assert mode == 0o600
+
+
+# -- reads see every commit, wherever it was made --
+
+
+async def test_a_get_sees_what_another_store_on_the_database_committed(open_store):
+    """The SQLite engine keeps rows it has read until anything is committed; a
+    commit through another store (another replica) must end that at once."""
+    mine, theirs = await open_store(), await open_store()
+    assert await mine.get("members", "m1") is None  # an absence is kept too
+    await commit(theirs, lambda u: u.insert("members", member("m1", points=1)))
+    first = await mine.get("members", "m1")
+    assert first is not None and first["points"] == 1
+    assert (await mine.get("members", "m1"))["points"] == 1  # read again, unchanged
+    await commit(theirs, lambda u: u.replace("members", {**first, "points": 2}))
+    assert (await mine.get("members", "m1"))["points"] == 2
+    await commit(theirs, lambda u: u.delete("members", "m1"))
+    assert await mine.get("members", "m1") is None
+
+
+async def test_a_get_returns_a_document_of_its_own(store):
+    """Rows kept for gets are decoded for each caller: changing one caller's document
+    changes no one else's."""
+    await commit(store, lambda u: u.insert("members", member("m1", tags=["a"])))
+    first = await store.get("members", "m1")
+    first["tags"].append("changed")
+    first["points"] = 99
+    again = await store.get("members", "m1")
+    assert again["tags"] == ["a"] and again["points"] == 0
+
+
+_OTHER_PROCESS_WRITE = """
+import asyncio, sys
+from services.runtime.documents import UnitOfWork, open_document_store
+from tests.contract.test_documents import SCHEMA
+
+async def main():
+    store = await open_document_store(SCHEMA, sqlite_path=sys.argv[1])
+    doc = await store.get("members", "m1")
+    uow = UnitOfWork()
+    uow.replace("members", {**doc, "points": int(sys.argv[2])})
+    await store.commit(uow)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_get_sees_what_another_process_committed(backend, store, tmp_path):
+    if backend != "sqlite":
+        pytest.skip("another process on one file is SQLite's")
+    import sys
+    from pathlib import Path
+
+    await commit(store, lambda u: u.insert("members", member("m1")))
+    before = 0
+    for points in (5, 6):
+        assert (await store.get("members", "m1"))["points"] == before  # now kept
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _OTHER_PROCESS_WRITE, str(tmp_path / "docs.db"), str(points),
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert await asyncio.wait_for(writer.wait(), 60) == 0
+        assert (await store.get("members", "m1"))["points"] == points
+        before = points
