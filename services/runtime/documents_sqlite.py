@@ -51,8 +51,15 @@ from services.runtime.documents_query import (
     parse_order,
     parse_where,
 )
-from services.runtime.documents_sqlite_tables import Table, create_tables, q, where_sql
+from services.runtime.documents_sqlite_tables import (
+    UNKEPT,
+    Table,
+    create_tables,
+    q,
+    where_sql,
+)
 from services.runtime.storage import (
+    BatchWritten,
     SqliteWriter,
     WalIndexHeader,
     open_point_reader,
@@ -77,7 +84,7 @@ _SEQUENCE_NEXT = (
 _KEPT_ROWS = 20_000  # rows kept for get (cleared when full): ~20 MB of member documents
 _PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
 _PLAIN = (str, int, float, bool)
-_UNKEPT = object()
+_UNKEPT = UNKEPT
 
 
 class _FindPlan(NamedTuple):
@@ -124,14 +131,14 @@ class SqliteDocumentStore(DocumentStore):
     ) -> None:
         self.schema = schema
         self._tables = tables
-        self._writer = SqliteWriter(writer)
+        self._writer = SqliteWriter(writer, wal, self._after_batch)
         self._r = reader
         self._point = point
         self._sequences = frozenset(schema.sequences)
         self._plans: dict[tuple[Any, ...], _FindPlan] = {}
         # Rows get has read, kept while the database's wal-index header is the one
-        # they were read under: no commit since, by this process or another, so each
-        # is still the stored row (see get).
+        # they were read under (no commit since, by this process or another) or moved
+        # on by this store's own writes alone, which update them (_after_batch).
         self._wal = wal
         self._kept: dict[tuple[str, Key], Any] = {}
         self._kept_under = b""
@@ -187,12 +194,16 @@ class SqliteDocumentStore(DocumentStore):
         since they were read. A read on the event loop releases the GIL and waits to
         take it back; this way, a busy read-mostly service (GetMember) mostly doesn't.
         The header is looked at before the row is read, so a row is never kept under
-        a header older than itself. Any commit clears them all: rows kept across this
-        process's own writes would need to know that no other process wrote between."""
+        a header older than itself. A commit by anyone else clears them all; while a
+        batch of this store's is being written, a moved header is read past."""
         assert self._wal is not None
         under = self._wal.look()
         kept = self._kept
         if under != self._kept_under:
+            if self._writer.in_flight:
+                # Maybe this store's batch committed and its rows are not updated yet
+                # (_after_batch will, or will drop them all): read past them.
+                return self._point.execute(t.get_sql, (key,)).fetchone()
             kept.clear()
             self._kept_under = under
         ref = (t.name, key)
@@ -203,6 +214,29 @@ class SqliteDocumentStore(DocumentStore):
                 kept.clear()
             kept[ref] = row
         return row
+
+    def _after_batch(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
+        """On the event loop, after a batch of this store's writes and before any of
+        their callers resumes: if nothing but the batch moved the header on from the
+        one the kept rows were read under, the rows it wrote are updated (a kept one
+        changed, a failed work's left as they are) and the rest stay valid under the
+        new header. Otherwise they are all dropped, unless they were all read after
+        the batch already (the header then is the batch's `after`)."""
+        kept = self._kept
+        if batch.alone and batch.before == self._kept_under:
+            for ok, written in works:
+                if not ok or not written:
+                    continue
+                for ref, row in written:
+                    if ref in kept:  # only rows someone reads: inserts don't crowd them out
+                        if row is _UNKEPT:
+                            del kept[ref]
+                        else:
+                            kept[ref] = row
+            self._kept_under = batch.after
+        elif self._kept_under != batch.after:
+            kept.clear()
+            self._kept_under = b""
 
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         t = self._tables[collection]
@@ -354,7 +388,10 @@ class SqliteDocumentStore(DocumentStore):
     async def commit(self, uow: UnitOfWork) -> None:
         if not uow:
             return
-        versions = await self._writer.transaction(partial(self._apply, uow=uow))
+        written: list[tuple[tuple[str, Key], Any]] = []
+        versions = await self._writer.transaction(
+            partial(self._apply, uow=uow, written=written), written
+        )
         for (op, _, arg), version in zip(uow.ops, versions, strict=True):
             if op == "put_many":
                 for doc, v in zip(arg, version, strict=True):
@@ -362,16 +399,20 @@ class SqliteDocumentStore(DocumentStore):
             elif version is not None:
                 arg["_v"] = version
 
-    def _apply(self, raw: sqlite3.Connection, uow: UnitOfWork) -> list[Any]:
+    def _apply(
+        self, raw: sqlite3.Connection, uow: UnitOfWork, written: list[Any]
+    ) -> list[Any]:
         """The whole unit of work, on the writer's thread, in its transaction; returns
-        each op's new version(s)."""
+        each op's new version(s). `written` gets each document's row as get reads it
+        (None when deleted), for the rows kept for get (see _after_batch)."""
+        written.clear()  # a batch that failed runs again, each work in a savepoint
         versions: list[Any] = []
         for op, collection, arg in uow.ops:
             t = self._tables[collection]
             if op == "put_many":
-                versions.append([self._put(raw, t, doc) for doc in arg])
+                versions.append([self._put(raw, t, doc, written) for doc in arg])
             elif op == "put":
-                versions.append(self._put(raw, t, arg))
+                versions.append(self._put(raw, t, arg, written))
             elif op == "insert":
                 row = t.row(arg)
                 try:
@@ -379,6 +420,7 @@ class SqliteDocumentStore(DocumentStore):
                 except sqlite3.IntegrityError as exc:
                     raise t.duplicate(raw, arg["_id"], exc, inserting=True) from exc
                 versions.append(1)
+                written.append(((collection, arg["_id"]), t.got(1, row)))
             elif op == "replace":
                 row = t.row(arg)
                 version = guard_version(collection, arg)
@@ -389,6 +431,7 @@ class SqliteDocumentStore(DocumentStore):
                 if cur.rowcount != 1:
                     raise Conflict(collection, arg["_id"])
                 versions.append(version + 1)
+                written.append(((collection, arg["_id"]), t.got(version + 1, row)))
             elif op == "delete":
                 key, version = arg
                 if version is None:
@@ -396,18 +439,21 @@ class SqliteDocumentStore(DocumentStore):
                 elif raw.execute(t.delete_guarded_sql, (key, version)).rowcount != 1:
                     raise Conflict(collection, key)
                 versions.append(None)
+                written.append(((collection, key), None))
             else:
                 raise ValueError(f"unknown operation {op!r}")
         self._apply_records(raw, uow)
         return versions
 
     @staticmethod
-    def _put(raw: sqlite3.Connection, t: Table, doc: Doc) -> int:
+    def _put(raw: sqlite3.Connection, t: Table, doc: Doc, written: list[Any]) -> int:
         row = t.row(doc)
         try:
-            return int(raw.execute(t.put_sql, (doc["_id"], *row)).fetchone()[0])
+            version = int(raw.execute(t.put_sql, (doc["_id"], *row)).fetchone()[0])
         except sqlite3.IntegrityError as exc:
             raise t.duplicate(raw, doc["_id"], exc, inserting=False) from exc
+        written.append(((t.name, doc["_id"]), t.got(version, row)))
+        return version
 
     @staticmethod
     def _apply_records(raw: sqlite3.Connection, uow: UnitOfWork) -> None:

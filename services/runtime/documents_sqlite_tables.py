@@ -110,6 +110,9 @@ def where_sql(terms: tuple[Term, ...], literal_terms: frozenset[Term]) -> tuple[
     return " AND ".join(parts), params
 
 
+UNKEPT = object()  # a written row that the rows kept for get must not hold (Table.got)
+
+
 class Table:
     """One collection's table: its SQL, written once at open, and its row codec."""
 
@@ -160,6 +163,18 @@ class Table:
             values.append(_dumps({k: v for k, v in doc.items() if k != blob}))
             values.append(doc.get(blob))
         return values
+
+    def got(self, version: int, row: list[Any]) -> Any:
+        """What get's query reads back for a document just written as `row` at
+        `version`; UNKEPT when a blob SQLite would return in another type (it gives
+        bytes for bytes only)."""
+        n = len(self.fields)
+        if self.blob is None:
+            return (version, row[n])
+        blob = row[n + 1]
+        if blob is not None and type(blob) is not bytes:
+            return UNKEPT
+        return (version, row[n], blob)
 
     def load(self, row: Any) -> Doc:
         """A document from (_id, _v, _doc[, _blob])."""

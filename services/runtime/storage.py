@@ -9,7 +9,8 @@ import contextlib
 import mmap
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -114,15 +115,30 @@ class SqliteWriter:
     cancelled before its transaction starts is skipped; once started, the
     transaction runs to COMMIT or ROLLBACK anyway."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        wal: WalIndexHeader | None = None,
+        on_batch: Callable[[BatchWritten, Sequence[tuple[bool, object]]], None] | None = None,
+    ) -> None:
         self.conn = conn
-        self._queue: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[Any]]] = []
+        self._queue: list[_Queued] = []
         self._writing: asyncio.Task[None] | None = None  # the task writing the queue, if any
+        # With both: each batch's BatchWritten and its works' (succeeded, note) go to
+        # on_batch on the event loop, before any of the batch's callers resumes.
+        self._wal = wal if on_batch is not None else None
+        self._on_batch = on_batch
+        # From handing a batch to the thread until on_batch has seen it: a commit the
+        # event loop notices meanwhile may be the batch's own.
+        self.in_flight = False
 
-    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def transaction(
+        self, work: Callable[[sqlite3.Connection], T], note: object = None
+    ) -> T:
+        """`note`: whatever on_batch should be given about this work (what it writes)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((work, future))
+        self._queue.append((work, future, note))
         if self._writing is None:
             self._writing = loop.create_task(self._write_queued())
         return cast(T, await future)
@@ -130,27 +146,36 @@ class SqliteWriter:
     async def _write_queued(self) -> None:
         try:
             while self._queue:
-                batch = [(w, f) for w, f in self._queue if not f.cancelled()]
+                batch = [queued for queued in self._queue if not queued[1].cancelled()]
                 self._queue = []
                 if not batch:
                     continue
                 # aiosqlite runs every statement through Connection._execute on its
                 # thread; we hand it the whole batch instead (private API, pinned in
                 # pyproject).
-                works = [w for w, _ in batch]
+                works = [w for w, _, _ in batch]
+                self.in_flight = True
                 try:
-                    outcomes = await asyncio.shield(
+                    outcomes, written = await asyncio.shield(
                         self.conn._execute(  # type: ignore[no-untyped-call]
-                            _run_transactions, self.conn._conn, works
+                            _run_batch, self.conn._conn, works, self._wal
                         )
                     )
                 except BaseException as exc:  # the thread itself failed, or we are cancelled
-                    for _, future in batch:
+                    self.in_flight = False
+                    if self._on_batch is not None:  # what was written is not known
+                        self._on_batch(BatchWritten(b"", b"", alone=False), ())
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(exc if isinstance(exc, Exception) else
                                                  RuntimeError("the store is closing"))
                     raise
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                self.in_flight = False
+                if self._on_batch is not None and written is not None:
+                    self._on_batch(written, [
+                        (ok, note) for (ok, _), (_, _, note) in zip(outcomes, batch, strict=True)
+                    ])
+                for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
                     if ok:
@@ -162,6 +187,38 @@ class SqliteWriter:
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+_Queued = tuple[Callable[[sqlite3.Connection], object], "asyncio.Future[Any]", object]
+
+
+@dataclass(frozen=True)
+class BatchWritten:
+    """The wal-index header before and after a batch's transactions, and whether this
+    connection was the only one to commit in between: then `after` differs from
+    `before` by this batch's writes alone, which the caller knows."""
+
+    before: bytes
+    after: bytes
+    alone: bool
+
+
+def _run_batch(
+    raw: sqlite3.Connection,
+    works: list[Callable[[sqlite3.Connection], object]],
+    wal: WalIndexHeader | None,
+) -> tuple[list[tuple[bool, object]], BatchWritten | None]:
+    if wal is None:
+        return _run_transactions(raw, works), None
+    # data_version changes when another connection commits (never for this one's
+    # own commits). Read before the first look and after the last, it covers the
+    # whole span between the two looks.
+    seen = raw.execute("PRAGMA data_version").fetchone()[0]
+    before = wal.look()
+    outcomes = _run_transactions(raw, works)
+    after = wal.look()
+    alone = raw.execute("PRAGMA data_version").fetchone()[0] == seen
+    return outcomes, BatchWritten(before, after, alone)
 
 
 def _run_transactions(

@@ -1,0 +1,147 @@
+"""The SQLite engine's rows kept for get (documents_sqlite._kept_row, _after_batch):
+a get answers from them only while no one else has committed; this store's own
+writes update them. Every answer is checked against the file itself."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from services.runtime.documents import Collection, Conflict, Schema, UnitOfWork, open_document_store
+
+SCHEMA = Schema("kept", (Collection("things", fields=("n",)), Collection("bits", blob="b")))
+
+
+class CountingPoint:
+    """The point reader, counting the queries get makes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.queries = conn, 0
+
+    def execute(self, *args):
+        self.queries += 1
+        return self.conn.execute(*args)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def _open(path):
+    store = await open_document_store(SCHEMA, sqlite_path=str(path))
+    store._point = CountingPoint(store._point)
+    return store
+
+
+async def _commit(store, build) -> None:
+    uow = UnitOfWork()
+    build(uow)
+    await store.commit(uow)
+
+
+@pytest.fixture
+async def pair(tmp_path):
+    mine, theirs = await _open(tmp_path / "k.db"), await _open(tmp_path / "k.db")
+    yield mine, theirs
+    await mine.close()
+    await theirs.close()
+
+
+async def test_own_writes_update_the_kept_rows_without_a_query(pair, tmp_path):
+    mine, _ = pair
+    await _commit(mine, lambda u: u.insert("things", {"_id": "a", "n": 1}))
+    first = await mine.get("things", "a")
+    queries = mine._point.queries
+    await _commit(mine, lambda u: u.replace("things", {**first, "n": 2}))
+    assert await mine.get("things", "a") == {"_id": "a", "n": 2, "_v": 2}
+    await _commit(mine, lambda u: u.delete("things", "a"))
+    assert await mine.get("things", "a") is None
+    assert mine._point.queries == queries  # both answered from the kept rows
+    with sqlite3.connect(tmp_path / "k.db") as disk:  # the truth on disk
+        assert disk.execute('SELECT count(*) FROM "things"').fetchone() == (0,)
+
+
+async def test_a_failed_write_leaves_the_kept_row_as_stored(pair):
+    mine, _ = pair
+    await _commit(mine, lambda u: u.insert("things", {"_id": "a", "n": 1}))
+    doc = await mine.get("things", "a")
+    with pytest.raises(Conflict):
+        await _commit(mine, lambda u: (
+            u.replace("things", {**doc, "n": 5}), u.replace("things", {**doc, "n": 6})))
+    assert (await mine.get("things", "a"))["n"] == 1
+
+
+async def test_another_stores_commit_ends_the_kept_rows_even_between_own_writes(pair):
+    mine, theirs = pair
+    await _commit(mine, lambda u: (u.insert("things", {"_id": "a", "n": 1}),
+                                   u.insert("things", {"_id": "b", "n": 1})))
+    a = await mine.get("things", "a")
+    await mine.get("things", "b")
+    b_theirs = await theirs.get("things", "b")
+    await _commit(theirs, lambda u: u.replace("things", {**b_theirs, "n": 7}))
+    await _commit(mine, lambda u: u.replace("things", {**a, "n": 2}))  # own write after
+    assert (await mine.get("things", "b"))["n"] == 7
+    assert (await mine.get("things", "a"))["n"] == 2
+
+
+async def test_concurrent_own_and_foreign_writes_never_leave_a_stale_row(pair):
+    import asyncio
+
+    mine, theirs = pair
+    await _commit(mine, lambda u: u.insert("things", {"_id": "x", "n": 0}))
+    await _commit(mine, lambda u: u.insert("things", {"_id": "y", "n": 0}))
+
+    async def bump(store, key, times):
+        for _ in range(times):
+            doc = await store.get("things", key)
+            await _commit(store, lambda u, d=doc: u.replace("things", {**d, "n": d["n"] + 1}))
+
+    await asyncio.gather(bump(mine, "x", 30), bump(theirs, "y", 30), bump(mine, "x", 0))
+    assert (await mine.get("things", "y"))["n"] == 30
+    assert (await theirs.get("things", "x"))["n"] == 30
+
+
+class Bytes(bytes):
+    """Bytes SQLite hands back as plain bytes."""
+
+
+async def test_a_blob_row_is_kept_as_read(pair):
+    mine, _ = pair
+    await _commit(mine, lambda u: u.insert("bits", {"_id": "a", "b": b"\x00\x01"}))
+    doc = await mine.get("bits", "a")
+    await _commit(mine, lambda u: u.replace("bits", {**doc, "b": Bytes(b"\x02")}))
+    again = await mine.get("bits", "a")
+    assert again["b"] == b"\x02" and type(again["b"]) is bytes
+
+
+async def test_a_commit_by_another_connection_during_own_batch_ends_the_kept_rows(pair, tmp_path):
+    """The race the batch's data_version check is for: someone commits between the
+    writer's first look at the header and its transaction (or after the COMMIT,
+    before the last look). Injected at the writer's first look."""
+    import threading
+
+    mine, _ = pair
+    await _commit(mine, lambda u: (u.insert("things", {"_id": "a", "n": 1}),
+                                   u.insert("things", {"_id": "b", "n": 1})))
+    a = await mine.get("things", "a")
+    assert (await mine.get("things", "b"))["n"] == 1  # kept
+    real = mine._wal
+    loop_thread = threading.current_thread()
+
+    class Interloper:
+        injected = False
+
+        def look(self):
+            header = real.look()
+            if threading.current_thread() is not loop_thread and not self.injected:
+                self.injected = True
+                with sqlite3.connect(tmp_path / "k.db", isolation_level=None) as other:
+                    other.execute(
+                        """UPDATE "things" SET "_v" = "_v" + 1, "n" = 9,"""
+                        """ "_doc" = '{"_id":"b","n":9}' WHERE "_id" = 'b'""")
+            return header
+
+    mine._writer._wal = Interloper()
+    await _commit(mine, lambda u: u.replace("things", {**a, "n": 2}))
+    assert mine._writer._wal.injected
+    assert (await mine.get("things", "b"))["n"] == 9
