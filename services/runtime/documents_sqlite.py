@@ -424,8 +424,11 @@ class SqliteDocumentStore(DocumentStore):
             elif op == "replace":
                 row = t.row(arg)
                 version = guard_version(collection, arg)
+                update = t.replacing(raw, arg["_id"], version, row)
+                if update is None:
+                    raise Conflict(collection, arg["_id"])
                 try:
-                    cur = raw.execute(t.replace_sql, (*row, arg["_id"], version))
+                    cur = raw.execute(*update)
                 except sqlite3.IntegrityError as exc:
                     raise t.duplicate(raw, arg["_id"], exc, inserting=False) from exc
                 if cur.rowcount != 1:

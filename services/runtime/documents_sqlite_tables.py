@@ -110,6 +110,20 @@ def where_sql(terms: tuple[Term, ...], literal_terms: frozenset[Term]) -> tuple[
     return " AND ".join(parts), params
 
 
+def _same(stored: Any, value: Any) -> bool:
+    """Whether writing `value` would store what the column holds (bools are stored as
+    integers; 1, 1.0 and "1" are different values)."""
+    if value is None or stored is None:
+        return value is stored
+    if isinstance(value, bool | int):
+        return type(stored) is int and stored == int(value)
+    if isinstance(value, float):
+        return type(stored) is float and stored == value
+    if isinstance(value, str):
+        return type(stored) is str and stored == value
+    return False
+
+
 UNKEPT = object()  # a written row that the rows kept for get must not hold (Table.got)
 
 
@@ -129,6 +143,10 @@ class Table:
         self.insert_sql = f'INSERT INTO {t} ("_id", "_v", {cols}) VALUES (?, 1, {marks})'
         sets = ", ".join(f"{q(f)} = ?" for f in data)
         self.replace_sql = f'UPDATE {t} SET "_v" = "_v" + 1, {sets} WHERE "_id" = ? AND "_v" = ?'
+        # A replace sets only the queryable fields whose values change (see replacing).
+        fields_read = "".join(f", {q(f)}" for f in self.fields)
+        self.stored_fields_sql = f'SELECT "_v"{fields_read} FROM {t} WHERE "_id" = ?'
+        self._replace_sql: dict[tuple[int, ...], str] = {}
         excluded = ", ".join(f"{q(f)} = excluded.{q(f)}" for f in data)
         self.put_sql = (
             f'{self.insert_sql} ON CONFLICT ("_id") DO UPDATE SET "_v" = "_v" + 1, {excluded}'
@@ -163,6 +181,32 @@ class Table:
             values.append(_dumps({k: v for k, v in doc.items() if k != blob}))
             values.append(doc.get(blob))
         return values
+
+    def replacing(
+        self, raw: sqlite3.Connection, key: Any, version: int, row: list[Any]
+    ) -> tuple[str, list[Any]] | None:
+        """The UPDATE for a replace guarded by `version`, with its parameters; None
+        when the stored document is not at that version (or is gone). It sets only the
+        queryable fields whose stored values differ: SQLite rewrites the entry of
+        every index on a column an UPDATE sets, changed or not, and in a big table
+        each of those is another page written to the WAL at commit (routing among
+        25,000 groups, whose table has six indexes: see the README's Performance)."""
+        n = len(self.fields)
+        if not n:
+            return self.replace_sql, [*row, key, version]
+        stored = raw.execute(self.stored_fields_sql, (key,)).fetchone()
+        if stored is None or stored[0] != version:
+            return None
+        changed = tuple(i for i in range(n) if not _same(stored[i + 1], row[i]))
+        sql = self._replace_sql.get(changed)
+        if sql is None:
+            data = [*(self.fields[i] for i in changed), "_doc", *(["_blob"] if self.blob else [])]
+            sets = ", ".join(f"{q(f)} = ?" for f in data)
+            sql = self._replace_sql[changed] = (
+                f'UPDATE {q(self.name)} SET "_v" = "_v" + 1, {sets}'
+                ' WHERE "_id" = ? AND "_v" = ?'
+            )
+        return sql, [*(row[i] for i in changed), *row[n:], key, version]
 
     def got(self, version: int, row: list[Any]) -> Any:
         """What get's query reads back for a document just written as `row` at

@@ -761,3 +761,27 @@ async def test_a_get_sees_what_another_process_committed(backend, store, tmp_pat
         assert await asyncio.wait_for(writer.wait(), 60) == 0
         assert (await store.get("members", "m1"))["points"] == points
         before = points
+
+
+async def test_a_replace_moves_exactly_the_queryable_fields_that_changed(store):
+    """SQLite sets only the changed fields' columns on a replace (documents_sqlite_tables
+    Table.replacing): every field still finds the document by its new value only."""
+    await commit(store, lambda u: u.insert("members", member("m1", "s1", points=1, tier="gold")))
+    doc = await store.get("members", "m1")
+    await commit(store, lambda u: u.replace("members", {**doc, "points": 2}))  # one index
+    assert await ids(store, "members", {"store_id": "s1"}) == ["m1"]
+    assert await ids(store, "members", {"points": 2}) == ["m1"]
+    assert await ids(store, "members", {"points": 1}) == []
+    doc = await store.get("members", "m1")
+    await commit(store, lambda u: u.replace("members", {**doc, "store_id": "s2", "tier": None}))
+    assert await ids(store, "members", {"store_id": "s1"}) == []
+    assert await ids(store, "members", {"store_id": "s2"}) == ["m1"]
+    assert await ids(store, "members", {"tier": None}) == ["m1"]
+    assert await ids(store, "members", {"tier": "gold"}) == []
+    doc = await store.get("members", "m1")
+    await commit(store, lambda u: u.replace("members", {**doc, "tier": True}))
+    doc = await store.get("members", "m1")
+    assert doc["tier"] is True and doc["points"] == 2 and doc["_v"] == 4
+    await commit(store, lambda u: u.replace("members", {**doc, "tier": "1"}))
+    assert await ids(store, "members", {"tier": "1"}) == ["m1"]
+    assert await ids(store, "members", {"tier": True}) == []
