@@ -223,20 +223,25 @@ class SqliteDocumentStore(DocumentStore):
         new header. Otherwise they are all dropped, unless they were all read after
         the batch already (the header then is the batch's `after`)."""
         kept = self._kept
-        if batch.alone and batch.before == self._kept_under:
-            for ok, written in works:
-                if not ok or not written:
-                    continue
-                for ref, row in written:
-                    if ref in kept:  # only rows someone reads: inserts don't crowd them out
-                        if row is _UNKEPT:
-                            del kept[ref]
-                        else:
-                            kept[ref] = row
-            self._kept_under = batch.after
-        elif self._kept_under != batch.after:
+        try:
+            if batch.alone and batch.before == self._kept_under:
+                for ok, written in works:
+                    if not ok or not written:
+                        continue
+                    for ref, row in written:
+                        if ref in kept:  # only rows someone reads: inserts don't crowd them
+                            if row is _UNKEPT:
+                                del kept[ref]
+                            else:
+                                kept[ref] = row
+                self._kept_under = batch.after
+            elif self._kept_under != batch.after:
+                kept.clear()
+                self._kept_under = b""
+        except BaseException:  # a bug here must not leave a stale row answering
             kept.clear()
             self._kept_under = b""
+            raise
 
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         t = self._tables[collection]

@@ -171,17 +171,20 @@ class SqliteWriter:
                                                  RuntimeError("the store is closing"))
                     raise
                 self.in_flight = False
-                if self._on_batch is not None and written is not None:
-                    self._on_batch(written, [
-                        (ok, note) for (ok, _), (_, _, note) in zip(outcomes, batch, strict=True)
-                    ])
-                for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+                try:
+                    if self._on_batch is not None and written is not None:
+                        self._on_batch(written, [
+                            (ok, note)
+                            for (ok, _), (_, _, note) in zip(outcomes, batch, strict=True)
+                        ])
+                finally:  # whatever on_batch did, the batch's callers get their outcomes
+                    for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
+                        if future.done():
+                            continue
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
         finally:
             self._writing = None
 
@@ -213,11 +216,17 @@ def _run_batch(
     # data_version changes when another connection commits (never for this one's
     # own commits). Read before the first look and after the last, it covers the
     # whole span between the two looks.
-    seen = raw.execute("PRAGMA data_version").fetchone()[0]
+    try:
+        seen = raw.execute("PRAGMA data_version").fetchone()[0]
+    except sqlite3.Error:  # no proof either way: the reader drops what it kept
+        return _run_transactions(raw, works), None
     before = wal.look()
     outcomes = _run_transactions(raw, works)
     after = wal.look()
-    alone = raw.execute("PRAGMA data_version").fetchone()[0] == seen
+    try:
+        alone = raw.execute("PRAGMA data_version").fetchone()[0] == seen
+    except sqlite3.Error:
+        alone = False
     return outcomes, BatchWritten(before, after, alone)
 
 

@@ -113,3 +113,35 @@ async def test_a_batch_commits_once_and_a_failure_in_it_still_rolls_back_alone(w
     assert mixed[0] == "x" and isinstance(mixed[1], ValueError) and mixed[2] == "y"
     keys = [k for k, _ in await rows(writer)]
     assert "partial" not in keys and {"x", "y", "first"} <= set(keys)
+
+
+async def test_on_batch_sees_each_batch_and_its_failure_strands_no_caller(tmp_path):
+    """on_batch gets the headers around every batch and each work's (succeeded, note);
+    if it raises, the batch's callers still get their outcomes."""
+    from services.runtime.storage import WalIndexHeader
+
+    conn = await open_sqlite(tmp_path / "w.db")
+    await conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+    wal = WalIndexHeader.open(tmp_path / "w.db")
+    assert wal is not None
+    seen = []
+
+    def on_batch(batch, works):
+        seen.append((batch, list(works)))
+        if len(seen) == 2:
+            raise RuntimeError("a bug in the hook")
+
+    w = SqliteWriter(conn, wal, on_batch)
+    try:
+        assert await w.transaction(insert("a"), note="a") == "a"
+        batch, works = seen[0]
+        assert batch.alone and batch.before != batch.after and works == [(True, "a")]
+        results = await asyncio.gather(
+            w.transaction(insert("b"), note="b"), w.transaction(insert("a"), note="dup"),
+            return_exceptions=True)
+        assert results[0] == "b" and isinstance(results[1], sqlite3.IntegrityError)
+        assert await w.transaction(insert("c")) == "c"  # the writer carries on
+        assert await rows(w) == [("a", 0), ("b", 0), ("c", 0)]
+    finally:
+        wal.close()
+        await w.close()
