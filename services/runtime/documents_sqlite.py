@@ -84,7 +84,6 @@ _SEQUENCE_NEXT = (
 _KEPT_ROWS = 20_000  # rows kept for get (cleared when full): ~20 MB of member documents
 _PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
 _PLAIN = (str, int, float, bool)
-_UNKEPT = UNKEPT
 
 
 class _FindPlan(NamedTuple):
@@ -207,8 +206,8 @@ class SqliteDocumentStore(DocumentStore):
             kept.clear()
             self._kept_under = under
         ref = (t.name, key)
-        row = kept.get(ref, _UNKEPT)
-        if row is _UNKEPT:
+        row = kept.get(ref, UNKEPT)
+        if row is UNKEPT:
             row = self._point.execute(t.get_sql, (key,)).fetchone()
             if len(kept) >= _KEPT_ROWS:
                 kept.clear()
@@ -230,7 +229,7 @@ class SqliteDocumentStore(DocumentStore):
                         continue
                     for ref, row in written:
                         if ref in kept:  # only rows someone reads: inserts don't crowd them
-                            if row is _UNKEPT:
+                            if row is UNKEPT:
                                 del kept[ref]
                             else:
                                 kept[ref] = row
