@@ -218,7 +218,7 @@ def _run_batch(
     # whole span between the two looks.
     try:
         seen = raw.execute("PRAGMA data_version").fetchone()[0]
-    except sqlite3.Error:  # no proof either way: the reader drops what it kept
+    except sqlite3.Error:  # no proof: the reader's next look sees a moved header, drops all
         return _run_transactions(raw, works), None
     before = wal.look()
     outcomes = _run_transactions(raw, works)
