@@ -19,6 +19,7 @@ The file is created owner-only (0600, storage.create_private_file).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -141,6 +142,9 @@ class SqliteDocumentStore(DocumentStore):
         self._wal = wal
         self._kept: dict[tuple[str, Key], Any] = {}
         self._kept_under = b""
+        # _after_batch runs on the writer's thread: it and the event loop's readers
+        # change the kept rows and their header under this lock.
+        self._kept_lock = threading.Lock()
 
     @classmethod
     async def open(cls, schema: Schema, path: str | Path) -> SqliteDocumentStore:
@@ -196,31 +200,40 @@ class SqliteDocumentStore(DocumentStore):
         a header older than itself. A commit by anyone else clears them all; while a
         batch of this store's is being written, a moved header is read past."""
         assert self._wal is not None
-        under = self._wal.look()
-        kept = self._kept
-        if under != self._kept_under:
-            if self._writer.in_flight:
-                # Maybe this store's batch committed and its rows are not updated yet
-                # (_after_batch will, or will drop them all): read past them.
-                return self._point.execute(t.get_sql, (key,)).fetchone()
-            kept.clear()
-            self._kept_under = under
-        ref = (t.name, key)
-        row = kept.get(ref, UNKEPT)
+        kept, ref = self._kept, (t.name, key)
+        with self._kept_lock:
+            under = self._wal.look()
+            row = UNKEPT
+            if under == self._kept_under:
+                row = kept.get(ref, UNKEPT)
+            elif not self._writer.in_flight:
+                kept.clear()
+                self._kept_under = under
+            # else: maybe this store's batch committed and has not updated its rows yet
+            # (_after_batch will, or will drop them all): read past them, keep nothing.
         if row is UNKEPT:
             row = self._point.execute(t.get_sql, (key,)).fetchone()
-            if len(kept) >= _KEPT_ROWS:
-                kept.clear()
-            kept[ref] = row
+            with self._kept_lock:
+                # Kept only if no batch moved the rows on since the look above (the
+                # row read may predate that batch's commit).
+                if self._kept_under == under:
+                    if len(kept) >= _KEPT_ROWS:
+                        kept.clear()
+                    kept[ref] = row
         return row
 
     def _after_batch(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
-        """On the event loop, after a batch of this store's writes and before any of
-        their callers resumes: if nothing but the batch moved the header on from the
-        one the kept rows were read under, the rows it wrote are updated (a kept one
-        changed, a failed work's left as they are) and the rest stay valid under the
-        new header. Otherwise they are all dropped, unless they were all read after
-        the batch already (the header then is the batch's `after`)."""
+        """On the writer's thread right after a batch of this store's writes (or on
+        the event loop when the batch failed as a whole), before any of their callers
+        resumes: if nothing but the batch moved the header on from the one the kept
+        rows were read under, the rows it wrote are updated (a kept one changed, a
+        failed work's left as they are) and the rest stay valid under the new header.
+        Otherwise they are all dropped, unless they were all read after the batch
+        already (the header then is the batch's `after`)."""
+        with self._kept_lock:
+            self._update_kept(batch, works)
+
+    def _update_kept(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
         kept = self._kept
         try:
             if batch.alone and batch.before == self._kept_under:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
+import structlog
 
 T = TypeVar("T")
+_log = structlog.get_logger("pond.storage")
 CACHE_KIB = 32 * 1024  # page cache per connection opened by open_sqlite, at most
 
 
@@ -125,7 +127,9 @@ class SqliteWriter:
         self._queue: list[_Queued] = []
         self._writing: asyncio.Task[None] | None = None  # the task writing the queue, if any
         # With both: each batch's BatchWritten and its works' (succeeded, note) go to
-        # on_batch on the event loop, before any of the batch's callers resumes.
+        # on_batch on the writer's thread right after the batch (so readers on the
+        # event loop see its rows' new state at once; on_batch locks what it shares
+        # with them), and before any of the batch's callers resumes.
         self._wal = wal if on_batch is not None else None
         self._on_batch = on_batch
         # From handing a batch to the thread until on_batch has seen it: a commit the
@@ -154,11 +158,13 @@ class SqliteWriter:
                 # thread; we hand it the whole batch instead (private API, pinned in
                 # pyproject).
                 works = [w for w, _, _ in batch]
+                notes = [note for _, _, note in batch]
                 self.in_flight = True
                 try:
-                    outcomes, written = await asyncio.shield(
+                    outcomes = await asyncio.shield(
                         self.conn._execute(  # type: ignore[no-untyped-call]
-                            _run_batch, self.conn._conn, works, self._wal
+                            _run_batch, self.conn._conn, works, self._wal,
+                            self._on_batch, notes,
                         )
                     )
                 except BaseException as exc:  # the thread itself failed, or we are cancelled
@@ -171,20 +177,13 @@ class SqliteWriter:
                                                  RuntimeError("the store is closing"))
                     raise
                 self.in_flight = False
-                try:
-                    if self._on_batch is not None and written is not None:
-                        self._on_batch(written, [
-                            (ok, note)
-                            for (ok, _), (_, _, note) in zip(outcomes, batch, strict=True)
-                        ])
-                finally:  # whatever on_batch did, the batch's callers get their outcomes
-                    for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
-                        if future.done():
-                            continue
-                        if ok:
-                            future.set_result(value)
-                        else:
-                            future.set_exception(value)
+                for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
         finally:
             self._writing = None
 
@@ -210,24 +209,31 @@ def _run_batch(
     raw: sqlite3.Connection,
     works: list[Callable[[sqlite3.Connection], object]],
     wal: WalIndexHeader | None,
-) -> tuple[list[tuple[bool, object]], BatchWritten | None]:
-    if wal is None:
-        return _run_transactions(raw, works), None
+    on_batch: Callable[[BatchWritten, Sequence[tuple[bool, object]]], None] | None,
+    notes: list[object],
+) -> list[tuple[bool, object]]:
+    if wal is None or on_batch is None:
+        return _run_transactions(raw, works)
     # data_version changes when another connection commits (never for this one's
     # own commits). Read before the first look and after the last, it covers the
     # whole span between the two looks.
     try:
         seen = raw.execute("PRAGMA data_version").fetchone()[0]
-    except sqlite3.Error:  # no proof: the reader's next look sees a moved header, drops all
-        return _run_transactions(raw, works), None
+    except sqlite3.Error:
+        seen = None  # no proof: not alone
     before = wal.look()
     outcomes = _run_transactions(raw, works)
     after = wal.look()
     try:
-        alone = raw.execute("PRAGMA data_version").fetchone()[0] == seen
+        alone = seen is not None and raw.execute("PRAGMA data_version").fetchone()[0] == seen
     except sqlite3.Error:
         alone = False
-    return outcomes, BatchWritten(before, after, alone)
+    try:
+        on_batch(BatchWritten(before, after, alone),
+                 [(ok, note) for (ok, _), note in zip(outcomes, notes, strict=True)])
+    except Exception:  # a bug: on_batch drops what it shares before it raises
+        _log.exception("on_batch failed; the batch is committed all the same")
+    return outcomes
 
 
 def _run_transactions(

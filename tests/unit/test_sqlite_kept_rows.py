@@ -145,3 +145,43 @@ async def test_a_commit_by_another_connection_during_own_batch_ends_the_kept_row
     await _commit(mine, lambda u: u.replace("things", {**a, "n": 2}))
     assert mine._writer._wal.injected
     assert (await mine.get("things", "b"))["n"] == 9
+
+
+async def test_a_row_read_while_a_batch_lands_is_not_kept(pair, tmp_path):
+    """A get reads a row; before it can keep it, a batch of this store's commits a
+    change to that row and moves the kept rows on to its header (on the writer's
+    thread). The row read first must not be kept under the new header."""
+    from services.runtime.storage import BatchWritten
+
+    mine, _ = pair
+    await _commit(mine, lambda u: u.insert("things", {"_id": "a", "n": 1}))
+    await mine.get("things", "b")  # the kept rows are valid under the current header
+    point = mine._point
+
+    class BatchLandsDuringTheRead:
+        def execute(self, sql, params):
+            cur = point.execute(sql, params)
+            row = cur.fetchone()  # the row as it was
+            before = mine._wal.look()
+            with sqlite3.connect(tmp_path / "k.db", isolation_level=None) as other:
+                other.execute("""UPDATE "things" SET "_v" = 2, "n" = 2,"""
+                              """ "_doc" = '{"_id":"a","n":2}' WHERE "_id" = 'a'""")
+            mine._after_batch(BatchWritten(before, mine._wal.look(), alone=True),
+                              [(True, [(("things", "a"), (2, b'{"_id":"a","n":2}'))])])
+            return _Rows(row)
+
+        def close(self):
+            point.close()
+
+    mine._point = BatchLandsDuringTheRead()
+    assert (await mine.get("things", "a"))["n"] == 1  # read before the batch landed
+    mine._point = point
+    assert (await mine.get("things", "a"))["n"] == 2
+
+
+class _Rows:
+    def __init__(self, row):
+        self.row = row
+
+    def fetchone(self):
+        return self.row
