@@ -82,7 +82,11 @@ _SEQUENCE_NEXT = (
 )
 
 
-_KEPT_ROWS = 20_000  # rows kept for get (cleared when full): ~20 MB of member documents
+# Rows kept for get, at most (all dropped when either bound is reached); a row larger
+# than _KEPT_ROW_BYTES (a big blob) is read each time rather than kept.
+_KEPT_ROWS = 20_000
+_KEPT_BYTES = 32 * 1024 * 1024
+_KEPT_ROW_BYTES = 512 * 1024
 _PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
 _PLAIN = (str, int, float, bool)
 
@@ -142,6 +146,7 @@ class SqliteDocumentStore(DocumentStore):
         self._wal = wal
         self._kept: dict[tuple[str, Key], Any] = {}
         self._kept_under = b""
+        self._kept_bytes = 0
         # _after_batch runs on the writer's thread: it and the event loop's readers
         # change the kept rows and their header under this lock.
         self._kept_lock = threading.Lock()
@@ -207,7 +212,7 @@ class SqliteDocumentStore(DocumentStore):
             if under == self._kept_under:
                 row = kept.get(ref, UNKEPT)
             elif not self._writer.in_flight:
-                kept.clear()
+                self._drop_kept()
                 self._kept_under = under
             # else: maybe this store's batch committed and has not updated its rows yet
             # (_after_batch will, or will drop them all): read past them, keep nothing.
@@ -217,10 +222,23 @@ class SqliteDocumentStore(DocumentStore):
                 # Kept only if no batch moved the rows on since the look above (the
                 # row read may predate that batch's commit).
                 if self._kept_under == under:
-                    if len(kept) >= _KEPT_ROWS:
-                        kept.clear()
-                    kept[ref] = row
+                    self._keep(ref, row)
         return row
+
+    def _keep(self, ref: tuple[str, Key], row: Any) -> None:
+        """Keeps `row` (under the kept rows' lock), within the bounds above."""
+        size = 64 if row is None else len(row[1]) + (len(row[2] or b"") if len(row) > 2 else 0)
+        if size > _KEPT_ROW_BYTES:
+            self._kept.pop(ref, None)
+            return
+        if len(self._kept) >= _KEPT_ROWS or self._kept_bytes + size > _KEPT_BYTES:
+            self._drop_kept()
+        self._kept[ref] = row
+        self._kept_bytes += size  # a replaced row's bytes stay counted until the next drop
+
+    def _drop_kept(self) -> None:
+        self._kept.clear()
+        self._kept_bytes = 0
 
     def _after_batch(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
         """On the writer's thread right after a batch of this store's writes (or on
@@ -245,13 +263,13 @@ class SqliteDocumentStore(DocumentStore):
                             if row is UNKEPT:
                                 del kept[ref]
                             else:
-                                kept[ref] = row
+                                self._keep(ref, row)
                 self._kept_under = batch.after
             elif self._kept_under != batch.after:
-                kept.clear()
+                self._drop_kept()
                 self._kept_under = b""
         except BaseException:  # a bug here must not leave a stale row answering
-            kept.clear()
+            self._drop_kept()
             self._kept_under = b""
             raise
 

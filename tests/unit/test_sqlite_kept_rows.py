@@ -185,3 +185,25 @@ class _Rows:
 
     def fetchone(self):
         return self.row
+
+
+async def test_the_kept_rows_are_bounded_in_bytes_and_skip_big_blobs(pair, monkeypatch):
+    """A tagging history row or bitmap can be large: a row over the per-row bound is
+    read every time, and the rows kept together stay within the byte bound."""
+    from services.runtime import documents_sqlite
+
+    mine, _ = pair
+    big = b"x" * (documents_sqlite._KEPT_ROW_BYTES + 1)
+    await _commit(mine, lambda u: u.insert("bits", {"_id": "big", "b": big}))
+    queries = mine._point.queries
+    for _ in range(3):
+        assert (await mine.get("bits", "big"))["b"] == big
+    assert mine._point.queries == queries + 3  # never kept
+    monkeypatch.setattr(documents_sqlite, "_KEPT_BYTES", 3000)
+    for i in range(10):
+        await _commit(mine, lambda u, i=i: u.insert("bits", {"_id": f"r{i}", "b": b"y" * 500}))
+    for i in range(10):
+        await mine.get("bits", f"r{i}")
+    assert mine._kept_bytes <= 3000 and 0 < len(mine._kept) < 10
+    for i in range(10):  # whatever was dropped is read again, right
+        assert (await mine.get("bits", f"r{i}"))["b"] == b"y" * 500
