@@ -28,6 +28,7 @@ required.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -340,31 +341,39 @@ class ServiceHost(Generic[S]):
 
     # -- stop --
     async def stop(self, grace: float = 5.0) -> None:
-        log.info("service stopping", service=self.spec.name, grace=grace)
-        if self.health is not None:
-            self.health.stopping = True
-            await self.health.publish()
-        if self.server is not None:
-            await self.server.stop(grace)
-        for phase in ("work", "relay", "watch"):
-            self._stops[phase].set()
-            wait = grace if phase == "work" else max(min(grace, 5.0), 1.0)
-            await asyncio.gather(*(t.join(wait) for t in self._tasks[phase]))
-        if self.service is not None:
-            for close in self.service.closers:
-                try:
-                    await close()
-                except Exception:
-                    log.exception("closing failed", service=self.spec.name)
-        await self._close_resources()
+        try:
+            log.info("service stopping", service=self.spec.name, grace=grace)
+            if self.health is not None:
+                self.health.stopping = True
+                await self.health.publish()
+            if self.server is not None:
+                await self.server.stop(grace)
+            for phase in ("work", "relay", "watch"):
+                self._stops[phase].set()
+                wait = grace if phase == "work" else max(min(grace, 5.0), 1.0)
+                await asyncio.gather(*(t.join(wait) for t in self._tasks[phase]))
+            if self.service is not None:
+                for close in self.service.closers:
+                    try:
+                        await close()
+                    except Exception:
+                        log.exception("closing failed", service=self.spec.name)
+        finally:
+            # Whatever failed above (a log line to a closed stdout, say): an unclosed
+            # store keeps its connections' threads, and they keep the process alive.
+            await self._close_resources()
         log.info("service stopped", service=self.spec.name)
 
     async def _close_resources(self) -> None:
-        await self.channels.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-        for store in reversed(self._stores):
-            await store.close()
+        """Each resource closed even when closing another fails."""
+        for close in (self.channels.close,
+                      *((self.redis.aclose,) if self.redis is not None else ()),
+                      *(store.close for store in reversed(self._stores))):
+            try:
+                await close()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    log.exception("closing failed", service=self.spec.name)
         self._stores.clear()
 
 

@@ -384,3 +384,26 @@ async def test_a_store_that_does_not_answer_makes_the_service_not_serving(
     assert await ex.status("liveness") == SERVING
     monkeypatch.undo()
     await eventually(ex.status, lambda s: s == SERVING)
+
+
+async def test_a_stop_that_fails_midway_still_closes_the_stores(
+    start, clock: ManualClock, monkeypatch
+):
+    """A step of the stop raising (here the health publish; in the wild a log line to a
+    closed stdout) must still close the stores: their SQLite threads would otherwise
+    keep the process alive after its main has returned."""
+    ex = await start(clock)
+    stores = list(ex.host._stores)
+    assert stores
+
+    async def broken() -> None:
+        raise BrokenPipeError("stdout is gone")
+
+    monkeypatch.setattr(ex.host.health, "publish", broken)
+    with pytest.raises(BrokenPipeError):
+        await ex.host.stop(0)
+    assert not ex.host._stores
+    for store in stores:  # closed: no thread of its connections is left running
+        inner = getattr(store, "inner", store)
+        assert not inner._writer.conn._thread.is_alive()
+        assert not inner._r._thread.is_alive()
