@@ -324,12 +324,7 @@ class MemberServicer(LedgersApi, member_pb2_grpc.MemberServiceServicer):
         return convert.order_pb(order)
 
     async def ListOrders(self, request: pb.ListOrdersRequest, context) -> pb.ListOrdersResponse:
-        orders, token = await self._member_page(
-            request,
-            "b",
-            lambda mid, after, n: self.app.list_orders(mid, after or "", n),
-            lambda o: o.id,
-        )
+        orders, token = await self._member_page_by_id(request, self.app.list_orders)
         return pb.ListOrdersResponse(
             orders=[convert.order_pb(o) for o in orders], next_page_token=token
         )

@@ -40,6 +40,13 @@ class LedgersApi:
         items = await fetch(request.member_id, page.get(key, None), page.fetch)
         return page.finish(items, lambda item: {key: cursor_of(item)})
 
+    async def _member_page_by_id(self, request, fetch) -> tuple[list, str]:
+        """_member_page for the lists ordered by item id (newest first), whose fetch
+        takes (member_id, after_id or "", limit)."""
+        return await self._member_page(
+            request, "b", lambda mid, after, n: fetch(mid, after or "", n), lambda item: item.id
+        )
+
     # -- points --
     async def RedeemPoints(self, request: pb.RedeemPointsRequest, context) -> pb.PointsEntry:
         v = Violations(DOMAIN)
@@ -76,12 +83,7 @@ class LedgersApi:
     async def ListPointsEntries(
         self, request: pb.ListPointsEntriesRequest, context
     ) -> pb.ListPointsEntriesResponse:
-        entries, token = await self._member_page(
-            request,
-            "b",
-            lambda mid, after, n: self.app.list_points_entries(mid, after or "", n),
-            lambda e: e.id,
-        )
+        entries, token = await self._member_page_by_id(request, self.app.list_points_entries)
         return pb.ListPointsEntriesResponse(
             entries=[convert.points_entry_pb(e) for e in entries], next_page_token=token
         )
@@ -181,12 +183,7 @@ class LedgersApi:
     async def ListStoredValueEntries(
         self, request: pb.ListStoredValueEntriesRequest, context
     ) -> pb.ListStoredValueEntriesResponse:
-        entries, token = await self._member_page(
-            request,
-            "b",
-            lambda mid, after, n: self.app.list_stored_value_entries(mid, after or "", n),
-            lambda e: e.id,
-        )
+        entries, token = await self._member_page_by_id(request, self.app.list_stored_value_entries)
         return pb.ListStoredValueEntriesResponse(
             entries=[convert.sv_entry_pb(e) for e in entries], next_page_token=token
         )
