@@ -78,7 +78,7 @@ class RequestContext:
             name = f"{scope['method']} {getattr(route, 'path', 'unmatched')}"
             elapsed = time.perf_counter() - start
             HTTP_METRICS.record(name, str(status), elapsed)
-            log_rpc(name, str(status), round(elapsed * 1000, 3))
+            log_rpc(name, str(status), elapsed)
 
     async def _bounded_body(self, length: bytes | None, receive: Any) -> Any:
         """A `receive` replaying the whole body (read here, at most max_body_bytes),

@@ -3,12 +3,14 @@
 relay on REDIS_URL, flush loop, interceptors, auth, one log line per RPC), settings
 from POND_* / REDIS_URL in the environment. Writes its port to F once serving and
 stops on SIGTERM, like bench.server's processes (whose helpers it uses; --profile
-DIR profiles the event loop between SIGUSR1 and SIGUSR2 as there)."""
+DIR profiles the event loop between SIGUSR1 and SIGUSR2 as there; --patch FILE runs
+FILE first, a what-if measured without editing services/)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import runpy
 import sys
 
 from bench.server import _Profiler, _until_terminated, _write_port
@@ -68,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--profile", metavar="DIR", help="enable SIGUSR1/SIGUSR2 profiling")
     parser.add_argument("--compact-payloads", action="store_true", help="what-if, see above")
+    parser.add_argument("--patch", metavar="FILE", help="run FILE first (what-if)")
     args = parser.parse_args(argv)
+    if args.patch:
+        runpy.run_path(args.patch, run_name="bench_patch")
     if args.compact_payloads:
         compact_payloads()
     run(serve(args.port_file, _Profiler(args.profile) if args.profile else None))

@@ -346,7 +346,9 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     async def CheckMembership(
         self, request: pb.CheckMembershipRequest, context
     ) -> pb.CheckMembershipResponse:
-        member_id, seg_ids = request.member_id, request.segment_ids
+        # A slice copies the repeated field in one C call; iterating it (three times
+        # below) ends each pass with an IndexError raised and caught inside protobuf.
+        member_id, seg_ids = request.member_id, request.segment_ids[:]
         # One cheap test on the hot path; the violations are worked out only on failure.
         fits = 0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100
         if not (fits and ids_fit(seg_ids)):

@@ -366,7 +366,7 @@ def test_rpc_lines_are_json_with_the_call_fields(capsys, restore_logging) -> Non
     configure_logging("info", "json")
     token = request_id_var.set("req-1")
     try:
-        log_rpc("/pond.member.v1.MemberService/GetMember", "NOT_FOUND", 0.42)
+        log_rpc("/pond.member.v1.MemberService/GetMember", "NOT_FOUND", 0.00042)
     finally:
         request_id_var.reset(token)
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -381,7 +381,7 @@ def test_rpc_lines_are_written_in_batches_from_the_event_loop() -> None:
 
     async def serve() -> tuple[bytes, bytes]:
         for i in range(3):
-            rpc_log.add("/s/M", "OK", float(i))
+            rpc_log.add("/s/M", "OK", i / 1000)
         held = stream.getvalue()  # nothing written while the calls are served
 
         async def written() -> bytes:
@@ -394,16 +394,16 @@ def test_rpc_lines_are_written_in_batches_from_the_event_loop() -> None:
     lines = [json.loads(x) for x in written.splitlines()]
     assert [x["ms"] for x in lines] == [0.0, 1.0, 2.0]
     # Outside an event loop (start-up, scripts) a line is written at once.
-    rpc_log.add("/s/M", "OK", 9.0)
+    rpc_log.add("/s/M", "OK", 0.009)
     assert json.loads(stream.getvalue().splitlines()[-1])["ms"] == 9.0
 
 
 def test_rpc_lines_follow_the_log_level_and_format(capsys, restore_logging) -> None:
     configure_logging("warning", "json")
-    log_rpc("/s/M", "OK", 1.0)
+    log_rpc("/s/M", "OK", 0.001)
     assert capsys.readouterr().out == ""
     configure_logging("info", "console")
-    log_rpc("/s/M", "OK", 1.0)
+    log_rpc("/s/M", "OK", 0.001)
     out = capsys.readouterr().out
     assert "rpc" in out and "/s/M" in out and not out.startswith("{")
 
@@ -667,3 +667,45 @@ def test_handlers_are_wrapped_once_and_unchecked_streams_refused() -> None:
     assert interceptor.wrap(reflection, stream) is stream
     with pytest.raises(RuntimeError, match="streaming requests"):
         interceptor.wrap("/pond.x.v1.X/Upload", grpc.stream_unary_rpc_method_handler(unary))
+
+
+def test_rpc_line_durations_are_milliseconds_to_the_microsecond() -> None:
+    from services.runtime.logs import _ms
+
+    assert [_ms(s) for s in (0.0, 0.00042, 0.0123456, 1.5, 0.0000004, 0.0000006)] == [
+        "0.000", "0.420", "12.346", "1500.000", "0.000", "0.001"]
+
+
+def test_generated_handler_tables_are_wrapped_once_and_other_handlers_per_lookup() -> None:
+    from services.runtime.interceptors import ServiceInterceptor, _InterceptedGenericHandler
+
+    async def behavior(request, context):
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    verifier = TokenVerifier("s" * 40, audience="svc")
+    interceptor = ServiceInterceptor(Authorizer(verifier, {"/svc/M": frozenset({Role.SERVICE})}))
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    # The generated code's table: wrapped at registration, one lookup per call.
+    table = _InterceptedGenericHandler(
+        grpc.method_handlers_generic_handler("svc", {"M": handler}), interceptor)
+    wrapped = table.service(Details("/svc/M"))
+    assert wrapped is not None and wrapped.unary_unary is not behavior
+    assert wrapped.request_deserializer is None  # raw bytes: decoded after the auth check
+    assert table.service(Details("/svc/M")) is wrapped
+    assert table.service(Details("/svc/Other")) is None
+
+    # Any other generic handler is asked on every call, its answers wrapped.
+    class Custom(grpc.GenericRpcHandler):
+        def service(self, details):
+            return handler if details.method == "/svc/M" else None
+
+    custom = _InterceptedGenericHandler(Custom(), interceptor)
+    first = custom.service(Details("/svc/M"))
+    assert first is not None and first.unary_unary is not behavior
+    assert custom.service(Details("/svc/M")) is first
+    assert custom.service(Details("/svc/Other")) is None
