@@ -19,7 +19,6 @@ The file is created owner-only (0600, storage.create_private_file).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -52,15 +51,14 @@ from services.runtime.documents_query import (
     parse_order,
     parse_where,
 )
+from services.runtime.documents_sqlite_kept import KeptRows
 from services.runtime.documents_sqlite_tables import (
-    UNKEPT,
     Table,
     create_tables,
     q,
     where_sql,
 )
 from services.runtime.storage import (
-    BatchWritten,
     SqliteWriter,
     WalIndexHeader,
     open_point_reader,
@@ -82,11 +80,6 @@ _SEQUENCE_NEXT = (
 )
 
 
-# Rows kept for get, at most (all dropped when either bound is reached); a row larger
-# than _KEPT_ROW_BYTES (a big blob) is read each time rather than kept.
-_KEPT_ROWS = 20_000
-_KEPT_BYTES = 32 * 1024 * 1024
-_KEPT_ROW_BYTES = 512 * 1024
 _PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
 _PLAIN = (str, int, float, bool)
 
@@ -135,21 +128,14 @@ class SqliteDocumentStore(DocumentStore):
     ) -> None:
         self.schema = schema
         self._tables = tables
-        self._writer = SqliteWriter(writer, wal, self._after_batch)
+        # Rows get has read, kept while nothing but this store's own writes (which
+        # update them) has been committed since (documents_sqlite_kept).
+        self._kept = KeptRows(wal) if wal is not None else None
+        self._writer = SqliteWriter(writer, wal, self._kept.after_batch if self._kept else None)
         self._r = reader
         self._point = point
         self._sequences = frozenset(schema.sequences)
         self._plans: dict[tuple[Any, ...], _FindPlan] = {}
-        # Rows get has read, kept while the database's wal-index header is the one
-        # they were read under (no commit since, by this process or another) or moved
-        # on by this store's own writes alone, which update them (_after_batch).
-        self._wal = wal
-        self._kept: dict[tuple[str, Key], Any] = {}
-        self._kept_under = b""
-        self._kept_bytes = 0
-        # _after_batch runs on the writer's thread: it and the event loop's readers
-        # change the kept rows and their header under this lock.
-        self._kept_lock = threading.Lock()
 
     @classmethod
     async def open(cls, schema: Schema, path: str | Path) -> SqliteDocumentStore:
@@ -176,9 +162,9 @@ class SqliteDocumentStore(DocumentStore):
         return cls(schema, tables, writer, reader, point, wal)
 
     async def close(self) -> None:
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
         self._point.close()
         await self._r.close()
         await self._writer.close()
@@ -186,8 +172,11 @@ class SqliteDocumentStore(DocumentStore):
     # -- reads --
     async def get(self, collection: str, key: Key) -> Doc | None:
         t = self._tables[collection]
-        row = self._kept_row(t, key) if self._wal is not None else (
-            self._point.execute(t.get_sql, (key,)).fetchone()
+        kept = self._kept
+        row = (
+            kept.row(self._point, t, key, self._writer)
+            if kept is not None
+            else self._point.execute(t.get_sql, (key,)).fetchone()
         )
         if row is None:
             return None
@@ -196,82 +185,6 @@ class SqliteDocumentStore(DocumentStore):
         if t.blob is not None and row[2] is not None:
             doc[t.blob] = row[2]
         return doc
-
-    def _kept_row(self, t: Table, key: Key) -> Any:
-        """The row (or None) as stored now, from the rows kept if nothing was committed
-        since they were read. A read on the event loop releases the GIL and waits to
-        take it back; this way, a busy read-mostly service (GetMember) mostly doesn't.
-        The header is looked at before the row is read, so a row is never kept under
-        a header older than itself. A commit by anyone else clears them all; while a
-        batch of this store's is being written, a moved header is read past."""
-        assert self._wal is not None
-        kept, ref = self._kept, (t.name, key)
-        with self._kept_lock:
-            under = self._wal.look()
-            row = UNKEPT
-            if under == self._kept_under:
-                row = kept.get(ref, UNKEPT)
-            elif not self._writer.in_flight:
-                self._drop_kept()
-                self._kept_under = under
-            # else: maybe this store's batch committed and has not updated its rows yet
-            # (_after_batch will, or will drop them all): read past them, keep nothing.
-        if row is UNKEPT:
-            row = self._point.execute(t.get_sql, (key,)).fetchone()
-            with self._kept_lock:
-                # Kept only if no batch moved the rows on since the look above (the
-                # row read may predate that batch's commit).
-                if self._kept_under == under:
-                    self._keep(ref, row)
-        return row
-
-    def _keep(self, ref: tuple[str, Key], row: Any) -> None:
-        """Keeps `row` (under the kept rows' lock), within the bounds above."""
-        size = 64 if row is None else len(row[1]) + (len(row[2] or b"") if len(row) > 2 else 0)
-        if size > _KEPT_ROW_BYTES:
-            self._kept.pop(ref, None)
-            return
-        if len(self._kept) >= _KEPT_ROWS or self._kept_bytes + size > _KEPT_BYTES:
-            self._drop_kept()
-        self._kept[ref] = row
-        self._kept_bytes += size  # a replaced row's bytes stay counted until the next drop
-
-    def _drop_kept(self) -> None:
-        self._kept.clear()
-        self._kept_bytes = 0
-
-    def _after_batch(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
-        """On the writer's thread right after a batch of this store's writes (or on
-        the event loop when the batch failed as a whole), before any of their callers
-        resumes: if nothing but the batch moved the header on from the one the kept
-        rows were read under, the rows it wrote are updated (a kept one changed, a
-        failed work's left as they are) and the rest stay valid under the new header.
-        Otherwise they are all dropped, unless they were all read after the batch
-        already (the header then is the batch's `after`)."""
-        with self._kept_lock:
-            self._update_kept(batch, works)
-
-    def _update_kept(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
-        kept = self._kept
-        try:
-            if batch.alone and batch.before == self._kept_under:
-                for ok, written in works:
-                    if not ok or not written:
-                        continue
-                    for ref, row in written:
-                        if ref in kept:  # only rows someone reads: inserts don't crowd them
-                            if row is UNKEPT:
-                                del kept[ref]
-                            else:
-                                self._keep(ref, row)
-                self._kept_under = batch.after
-            elif self._kept_under != batch.after:
-                self._drop_kept()
-                self._kept_under = b""
-        except BaseException:  # a bug here must not leave a stale row answering
-            self._drop_kept()
-            self._kept_under = b""
-            raise
 
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         t = self._tables[collection]
@@ -439,7 +352,7 @@ class SqliteDocumentStore(DocumentStore):
     ) -> list[Any]:
         """The whole unit of work, on the writer's thread, in its transaction; returns
         each op's new version(s). `written` gets each document's row as get reads it
-        (None when deleted), for the rows kept for get (see _after_batch)."""
+        (None when deleted), for the rows kept for get (see documents_sqlite_kept)."""
         written.clear()  # a batch that failed runs again, each work in a savepoint
         versions: list[Any] = []
         for op, collection, arg in uow.ops:

@@ -1,4 +1,4 @@
-"""The SQLite engine's rows kept for get (documents_sqlite._kept_row, _after_batch):
+"""The SQLite engine's rows kept for get (documents_sqlite_kept.KeptRows):
 a get answers from them only while no one else has committed; this store's own
 writes update them. Every answer is checked against the file itself."""
 
@@ -125,7 +125,7 @@ async def test_a_commit_by_another_connection_during_own_batch_ends_the_kept_row
                                    u.insert("things", {"_id": "b", "n": 1})))
     a = await mine.get("things", "a")
     assert (await mine.get("things", "b"))["n"] == 1  # kept
-    real = mine._wal
+    real = mine._kept.wal
     loop_thread = threading.current_thread()
 
     class Interloper:
@@ -162,11 +162,11 @@ async def test_a_row_read_while_a_batch_lands_is_not_kept(pair, tmp_path):
         def execute(self, sql, params):
             cur = point.execute(sql, params)
             row = cur.fetchone()  # the row as it was
-            before = mine._wal.look()
+            before = mine._kept.wal.look()
             with sqlite3.connect(tmp_path / "k.db", isolation_level=None) as other:
                 other.execute("""UPDATE "things" SET "_v" = 2, "n" = 2,"""
                               """ "_doc" = '{"_id":"a","n":2}' WHERE "_id" = 'a'""")
-            mine._after_batch(BatchWritten(before, mine._wal.look(), alone=True),
+            mine._kept.after_batch(BatchWritten(before, mine._kept.wal.look(), alone=True),
                               [(True, [(("things", "a"), (2, b'{"_id":"a","n":2}'))])])
             return _Rows(row)
 
@@ -190,20 +190,20 @@ class _Rows:
 async def test_the_kept_rows_are_bounded_in_bytes_and_skip_big_blobs(pair, monkeypatch):
     """A tagging history row or bitmap can be large: a row over the per-row bound is
     read every time, and the rows kept together stay within the byte bound."""
-    from services.runtime import documents_sqlite
+    from services.runtime import documents_sqlite_kept
 
     mine, _ = pair
-    big = b"x" * (documents_sqlite._KEPT_ROW_BYTES + 1)
+    big = b"x" * (documents_sqlite_kept.KEPT_ROW_BYTES + 1)
     await _commit(mine, lambda u: u.insert("bits", {"_id": "big", "b": big}))
     queries = mine._point.queries
     for _ in range(3):
         assert (await mine.get("bits", "big"))["b"] == big
     assert mine._point.queries == queries + 3  # never kept
-    monkeypatch.setattr(documents_sqlite, "_KEPT_BYTES", 3000)
+    monkeypatch.setattr(documents_sqlite_kept, "KEPT_BYTES", 3000)
     for i in range(10):
         await _commit(mine, lambda u, i=i: u.insert("bits", {"_id": f"r{i}", "b": b"y" * 500}))
     for i in range(10):
         await mine.get("bits", f"r{i}")
-    assert mine._kept_bytes <= 3000 and 0 < len(mine._kept) < 10
+    assert mine._kept.bytes <= 3000 and 0 < len(mine._kept.rows) < 10
     for i in range(10):  # whatever was dropped is read again, right
         assert (await mine.get("bits", f"r{i}"))["b"] == b"y" * 500
