@@ -6,7 +6,9 @@ move (calls/s and CPU time there vary by 10% or more from one process to the nex
 Each server runs under `valgrind --tool=callgrind --instr-atstart=no` (its threads
 included; the kernel's share of a call is not counted), gets 300 untimed calls, then
 the instrumentation is switched on (`callgrind_control -i on`) for N calls, 16 at a
-time, and off again. Servers: echo with CheckMembership's answer size, the tagging
+time, and off again. Servers: echo answering a Member and the member service with
+500 members registered first (GetMember; RecordOrder of 1-3 items), echo with
+CheckMembership's answer size, the tagging
 service on a 10,000-member brand (CheckMembership, three segments, a service token),
 echo with the community bench's answer, and the community service with 100 groups
 (RouteMember of new members over the bench's 25 pools; CheckIn of new members).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import random
 import secrets
@@ -42,10 +45,12 @@ import grpc
 from pond.community.v1 import community_pb2 as cpb
 from pond.community.v1 import community_pb2_grpc
 from pond.member.v1 import member_pb2 as mpb
+from pond.member.v1 import member_pb2_grpc
 from pond.tagging.v1 import tagging_pb2 as tpb
 from pond.tagging.v1 import tagging_pb2_grpc
 
 from bench import community as bench_community
+from bench import workload
 from bench.runner import CHANNEL_OPTIONS, ROOT, _server_env
 from bench.server import ECHO_METHOD
 from services.runtime.auth import Role, mint_token
@@ -53,6 +58,7 @@ from services.runtime.clients import call_metadata
 from services.runtime.redis_conn import EmbeddedValkey
 
 TAGGING_MEMBERS = 10_000
+MEMBERS = 500  # registered in the member service before its calls are counted
 WARM_CALLS = 300
 CONCURRENCY = 16
 RESULTS = ROOT / "bench" / "results" / "callgrind.json"
@@ -130,6 +136,7 @@ async def _measure(workdir: Path, calls: int, say) -> list[dict]:
     from services.tagging.store import SQLITE_FILE
 
     secret = secrets.token_urlsafe(32)
+    phone_key = base64.b64encode(secrets.token_bytes(32)).decode()
     valkey = EmbeddedValkey(workdir / "valkey").start()
     rows: list[dict] = []
     try:
@@ -151,7 +158,7 @@ async def _measure(workdir: Path, calls: int, say) -> list[dict]:
 
         def env(data: str, db: int) -> dict[str, str]:
             url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
-            return _server_env(workdir / data, url, secret, "", "info", {
+            return _server_env(workdir / data, url, secret, phone_key, "info", {
                 "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
                 "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",
                 "POND_COMMUNITY_CALLBACK_PORT": "0", "POND_OUTBOX_POLL_SECONDS": "1.0"})
@@ -171,8 +178,29 @@ async def _measure(workdir: Path, calls: int, say) -> list[dict]:
         def echo_request() -> mpb.GetMemberRequest:
             return mpb.GetMemberRequest(member_id=f"m{tag}{next(numbers):08d}")
 
+        member_ids: list[str] = []
+
+        async def register(channel: grpc.aio.Channel) -> None:
+            stub = member_pb2_grpc.MemberServiceStub(channel)
+            for i in range(MEMBERS):
+                reply = await stub.RegisterMember(workload.register_request(i, rng),
+                                                  metadata=operator_md, timeout=120)
+                member_ids.append(reply.member.id)
+
+        def get_member() -> mpb.GetMemberRequest:
+            return mpb.GetMemberRequest(member_id=rng.choice(member_ids))
+
+        orders = workload.record_order_requests(member_ids, rng, tag)
+        (workdir / "echo-member.bin").write_bytes(workload.echo_member(mpb.Member(
+            id="m" * 26, store_id="store-001", guide_id="guide-0001", tier_level=1,
+            tier_name="Silver")).SerializeToString())
         echo = ["-m", "bench.server", "echo", "--response-file"]
         plans = [
+            ("echo (a Member)", [*echo, str(workdir / "echo-member.bin")], env("member", 3),
+             [("echo", echo_request, operator_md, None)]),
+            ("member", ["-m", "bench.server", "member"], env("member", 3),
+             [("GetMember", get_member, operator_md, member_pb2_grpc.MemberServiceStub),
+              ("RecordOrder", orders, operator_md, member_pb2_grpc.MemberServiceStub)]),
             # label, server args, env, [(method, make request, metadata, stub maker)]
             ("echo (CheckMembership's answer)", [*echo, str(workdir / "echo-tagging.bin")],
              env("tagging", 1), [("echo", check, service_md, None)]),
@@ -189,6 +217,8 @@ async def _measure(workdir: Path, calls: int, say) -> list[dict]:
             try:
                 channel = grpc.aio.insecure_channel(
                     f"127.0.0.1:{await server.port()}", options=CHANNEL_OPTIONS)
+                if label == "member":
+                    await register(channel)  # not counted
                 for method, make, md, stub in methods:
                     if stub is None:
                         rpc = channel.unary_unary(
