@@ -65,3 +65,26 @@ async def test_attempts_on_one_key_take_turns():
 
     await asyncio.gather(*(retrying.run("pool", attempt) for _ in range(20)))
     assert most == 1
+
+
+async def test_a_lost_race_gives_the_turn_up_for_its_pause():
+    """An attempt that lost to another process waits out its pause outside the turn:
+    the attempts queued behind it go meanwhile, and it goes again after them."""
+    retrying = Retrying(Exhausted)
+    order: list[str] = []
+    lost_once = False
+
+    async def loses_once() -> None:
+        nonlocal lost_once
+        order.append("first")
+        if not lost_once:
+            lost_once = True
+            await asyncio.sleep(0)  # the others queue up on the key meanwhile
+            raise Conflict("groups", "g1")
+
+    async def queued(name: str) -> None:
+        order.append(name)
+
+    await asyncio.gather(retrying.run("pool", loses_once),
+                         *(retrying.run("pool", lambda n=n: queued(n)) for n in ("a", "b")))
+    assert order == ["first", "a", "b", "first"]
