@@ -69,14 +69,21 @@ class WalIndexHeader:
 
     The wal-index header (the first 48 bytes of the `-shm` file, which every
     connection to the database maps; https://sqlite.org/walformat.html) is rewritten
-    by each commit (its change counter, frame count and checksums) before the commit
-    can be seen, so equal bytes at two looks mean nothing was committed in between.
+    by each commit before the commit can be seen. A look reads what in it names the
+    committed content: the last valid frame (mxFrame), the database's size in pages,
+    the checksum of the last frame and the WAL's salts (bytes 16 to 40). Every commit
+    appends a frame (or restarts the WAL with new salts), so equal looks mean nothing
+    was committed in between. The change counter and the header's own checksum are
+    left out: SQLite rewrites them without any commit, e.g. when another process
+    opens the file and reads (a tool, a backup, `sqlite3` in a shell), which dropped
+    every row kept for get.
     A query would answer the same (PRAGMA data_version), but every query releases the
     GIL, and on a busy event loop getting it back cost more than the read itself.
     Mapped read-only; SQLite never shrinks the file while a connection of this
     process has the database open (its owner, the store, closes this first)."""
 
     SIZE = 48
+    CONTENT = slice(16, 40)  # mxFrame, nPage, aFrameCksum[2], aSalt[2]
 
     def __init__(self, view: mmap.mmap) -> None:
         self._view = view
@@ -96,7 +103,7 @@ class WalIndexHeader:
             os.close(fd)
 
     def look(self) -> bytes:
-        return self._view[: self.SIZE]
+        return self._view[self.CONTENT]
 
     def close(self) -> None:
         self._view.close()

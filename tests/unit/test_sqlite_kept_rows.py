@@ -207,3 +207,30 @@ async def test_the_kept_rows_are_bounded_in_bytes_and_skip_big_blobs(pair, monke
     assert mine._kept.bytes <= 3000 and 0 < len(mine._kept.rows) < 10
     for i in range(10):  # whatever was dropped is read again, right
         assert (await mine.get("bits", f"r{i}"))["b"] == b"y" * 500
+
+
+async def test_a_process_reading_the_file_keeps_the_rows_and_one_writing_ends_them(pair, tmp_path):
+    """A process that opens the file and only reads (sqlite3 in a shell, a backup)
+    makes SQLite rewrite the wal-index header's change counter and checksum: nothing
+    was committed, so the kept rows stay. A process that writes ends them."""
+    import subprocess
+    import sys
+
+    mine, _ = pair
+    await _commit(mine, lambda u: u.insert("things", {"_id": "a", "n": 1}))
+    await mine.get("things", "a")
+    path = str(tmp_path / "k.db")
+
+    def other_process(sql: str) -> None:
+        code = (f"import sqlite3; c = sqlite3.connect({path!r}, isolation_level=None); "
+                f"c.execute({sql!r}).fetchall(); c.close()")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+    other_process('SELECT count(*) FROM "things"')
+    queries = mine._point.queries
+    assert (await mine.get("things", "a"))["n"] == 1
+    assert mine._point.queries == queries  # still kept
+    other_process("""UPDATE "things" SET _doc = CAST(json_set(CAST(_doc AS TEXT), '$.n', 5)"""
+                  """ AS BLOB), n = 5""")
+    assert (await mine.get("things", "a"))["n"] == 5
+    assert mine._point.queries == queries + 1
