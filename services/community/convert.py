@@ -6,8 +6,6 @@ from typing import Any
 
 from pond.community.v1 import community_pb2 as pb
 
-from services.runtime.clock import timestamp_from_micros
-
 Doc = dict[str, Any]
 GROUP_STATES = {"active": pb.GROUP_STATE_ACTIVE, "archived": pb.GROUP_STATE_ARCHIVED}
 GROUP_STATE_NAMES = {v: k for k, v in GROUP_STATES.items()}
@@ -20,7 +18,13 @@ ENTRY_STATES = {"active": pb.CHAIN_ENTRY_STATE_ACTIVE,
 
 
 def ts(micros: int) -> Any:
-    return timestamp_from_micros(int(micros)) if micros else None
+    """A Timestamp field's value for a message constructor (None: unset). A dict: the
+    constructor fills the field from it, ~350 ns less than building a Timestamp
+    for it to copy (RouteMember's answer has five)."""
+    if not micros:
+        return None
+    seconds, rest = divmod(int(micros), 1_000_000)
+    return {"seconds": seconds, "nanos": rest * 1000}
 
 
 def micros_of(t: Any) -> int:
