@@ -33,6 +33,16 @@ RECORD_ORDER = Idempotent(
 REFUND_ORDER = Idempotent(
     "RefundOrder", pb.RefundOrderResponse, key_field="refund_id", scope_fields=("order_id",)
 )
+ITEM_CATEGORY_CHARS = 64
+ITEM_QUANTITY_MAX = 1_000_000
+
+
+def _item_fits(item: pb.OrderItem) -> bool:
+    """The order item checks of RecordOrder in one expression (the same bounds as
+    the per-field checks there, which name what is wrong)."""
+    return (0 < len(item.sku) <= val.MAX_ID and len(item.category) <= ITEM_CATEGORY_CHARS
+            and 0 < item.quantity <= ITEM_QUANTITY_MAX
+            and 0 <= item.unit_price_fen <= val.MAX_FEN)
 
 
 class MemberServicer(LedgersApi, member_pb2_grpc.MemberServiceServicer):
@@ -266,21 +276,23 @@ class MemberServicer(LedgersApi, member_pb2_grpc.MemberServiceServicer):
         val.text(v, "store_id", request.store_id)
         val.text(v, "guide_id", request.guide_id)
         val.positive(v, "amount_fen", request.amount_fen, val.MAX_FEN)
-        if len(request.items) > val.MAX_ITEMS:
+        # One slice of the repeated field (iterating it ends in an IndexError raised and
+        # caught inside protobuf), used for the checks and the items below.
+        given = request.items[:]
+        if len(given) > val.MAX_ITEMS:
             v.add("items", f"at most {val.MAX_ITEMS} items")
-        for i, item in enumerate(request.items[: val.MAX_ITEMS]):
-            val.text(v, f"items[{i}].sku", item.sku, required=True)
-            val.text(v, f"items[{i}].category", item.category, limit=64)
-            val.positive(v, f"items[{i}].quantity", item.quantity, 1_000_000)
-            if not 0 <= item.unit_price_fen <= val.MAX_FEN:
-                v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {val.MAX_FEN}")
+        for i, item in enumerate(given[: val.MAX_ITEMS]):
+            if not _item_fits(item):  # the paths are spelled out only for a bad item
+                val.text(v, f"items[{i}].sku", item.sku, required=True)
+                val.text(v, f"items[{i}].category", item.category, limit=ITEM_CATEGORY_CHARS)
+                val.positive(v, f"items[{i}].quantity", item.quantity, ITEM_QUANTITY_MAX)
+                if not 0 <= item.unit_price_fen <= val.MAX_FEN:
+                    v.add(f"items[{i}].unit_price_fen", f"must be between 0 and {val.MAX_FEN}")
         paid_at = timestamp(v, request, "paid_time")
         if paid_at is not None and paid_at > self.app.now() + val.FUTURE_SLACK:
             v.add("paid_time", "is in the future")
         v.raise_if_any()
-        items = tuple(
-            OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen) for i in request.items
-        )
+        items = tuple(OrderItem(i.sku, i.category, i.quantity, i.unit_price_fen) for i in given)
         program = await self.app.tier_program()
         response = await self.app.record_order(
             order_id=request.order_id,

@@ -246,6 +246,33 @@ async def test_record_order_bad_input(member: MemberHarness):
     await fails(order(member, "ghost", "o-x", 100), grpc.StatusCode.NOT_FOUND)
 
 
+async def test_record_order_items_at_and_past_each_bound(member: MemberHarness):
+    """Each item bound, exactly at it and one past it: the good items pass, each bad
+    one is named by its path (the handler checks all of an item at once first and
+    spells out the paths only for a bad one)."""
+    m = await register(member)
+    edge = pb.OrderItem(sku="s" * 128, category="c" * 64, quantity=1_000_000,
+                        unit_price_fen=0)
+    ok = await member.stub.RecordOrder(pb.RecordOrderRequest(
+        order_id="o-edge", member_id=m.id, channel=1, amount_fen=100,
+        items=[edge, pb.OrderItem(sku="x", quantity=1, unit_price_fen=10**10)]),
+        metadata=member.md())
+    assert [i.sku for i in ok.order.items] == ["s" * 128, "x"]
+    past = {
+        "items[1].sku": {"sku": ""}, "items[2].sku": {"sku": "s" * 129},
+        "items[3].category": {"category": "c" * 65}, "items[4].quantity": {"quantity": 0},
+        "items[5].quantity": {"quantity": 1_000_001},
+        "items[6].unit_price_fen": {"unit_price_fen": -1},
+        "items[7].unit_price_fen": {"unit_price_fen": 10**10 + 1},
+    }
+    good = {"sku": "g", "category": "", "quantity": 1, "unit_price_fen": 1}
+    items = [pb.OrderItem(**good)] + [pb.OrderItem(**{**good, **bad}) for bad in past.values()]
+    v = await fails(member.stub.RecordOrder(pb.RecordOrderRequest(
+        order_id="o-past", member_id=m.id, channel=1, amount_fen=100, items=items),
+        metadata=member.md()), grpc.StatusCode.INVALID_ARGUMENT)
+    assert {f for f, _ in v} == set(past)
+
+
 async def test_tier_upgrade_multiplier_and_reevaluation(member: MemberHarness):
     m = await register(member)
     resp = await order(member, m.id, "big", 150_000)  # 1500 growth -> silver (1000)
