@@ -109,7 +109,10 @@ async def wait_serving(member: MemberProcess) -> None:
             except grpc.aio.AioRpcError:
                 return -1
 
-        await eventually(status, lambda s: s == SERVING, START_SECONDS, interval=0.05)
+        try:
+            await eventually(status, lambda s: s == SERVING, START_SECONDS, interval=0.05)
+        except AssertionError as exc:  # say why: the service's own log
+            raise AssertionError(f"{exc}; the member service's log:\n{member.log()}") from exc
 
 
 async def kill(member: MemberProcess) -> None:
