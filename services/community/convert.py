@@ -36,12 +36,6 @@ def entry_rules_doc(r: pb.EntryRules) -> Doc:
             "entry_fee_fen": r.entry_fee_fen, "segment_id": r.segment_id}
 
 
-def entry_rules_pb(d: Doc) -> Doc:
-    """EntryRules for a message constructor: the document's fields are the message's,
-    and a dict is filled in place (see ts)."""
-    return d
-
-
 def group_fields(g: pb.Group) -> Doc:
     """The settable fields of a group message, as a document's."""
     return {
@@ -57,7 +51,7 @@ def group_pb(d: Doc) -> pb.Group:
     return pb.Group(
         id=d["_id"], name=d["name"], kind=d["kind"], level=d["level"], store_id=d["store_id"],
         city=d["city"], owner_guide_id=d["owner_guide_id"], capacity=d["capacity"],
-        entry_rules=entry_rules_pb(d["entry_rules"]), state=GROUP_STATES[d["state"]],
+        entry_rules=d["entry_rules"], state=GROUP_STATES[d["state"]],  # a dict: see ts
         wecom_chat_id=d["wecom_chat_id"], qr_code_url=d["qr_code_url"],
         member_count=d["member_count"], pool_id=d["pool_id"], sequence=d["sequence"],
         end_time=ts(d["end_time"]), create_time=ts(d["create_time"]),
@@ -93,13 +87,9 @@ def rule_fields(r: pb.RoutingRule, has_template: bool) -> Doc:
 
 
 def rule_pb(d: Doc, open_groups: int) -> pb.RoutingRule:
-    t = d["template"]
-    template = None
-    if t:
-        template = pb.GroupTemplate(**{**t, "entry_rules": entry_rules_pb(t["entry_rules"])})
     return pb.RoutingRule(
         id=d["_id"], name=d["name"], priority=d["priority"], match=pb.RoutingMatch(**d["match"]),
-        fill_strategy=d["fill_strategy"], template=template, enabled=d["enabled"],
+        fill_strategy=d["fill_strategy"], template=d["template"] or None, enabled=d["enabled"],
         last_sequence=d["last_sequence"], open_groups=open_groups,
         create_time=ts(d["create_time"]), update_time=ts(d["update_time"]),
     )

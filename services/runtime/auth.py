@@ -317,7 +317,7 @@ class Authorizer:
         return method.startswith(PUBLIC_METHOD_PREFIXES)
 
     def authorize(self, method: str, metadata: dict[str, str]) -> Caller | None:
-        if method.startswith(PUBLIC_METHOD_PREFIXES):  # is_public, without the call
+        if self.is_public(method):
             return None
         header = metadata.get("authorization", "")
         if not header.startswith("Bearer "):

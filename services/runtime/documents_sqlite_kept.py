@@ -7,12 +7,13 @@ back from grpc's threads cost several times the read itself (3.8 µs in a quiet 
 ~25-40 µs under load); a read-mostly service (GetMember) mostly doesn't read now.
 
 Whether anything was committed is read from the wal-index header
-(storage.WalIndexHeader: the first 48 bytes of the -shm file, memory-mapped, so a
-look is a memory read that keeps the GIL). The store's writer calls `after_batch` on
-its thread right after each batch's COMMIT, under the lock the readers share, with
-the header before and after the batch and whether the batch was the only commit in
-between (PRAGMA data_version): then the rows it wrote are updated and the rest stay
-valid under the new header; otherwise they are all dropped.
+(storage.WalIndexHeader: the fields of the -shm file's header that name the committed
+content, memory-mapped, so a look is a memory read that keeps the GIL). The store's
+writer calls `after_batch` on its thread right after each batch's COMMIT, under the
+lock the readers share, with the header before and after the batch and whether the
+batch was the only commit in between (PRAGMA data_version): then the rows it wrote
+are updated and the rest stay valid under the new header; otherwise they are all
+dropped.
 
 Bounds: at most KEPT_ROWS rows and KEPT_BYTES bytes (all dropped when either is
 reached); a row larger than KEPT_ROW_BYTES (a big blob) is read every time.
@@ -45,7 +46,7 @@ class KeptRows:
     def __init__(self, wal: WalIndexHeader) -> None:
         self.wal = wal
         self.rows: dict[Ref, Any] = {}
-        self.under = b""  # the header the rows were read under
+        self.under = b""  # the look the rows were read under
         self.bytes = 0
         # after_batch runs on the writer's thread: it and the event loop's readers
         # change the rows and their header under this lock.
