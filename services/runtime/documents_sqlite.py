@@ -1,5 +1,6 @@
 """The document store on SQLite: the embedded default (one file per service, WAL).
-documents_sqlite_tables.py lays the schema out in tables and evolves it at open.
+documents_sqlite_tables.py lays the schema out in tables and evolves it at open;
+documents_sqlite_plans.py plans finds; documents_sqlite_kept.py keeps rows for get.
 
 Three connections:
   - the writer (services.runtime.storage.SqliteWriter): every commit, next_ids and
@@ -22,7 +23,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import aiosqlite
 import orjson
@@ -44,14 +45,12 @@ from services.runtime.documents import (
     timer_version,
 )
 from services.runtime.documents_query import (
-    Term,
-    check_limit,
     check_schema,
     guard_version,
-    parse_order,
     parse_where,
 )
 from services.runtime.documents_sqlite_kept import KeptRows
+from services.runtime.documents_sqlite_plans import FindPlans
 from services.runtime.documents_sqlite_tables import (
     Table,
     create_tables,
@@ -65,7 +64,6 @@ from services.runtime.storage import (
     open_sqlite,
 )
 
-_POINT_LIMIT = 1000  # the largest find on the event loop
 _POINT_KEYS = 64  # the most keys a get_many looks up on the event loop
 _CHUNK = 500  # parameters per statement (SQLite allows 32766; fine either way)
 
@@ -78,40 +76,6 @@ _SEQUENCE_NEXT = (
     'INSERT INTO "_sequences" (name, n) VALUES (?, ?)'
     " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n RETURNING n"
 )
-
-
-_PLANS = 256  # find plans kept per store (query shapes, not values; cleared when full)
-_PLAIN = (str, int, float, bool)
-
-
-class _FindPlan(NamedTuple):
-    sql: str | None  # None: nothing to read (limit 0)
-    on_loop: bool
-    param_fields: tuple[str, ...]  # where's fields whose values are the parameters
-    params: list[Any]  # the parameters of the query the plan was made for
-
-
-def _plan_key(
-    t: Table, where: Mapping[str, Any] | None, order: Order, limit: int | None
-) -> tuple[Any, ...] | None:
-    """What decides a find's SQL when `where` holds plain equalities (the hot path's
-    finds): the fields, each value's type (the value itself for a field a partial index
-    filters on, which may be written into the SQL as a literal), order and limit.
-    None for anything else (operators, None, lists), which is planned every time."""
-    if not where or type(limit) not in (int, type(None)):
-        return None
-    shape = []
-    literal = t.literal_fields
-    for field, value in where.items():
-        kind = type(value)
-        if kind not in _PLAIN:
-            return None
-        shape.append((field, kind, value) if field in literal else (field, kind))
-    try:
-        return (t.name, tuple(shape), tuple(order) if not isinstance(order, str) else order,
-                limit)
-    except TypeError:
-        return None
 
 
 class SqliteDocumentStore(DocumentStore):
@@ -135,7 +99,7 @@ class SqliteDocumentStore(DocumentStore):
         self._r = reader
         self._point = point
         self._sequences = frozenset(schema.sequences)
-        self._plans: dict[tuple[Any, ...], _FindPlan] = {}
+        self._plans = FindPlans()
 
     @classmethod
     async def open(cls, schema: Schema, path: str | Path) -> SqliteDocumentStore:
@@ -208,17 +172,7 @@ class SqliteDocumentStore(DocumentStore):
         limit: int | None = None,
     ) -> list[Doc]:
         t = self._tables[collection]
-        plan = self._plans.get(key) if (key := _plan_key(t, where, order, limit)) else None
-        if plan is None:
-            plan = self._plan(t, where, order, limit)
-            if key is not None:
-                if len(self._plans) >= _PLANS:
-                    self._plans.clear()
-                self._plans[key] = plan
-            params = plan.params
-        else:  # the same shape of query as before: only the values differ
-            assert where is not None
-            params = [where[f] for f in plan.param_fields]
+        plan, params = self._plans.plan(t, where, order, limit)
         if plan.sql is None:
             return []
         if plan.on_loop:
@@ -226,36 +180,6 @@ class SqliteDocumentStore(DocumentStore):
         else:
             rows = list(await self._r.execute_fetchall(plan.sql, params))
         return [t.load(row) for row in rows]
-
-    def _plan(
-        self, t: Table, where: Mapping[str, Any] | None, order: Order, limit: int | None
-    ) -> _FindPlan:
-        terms = parse_where(t.c, where)
-        keys = parse_order(t.c, order)
-        check_limit(limit)
-        if limit == 0:
-            return _FindPlan(None, False, (), [])
-        cond, params = where_sql(terms, t.partial_terms)
-        sql = f"SELECT {t.columns} FROM {q(t.name)}"
-        if cond:
-            sql += f" WHERE {cond}"
-        sql += " ORDER BY " + ", ".join(f"{q(f)} DESC" if desc else q(f) for f, desc in keys)
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        on_loop = limit is not None and limit <= _POINT_LIMIT and self._seeks(t, terms)
-        # Plain equalities only (what _plan_key caches): each one not written as a
-        # literal is one parameter, in the where's order.
-        param_fields = tuple(
-            term.field for term in terms if term not in t.partial_terms
-        )
-        return _FindPlan(sql, on_loop, param_fields, params)
-
-    @staticmethod
-    def _seeks(t: Table, terms: tuple[Term, ...]) -> bool:
-        """Whether the terms pin an index's first field by equality (see the docstring)."""
-        pinned = {term.field for term in terms if term.op in ("$eq", "$in")}
-        given = frozenset(terms)
-        return any(f in pinned and needs <= given for f, needs in t.seek)
 
     async def count(self, collection: str, where: Mapping[str, Any] | None = None) -> int:
         t = self._tables[collection]
