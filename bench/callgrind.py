@@ -62,6 +62,8 @@ MEMBERS = 500  # registered in the member service before its calls are counted
 WARM_CALLS = 300
 CONCURRENCY = 16
 RESULTS = ROOT / "bench" / "results" / "callgrind.json"
+SERVERS_IN_ORDER = ("member", "tagging", "community")
+SERVERS = frozenset(SERVERS_IN_ORDER)
 
 
 class Counted:
@@ -128,7 +130,8 @@ async def _burst(call: Callable[[], Any], calls: int) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-async def _measure(workdir: Path, calls: int, say) -> list[dict]:
+async def _measure(workdir: Path, calls: int, say, servers: frozenset[str] = SERVERS,
+                   patch: str = "") -> list[dict]:
     from bench.tagging import dataset
     from bench.tagging.brand import CHECKED_SEGMENTS
     from bench.tagging.cli import SEED
@@ -212,7 +215,13 @@ async def _measure(workdir: Path, calls: int, say) -> list[dict]:
              [("RouteMember", route, operator_md, community_pb2_grpc.CommunityServiceStub),
               ("CheckIn", check_in, operator_md, community_pb2_grpc.CommunityServiceStub)]),
         ]
-        for i, (label, args, server_env, methods) in enumerate(plans):
+        # Each echo is kept with the server measured after it (its baseline).
+        chosen = [plan for plan, kind in zip(plans, [k for k in SERVERS_IN_ORDER for _ in "ab"],
+                                             strict=True)
+                  if kind in servers]
+        for i, (label, args, server_env, methods) in enumerate(chosen):
+            if patch and label in SERVERS:
+                args = [*args, "--patch", patch]
             server = Counted(workdir / f"server-{i}", server_env, args)
             try:
                 channel = grpc.aio.insecure_channel(
@@ -258,18 +267,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="counted calls a method")
+    parser.add_argument("--servers", default=",".join(SERVERS_IN_ORDER),
+                        help="which services (with their echo), comma-separated")
+    parser.add_argument("--patch", default="", help="a Python file each service runs "
+                        "first (a what-if; see bench.server --patch)")
+    parser.add_argument("--keep", default="", help="a directory to copy the callgrind "
+                        "dumps to (for callgrind_annotate)")
     args = parser.parse_args(argv)
+    servers = frozenset(s.strip() for s in args.servers.split(",") if s.strip())
+    if not servers or not servers <= SERVERS:
+        parser.error(f"--servers: some of {', '.join(SERVERS_IN_ORDER)}")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench.callgrind: valgrind is not installed (apt-get install valgrind)")
         return 2
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pond-callgrind-") as tmp:
-        rows = asyncio.run(_measure(Path(tmp), args.calls, print))
+        rows = asyncio.run(_measure(Path(tmp), args.calls, print, servers,
+                                    str(Path(args.patch).resolve()) if args.patch else ""))
+        if args.keep:
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            for dump in Path(tmp).glob("server-*/callgrind.out.*"):
+                shutil.copy(dump, keep / f"{dump.parent.name}-{dump.name}")
     table = ratios(rows)
     print(f"\n{'method':<18}{'instructions a call':>22}{'echo':>12}{'echo / method':>16}")
     for row in table:
         print(f"{row['method']:<18}{row['instructions_per_call']:>22,}"
               f"{row['echo_instructions_per_call']:>12,}{row['ratio']:>16.1%}")
+    if servers != SERVERS or args.patch:
+        print(f"\n{time.perf_counter() - started:.0f} s (a partial or patched run: not written)")
+        return 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "calls": args.calls,

@@ -51,6 +51,12 @@ _log = structlog.get_logger("pond.rpc")
 rpc_context_var: ContextVar[Context | None] = ContextVar(
     "pond_rpc_context", default=None
 )
+# The metadata grpc.aio already converted to find the handler. The lookup and the
+# handler run in the call's own task, so the handler reads it here instead of
+# converting it again (context.invocation_metadata() builds new tuples every time).
+_lookup_metadata: ContextVar[tuple[tuple[str, Any], ...] | None] = ContextVar(
+    "pond_lookup_metadata", default=None
+)
 
 
 class ServiceInterceptor:
@@ -94,7 +100,10 @@ class ServiceInterceptor:
     def _begin(self, method: str, context: Context, pages: bool) -> str:
         # Only `-bin` keys carry bytes, and none of those is read here (typing.cast
         # would be a Python call on every RPC).
-        metadata: _Metadata = dict(context.invocation_metadata() or ())  # type: ignore[arg-type]
+        offered = _lookup_metadata.get()
+        if offered is None:  # a handler reached without the generic lookup
+            offered = context.invocation_metadata()
+        metadata: _Metadata = dict(offered or ())
         request_id = request_id_from(metadata.get(REQUEST_ID_METADATA))
         request_id_var.set(request_id)
         rpc_context_var.set(context)
@@ -199,6 +208,7 @@ class _InterceptedGenericHandler(grpc.GenericRpcHandler):
             self._table = {m: interceptor.wrap(m, h) for m, h in table.items()}
 
     def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
+        _lookup_metadata.set(details.invocation_metadata)  # type: ignore[attr-defined]
         if self._table is not None:
             return self._table.get(details.method)
         return self._interceptor.wrap(details.method, self._inner.service(details))

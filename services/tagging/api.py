@@ -16,8 +16,8 @@ from services.runtime.auth import (
     ensure_acts_for,
 )
 from services.runtime.clock import timestamp_from_micros
-from services.runtime.errors import Violations, invalid_argument
-from services.runtime.fields import MAX_ID_CHARS, check_id, check_ids, ids_fit
+from services.runtime.errors import NotFound, Violations, invalid_argument
+from services.runtime.fields import MAX_ID_CHARS, check_id, check_ids
 from services.tagging.app import TaggingApp
 from services.tagging.catalogue import DOMAIN
 from services.tagging.domain.definitions import (
@@ -146,10 +146,41 @@ def _paths(mask, allowed: set[str], v: Violations) -> set[str]:
     return paths
 
 
+class MembershipAnswers:
+    """CheckMembership's answers, each built once: the calls of one client ask about
+    the same few segments, so there are few distinct answers (2^n for n segments),
+    and a message built once costs its serialization only (grpc serializes it after
+    the handler returns and nothing changes it). At most `limit` are kept; past that
+    the table starts over."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._built: dict[tuple[tuple[str, bool], ...], pb.CheckMembershipResponse] = {}
+
+    def answer(self, found: dict[str, bool]) -> pb.CheckMembershipResponse:
+        key = tuple(found.items())
+        built = self._built.get(key)
+        if built is None:
+            if len(self._built) >= self._limit:
+                self._built.clear()
+            built = self._built[key] = pb.CheckMembershipResponse(memberships=found)
+        return built
+
+
+def _check_membership_request(member_id: str, seg_ids: list[str]) -> None:
+    """Raises INVALID_ARGUMENT naming what is wrong with a CheckMembership request."""
+    v = Violations(DOMAIN)
+    check_id(v, "member_id", member_id, required=True)
+    v.check(1 <= len(seg_ids) <= 100, "segment_ids", "1..100 segment ids")
+    check_ids(v, "segment_ids", seg_ids)
+    v.raise_if_any()
+
+
 class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     def __init__(self, app: TaggingApp, runner: ScoringRunner) -> None:
         self.app = app
         self.runner = runner
+        self._answers = MembershipAnswers()
 
     # -- catalogue --
     async def CreateTag(self, request: pb.CreateTagRequest, context) -> pb.Tag:
@@ -346,23 +377,21 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     async def CheckMembership(
         self, request: pb.CheckMembershipRequest, context
     ) -> pb.CheckMembershipResponse:
-        # A slice copies the repeated field in one C call; iterating it (three times
-        # below) ends each pass with an IndexError raised and caught inside protobuf.
+        # A slice copies the repeated field in one C call; iterating it ends each pass
+        # with an IndexError raised and caught inside protobuf.
         member_id, seg_ids = request.member_id, request.segment_ids[:]
-        # One cheap test on the hot path; the violations are worked out only on failure.
-        fits = 0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100
-        if not (fits and ids_fit(seg_ids)):
-            v = Violations(DOMAIN)
-            check_id(v, "member_id", member_id, required=True)
-            v.check(1 <= len(seg_ids) <= 100, "segment_ids", "1..100 segment ids")
-            check_ids(v, "segment_ids", seg_ids)
-            v.raise_if_any()
+        # One cheap test on the hot path. The segment ids are checked in full only when
+        # one is not found: an empty or over-long id names no segment, so every bad
+        # request gets there, and is answered INVALID_ARGUMENT rather than NOT_FOUND.
+        if not (0 < len(member_id) <= MAX_ID_CHARS and 1 <= len(seg_ids) <= 100):
+            _check_membership_request(member_id, seg_ids)
         ensure_acts_for(member_id)
-        response = pb.CheckMembershipResponse()
-        memberships = response.memberships  # item by item: the map's update() is slower
-        for seg_id, member in self.app.check(member_id, seg_ids).items():
-            memberships[seg_id] = member
-        return response
+        try:
+            found = self.app.check(member_id, seg_ids)
+        except NotFound:
+            _check_membership_request(member_id, seg_ids)
+            raise
+        return self._answers.answer(found)
 
     async def StreamSegmentMembers(self, request, context):
         chunk = request.chunk_size or 1000

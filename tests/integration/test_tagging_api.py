@@ -1080,6 +1080,16 @@ async def test_check_membership_of_many_segments(stack: Stack):
         stack.stub.CheckMembership(pb.CheckMembershipRequest(member_id="m1"), metadata=stack.md()),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+    # A bad id names no segment, but is answered as what it is: checked on the miss.
+    for bad, field in (("", "segment_ids[1]"), ("s" * 129, "segment_ids[1]")):
+        violations = await fails(
+            stack.stub.CheckMembership(
+                pb.CheckMembershipRequest(member_id="m1", segment_ids=["vips", bad]),
+                metadata=stack.md(),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert [path for path, _ in violations] == [field]
 
 
 async def test_stream_segment_members_in_chunks_and_resume(stack: Stack):

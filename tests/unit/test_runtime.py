@@ -689,6 +689,7 @@ def test_generated_handler_tables_are_wrapped_once_and_other_handlers_per_lookup
     class Details:
         def __init__(self, method: str) -> None:
             self.method = method
+            self.invocation_metadata = ()
 
     # The generated code's table: wrapped at registration, one lookup per call.
     table = _InterceptedGenericHandler(
@@ -709,3 +710,48 @@ def test_generated_handler_tables_are_wrapped_once_and_other_handlers_per_lookup
     assert first is not None and first.unary_unary is not behavior
     assert custom.service(Details("/svc/M")) is first
     assert custom.service(Details("/svc/Other")) is None
+
+
+def test_the_handler_reads_the_metadata_grpc_converted_for_the_lookup() -> None:
+    import contextvars
+
+    from services.runtime.interceptors import ServiceInterceptor, _InterceptedGenericHandler
+
+    async def behavior(request, context):
+        return current_caller.get()
+
+    secret = "s" * 40
+    verifier = TokenVerifier(secret, audience="svc")
+    interceptor = ServiceInterceptor(Authorizer(verifier, {"/svc/M": frozenset({Role.SERVICE})}))
+    table = _InterceptedGenericHandler(grpc.method_handlers_generic_handler(
+        "svc", {"M": grpc.unary_unary_rpc_method_handler(behavior)}), interceptor)
+    token = mint_token(secret, "job", Role.SERVICE, audience="svc")
+    metadata = (("authorization", f"Bearer {token}"),)
+
+    class Details:
+        method, invocation_metadata = "/svc/M", metadata
+
+    class Context:
+        def __init__(self, offered: tuple) -> None:
+            self.offered, self.asked = offered, 0
+
+        def invocation_metadata(self) -> tuple:
+            self.asked += 1
+            return self.offered
+
+        def set_trailing_metadata(self, metadata) -> None:
+            pass
+
+    async def call(context: Context, looked_up: bool):
+        handler = table.service(Details) if looked_up else table._table["/svc/M"]
+        return await handler.unary_unary(b"", context)
+
+    # Through grpc's lookup (grpc.aio runs the lookup and the handler in the call's
+    # own task): the lookup's metadata, the context is not asked.
+    context = Context(())
+    caller = contextvars.Context().run(asyncio.run, call(context, True))
+    assert caller.subject == "job" and context.asked == 0
+    # A handler reached without the lookup asks the context.
+    context = Context(metadata)
+    caller = contextvars.Context().run(asyncio.run, call(context, False))
+    assert caller.subject == "job" and context.asked == 1
