@@ -100,7 +100,7 @@ class ServiceInterceptor:
     def _begin(self, method: str, context: Context, pages: bool) -> str:
         # Only `-bin` keys carry bytes, and none of those is read here (typing.cast
         # would be a Python call on every RPC).
-        offered = _lookup_metadata.get()
+        offered: Any = _lookup_metadata.get()  # or grpc's Metadata, from the context
         if offered is None:  # a handler reached without the generic lookup
             offered = context.invocation_metadata()
         metadata: _Metadata = dict(offered or ())
@@ -208,7 +208,7 @@ class _InterceptedGenericHandler(grpc.GenericRpcHandler):
             self._table = {m: interceptor.wrap(m, h) for m, h in table.items()}
 
     def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
-        _lookup_metadata.set(details.invocation_metadata)  # type: ignore[attr-defined]
+        _lookup_metadata.set(details.invocation_metadata)
         if self._table is not None:
             return self._table.get(details.method)
         return self._interceptor.wrap(details.method, self._inner.service(details))
