@@ -150,14 +150,17 @@ class MembershipAnswers:
     """CheckMembership's answers, each built once: the calls of one client ask about
     the same few segments, so there are few distinct answers (2^n for n segments),
     and a message built once costs its serialization only (grpc serializes it after
-    the handler returns and nothing changes it). At most `limit` are kept; past that
-    the table starts over."""
+    the handler returns and nothing changes it). Only answers about at most
+    `max_segments` segments are kept, at most `limit` of them (past that the table
+    starts over): a few MB at worst, whatever the callers ask."""
 
-    def __init__(self, limit: int = 4096) -> None:
-        self._limit = limit
+    def __init__(self, limit: int = 4096, max_segments: int = 8) -> None:
+        self._limit, self._max_segments = limit, max_segments
         self._built: dict[tuple[tuple[str, bool], ...], pb.CheckMembershipResponse] = {}
 
     def answer(self, found: dict[str, bool]) -> pb.CheckMembershipResponse:
+        if len(found) > self._max_segments:
+            return pb.CheckMembershipResponse(memberships=found)
         key = tuple(found.items())
         built = self._built.get(key)
         if built is None:

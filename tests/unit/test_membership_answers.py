@@ -22,3 +22,11 @@ def test_the_table_is_bounded():
     assert dict(fifth.memberships) == {"s4": True}
     assert answers.answer({"s0": True}) is not kept[0]
     assert len(answers._built) <= 4
+
+
+def test_answers_about_many_segments_are_not_kept():
+    answers = MembershipAnswers(max_segments=2)
+    many = {"a": True, "b": False, "c": True}
+    first = answers.answer(many)
+    assert dict(first.memberships) == many
+    assert answers.answer(many) is not first and not answers._built
