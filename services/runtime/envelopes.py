@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from google.protobuf import any_pb2, message
+from google.protobuf import message
 from pond.events.v1 import event_pb2
 from redis.typing import EncodableT, FieldT
 
-from services.runtime.clock import timestamp_pb
+from services.runtime.clock import set_timestamp
 from services.runtime.ids import random_hex
 from services.runtime.logs import current_request_id
 
@@ -25,6 +25,7 @@ DEAD_SUFFIX = ".dead"
 ENVELOPE_FIELD, TYPE_FIELD = b"e", b"t"
 # Streams are trimmed approximately to this length; consumers keep up long before.
 STREAM_MAXLEN = 1_000_000
+_TYPE_URL_PREFIX = "type.googleapis.com/"
 def stream_for(producer: str) -> str:
     return f"{STREAM_PREFIX}{producer}"
 
@@ -37,19 +38,22 @@ def make_event(
     request_id: str = "",
 ) -> event_pb2.Event:
     """The envelope; its request id is the one given, else the current call's (or
-    the event being handled's) from the log context."""
-    packed = any_pb2.Any()
-    packed.Pack(payload)
-    ts = timestamp_pb(occurred_at)
-    return event_pb2.Event(
+    the event being handled's) from the log context. The payload and the time are
+    written into the envelope's own fields: a Timestamp and an Any built first would
+    each be copied in again (with Any.Pack a Python-level call), a third of the cost."""
+    type_ = payload.DESCRIPTOR.full_name
+    event = event_pb2.Event(
         id=random_hex(16),
-        type=payload.DESCRIPTOR.full_name,
-        occurred_at=ts,
+        type=type_,
         producer=producer,
         subject_id=subject_id,
-        payload=packed,
         request_id=request_id or current_request_id(),
     )
+    set_timestamp(event.occurred_at, occurred_at)
+    packed = event.payload
+    packed.type_url = _TYPE_URL_PREFIX + type_  # what Any.Pack writes
+    packed.value = payload.SerializeToString()
+    return event
 
 
 def event_type(raw: bytes) -> bytes:

@@ -755,3 +755,21 @@ def test_the_handler_reads_the_metadata_grpc_converted_for_the_lookup() -> None:
     context = Context(metadata)
     caller = contextvars.Context().run(asyncio.run, call(context, False))
     assert caller.subject == "job" and context.asked == 1
+
+
+def test_an_envelope_holds_what_any_pack_and_a_timestamp_would() -> None:
+    from google.protobuf import any_pb2
+    from pond.events.v1 import member_events_pb2 as mev
+
+    from services.runtime.envelopes import make_event
+
+    payload = mev.MembersMerged(surviving_id="m-new", merged_id="m-old", cause="phone")
+    at = datetime(2026, 12, 1, 1, 2, 3, 456789, tzinfo=UTC)
+    event = make_event("member", "m-new", payload, at, "req-1")
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    assert event.payload == packed and event.type == "pond.events.v1.MembersMerged"
+    assert event.occurred_at.ToDatetime(tzinfo=UTC) == at
+    assert (event.producer, event.subject_id, event.request_id) == ("member", "m-new", "req-1")
+    unpacked = mev.MembersMerged()
+    assert event.payload.Unpack(unpacked) and unpacked == payload
