@@ -259,3 +259,54 @@ async def test_request_ids_holding_phone_numbers_are_replaced_and_never_logged(
     for sent in PHONE_IDS:
         assert sent not in out
     assert "18491259190" not in out.replace(".", "").replace("_", "").replace(":", "")
+
+
+async def test_concurrent_calls_each_see_only_their_own_metadata(member: MemberHarness):
+    """The caller, its member and its request id are read per call (from the metadata
+    grpc converted for that call's handler lookup, in the call's own task): hundreds
+    of calls in flight with different tokens never see each other's."""
+    import asyncio
+
+    phones = {"13912345678": "", "13987654321": ""}
+    for phone in phones:
+        reply = await member.stub.RegisterMember(pb.RegisterMemberRequest(
+            identities=[pb.Identity(kind=pb.IDENTITY_KIND_PHONE, value=phone)]),
+            metadata=member.md())
+        phones[phone] = reply.member.id
+    (phone_a, a), (_phone_b, b) = phones.items()
+
+    async def one(i: int) -> None:
+        kind, sent = i % 3, f"concurrent-{i}"
+        if kind == 0:  # the back office: phones in clear
+            md = call_metadata(token(Role.OPERATOR), request_id=sent)
+        else:  # the gateway for member a: a, masked; never b
+            md = call_metadata(token(Role.GATEWAY), request_id=sent, member_id=a)
+        target = b if kind == 2 else a
+        call = member.stub.GetMember(pb.GetMemberRequest(member_id=target), metadata=md)
+        if kind == 2:
+            err = await status_of(call)
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (i, err.details())
+        else:
+            got = await call
+            shown = [x.value for x in got.identities if x.kind == pb.IDENTITY_KIND_PHONE]
+            assert got.id == a and shown == [phone_a if kind == 0 else "139****5678"], (i, shown)
+        assert dict(await call.trailing_metadata())["x-request-id"] == sent, i
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+
+
+async def test_a_failed_call_returns_its_request_id(member: MemberHarness):
+    for md, code in (
+        ((("x-request-id", "pos-7.fail:1"),), grpc.StatusCode.UNAUTHENTICATED),
+        (call_metadata(token(Role.OPERATOR), request_id="pos-7.fail:2"),
+         grpc.StatusCode.NOT_FOUND),
+    ):
+        err = await status_of(member.stub.GetMember(
+            pb.GetMemberRequest(member_id="nobody"), metadata=md))
+        assert err.code() == code
+        sent = dict(md)["x-request-id"]
+        assert dict(err.trailing_metadata())["x-request-id"] == sent
+    # One the server made (none sent) is returned as well.
+    err = await status_of(member.stub.GetMember(pb.GetMemberRequest(member_id="nobody"),
+                                                metadata=member.md()))
+    assert dict(err.trailing_metadata())["x-request-id"]
