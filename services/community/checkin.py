@@ -44,8 +44,9 @@ class CheckIns:
             today = dc.brand_day(now, self.w.timezone)
             key = f"{member_id}:{today.isoformat()}"
             # The usual check-in reads one document: the streak tells whether today's
-            # check-in can exist.
-            streak = await self.store.get(STREAKS.name, member_id)
+            # check-in can exist. A member's first reads none (the streaks' key filter).
+            streak = (await self.store.get(STREAKS.name, member_id)
+                      if await self.store.may_exist(STREAKS.name, member_id) else None)
             if dc.may_have_checked_in(streak, today):
                 first = await self.store.get(CHECKINS.name, key)
                 if first is not None:

@@ -74,7 +74,10 @@ class Membership:
     async def member_stats(self, member_id: str) -> Doc | None:
         """The member's counters; None for a member who never joined a group, who then
         has no membership anywhere (the first join writes both in one unit of work,
-        and a merge moves memberships only with counters), so callers skip reading one."""
+        and a merge moves memberships only with counters), so callers skip reading one.
+        A member the store knows has none is answered without a read."""
+        if not await self.store.may_exist(MEMBER_STATS.name, member_id):
+            return None
         return await self.store.get(MEMBER_STATS.name, member_id)
 
     async def add_member(self, uow: UnitOfWork, group: Doc, member_id: str,

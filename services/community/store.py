@@ -45,10 +45,13 @@ MEMBERSHIPS = Collection(
     "memberships",
     (Index(("group_id", "state")), Index(("member_id", "state")), Index(("member_id", "pool_id"))),
 )
-MEMBER_STATS = Collection("member_stats")
+# Most members who scan a live code never joined a group: a filter of the counters'
+# keys answers that without a read (DocumentStore.may_exist).
+MEMBER_STATS = Collection("member_stats", key_filter=True)
 RULES = Collection("rules", (Index(("deleted", "priority")),))
 CHECKINS = Collection("checkins", (Index(("member_id", "day")),))
-STREAKS = Collection("streaks")
+# A member's first check-in finds no streak without a read (see MEMBER_STATS).
+STREAKS = Collection("streaks", key_filter=True)
 CHAINS = Collection("chains", (Index(("group_id", "state")),))
 CHAIN_ENTRIES = Collection("chain_entries", (Index(("chain_id", "state", "position")),
                                               Index(("member_id", "state"))))

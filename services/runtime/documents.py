@@ -103,6 +103,9 @@ class Collection:
     fields: tuple[str, ...] = ()
     key_type: type[str] | type[int] = str
     blob: str | None = None  # the one field holding bytes, if any
+    # Keep a filter of the collection's keys, so that `may_exist` answers most keys
+    # never written without a read (the SQLite engine; see DocumentStore.may_exist).
+    key_filter: bool = False
 
     @cached_property
     def queryable(self) -> frozenset[str]:
@@ -239,6 +242,14 @@ class DocumentStore(abc.ABC):
     @abc.abstractmethod
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         """The documents that exist, in the order of `keys`."""
+
+    async def may_exist(self, collection: str, key: Key) -> bool:
+        """False only when `collection` holds no document `key` as of now, as a read
+        would find: a hint that spares the read of a key that was never written (the
+        counters of a member who never joined a group). True means "read it". The
+        SQLite engine keeps a filter of the keys of a collection declared with
+        `key_filter`; the others always answer True."""
+        return True
 
     @abc.abstractmethod
     async def find(

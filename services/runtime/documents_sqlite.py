@@ -123,7 +123,11 @@ class SqliteDocumentStore(DocumentStore):
                 await reader.close()
             await writer.close()
             raise
-        return cls(schema, tables, writer, reader, point, wal)
+        store = cls(schema, tables, writer, reader, point, wal)
+        filtered = [t for t in tables.values() if t.c.key_filter]
+        if filtered and store._kept is not None:
+            store._kept.build_filters(point, filtered)
+        return store
 
     async def close(self) -> None:
         if self._kept is not None:
@@ -149,6 +153,10 @@ class SqliteDocumentStore(DocumentStore):
         if t.blob is not None and row[2] is not None:
             doc[t.blob] = row[2]
         return doc
+
+    async def may_exist(self, collection: str, key: Key) -> bool:
+        kept = self._kept
+        return kept is None or kept.may_exist(self._tables[collection], key, self._writer)
 
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         t = self._tables[collection]

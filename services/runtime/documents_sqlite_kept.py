@@ -17,6 +17,12 @@ dropped.
 
 Bounds: at most KEPT_ROWS rows and KEPT_BYTES bytes (all dropped when either is
 reached); a row larger than KEPT_ROW_BYTES (a big blob) is read every time.
+
+The key filters of collections declared with `key_filter` (KeyFilter: every key the
+table held when the store opened, and every key its batches wrote since) follow the
+same header: while nothing but the store's batches committed, a key a filter never
+saw does not exist, and `may_exist` says so without a read. A commit by anyone else
+turns the filters off until the store is opened again (their keys are unknown).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from services.runtime.storage import BatchWritten, WalIndexHeader
 KEPT_ROWS = 20_000
 KEPT_BYTES = 32 * 1024 * 1024
 KEPT_ROW_BYTES = 512 * 1024
+_MASK64 = (1 << 64) - 1
 
 Ref = tuple[str, Key]  # (table, key)
 
@@ -40,6 +47,31 @@ Ref = tuple[str, Key]  # (table, key)
 class _Writer(Protocol):
     # From handing a batch to the writer's thread until after_batch has seen it.
     in_flight: bool
+
+
+class KeyFilter:
+    """A Bloom filter of keys: `maybe(key)` is False only for a key never added. Ten
+    bits a key for twice the keys there were at the start (at least 100,000), three
+    probes: about 1% of absent keys answered "maybe" until the table doubles (then
+    more of them are read, as without a filter)."""
+
+    def __init__(self, keys: int = 0) -> None:
+        self._bits = 20 * max(keys, 100_000)
+        self._array = bytearray(self._bits // 8 + 1)
+
+    def _probes(self, key: Key) -> tuple[int, int, int]:
+        h = (hash(key) * 0x9E3779B97F4A7C15) & _MASK64  # spread (an int's hash is itself)
+        bits = self._bits
+        return h % bits, (h >> 21) % bits, (h >> 42) % bits
+
+    def add(self, key: Key) -> None:
+        array = self._array
+        for bit in self._probes(key):
+            array[bit >> 3] |= 1 << (bit & 7)
+
+    def maybe(self, key: Key) -> bool:
+        array = self._array
+        return all(array[bit >> 3] & (1 << (bit & 7)) for bit in self._probes(key))
 
 
 class KeptRows:
@@ -51,6 +83,9 @@ class KeptRows:
         # after_batch runs on the writer's thread: it and the event loop's readers
         # change the rows and their header under this lock.
         self._lock = threading.Lock()
+        # Key filters by table, valid under `filters_under` (see the module's notes).
+        self.filters: dict[str, KeyFilter] = {}
+        self.filters_under = b""
 
     def close(self) -> None:
         self.wal.close()
@@ -80,6 +115,35 @@ class KeptRows:
                 if self.under == under:
                     self._keep(ref, row)
         return row
+
+    def build_filters(self, point: sqlite3.Connection, tables: Sequence[Table]) -> None:
+        """At open: a filter of every key of each table, read with `point`. If anything
+        commits while they are read, there are none (every key is then read)."""
+        with self._lock:
+            under = self.wal.look()
+        filters = {}
+        for t in tables:
+            count = point.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0]
+            keys = KeyFilter(count)
+            for (key,) in point.execute(f'SELECT "_id" FROM "{t.name}"'):
+                keys.add(key)
+            filters[t.name] = keys
+        with self._lock:
+            if self.wal.look() == under:
+                self.filters, self.filters_under = filters, under
+
+    def may_exist(self, t: Table, key: Key, writer: _Writer) -> bool:
+        """False when the table's filter never saw `key` and nothing but this store's
+        batches (each seen by after_batch) committed since the filter was made."""
+        with self._lock:
+            keys = self.filters.get(t.name)
+            if keys is None:
+                return True
+            if self.wal.look() != self.filters_under:
+                if not writer.in_flight:  # another process committed: keys unknown
+                    self.filters = {}
+                return True  # (or a batch of this store's half seen: after_batch will)
+            return keys.maybe(key)
 
     def _keep(self, ref: Ref, row: Any) -> None:
         """Keeps `row` (under the lock), within the bounds above."""
@@ -114,6 +178,7 @@ class KeptRows:
                 raise
 
     def _update(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
+        self._update_filters(batch, works)
         rows = self.rows
         if batch.alone and batch.before == self.under:
             for ok, written in works:
@@ -129,3 +194,20 @@ class KeptRows:
         elif self.under != batch.after:
             self._drop()
             self.under = b""
+
+    def _update_filters(self, batch: BatchWritten, works: Sequence[tuple[bool, Any]]) -> None:
+        """The keys the batch wrote to the filtered tables (a deleted key stays in: a
+        filter only ever answers "maybe" for it, which is right)."""
+        filters = self.filters
+        if not filters:
+            return
+        if not (batch.alone and batch.before == self.filters_under):
+            self.filters = {}  # someone else committed around the batch: keys unknown
+            return
+        for ok, written in works:
+            if ok and written:
+                for (table, key), _row in written:
+                    keys = filters.get(table)
+                    if keys is not None:
+                        keys.add(key)
+        self.filters_under = batch.after

@@ -41,6 +41,9 @@ class NotifyingStore(DocumentStore):
     async def get_many(self, collection: str, keys: Sequence[Key]) -> list[Doc]:
         return await self.inner.get_many(collection, keys)
 
+    async def may_exist(self, collection: str, key: Key) -> bool:
+        return await self.inner.may_exist(collection, key)
+
     async def find(
         self,
         collection: str,

@@ -785,3 +785,24 @@ async def test_a_replace_moves_exactly_the_queryable_fields_that_changed(store):
     await commit(store, lambda u: u.replace("members", {**doc, "tier": "1"}))
     assert await ids(store, "members", {"tier": "1"}) == ["m1"]
     assert await ids(store, "members", {"tier": True}) == []
+
+
+async def test_may_exist_is_false_only_for_a_key_that_is_not_there(open_store):
+    """A hint that spares a read: False must mean what a get would find (None); an
+    engine that keeps no filter answers True."""
+    filtered = Collection("counters", key_filter=True)
+    store = await open_store(Schema("contract", (filtered, Collection("plain"))))
+    await commit(store, lambda u: (u.insert("counters", {"_id": "a", "n": 1}),
+                                   u.insert("plain", {"_id": "a"})))
+    for collection in ("counters", "plain"):
+        for key in ("a", "b", "c", "never"):
+            if not await store.may_exist(collection, key):
+                assert await store.get(collection, key) is None, (collection, key)
+        assert await store.may_exist(collection, "a")
+    await commit(store, lambda u: u.insert("counters", {"_id": "b", "n": 1}))
+    assert await store.may_exist("counters", "b")
+    await commit(store, lambda u: u.delete("counters", "b"))
+    assert await store.get("counters", "b") is None  # (may_exist may still say True)
+    if store.engine == "sqlite":
+        assert not await store.may_exist("counters", "never")
+        assert await store.may_exist("plain", "never")  # no filter declared

@@ -234,3 +234,47 @@ async def test_a_process_reading_the_file_keeps_the_rows_and_one_writing_ends_th
                   """ AS BLOB), n = 5""")
     assert (await mine.get("things", "a"))["n"] == 5
     assert mine._point.queries == queries + 1
+
+
+FILTERED = Schema("filtered", (Collection("counters", key_filter=True),))
+
+
+async def test_the_key_filter_answers_absent_keys_without_a_read_until_someone_else_commits(
+        tmp_path):
+    path = str(tmp_path / "f.db")
+    first = await open_document_store(FILTERED, sqlite_path=path)
+    await _commit(first, lambda u: u.insert("counters", {"_id": "old"}))
+    await first.close()
+    mine = await open_document_store(FILTERED, sqlite_path=path)  # "old" read at open
+    theirs = await open_document_store(FILTERED, sqlite_path=path)
+    try:
+        assert await mine.may_exist("counters", "old")
+        keys = [f"m{i}" for i in range(1000)]
+        absent = [k for k in keys if not await mine.may_exist("counters", k)]
+        assert len(absent) > 950  # a Bloom filter: a few "maybe"s are allowed
+        await _commit(mine, lambda u: u.insert("counters", {"_id": "m1"}))
+        assert await mine.may_exist("counters", "m1")  # its own batch added it
+        assert not await mine.may_exist("counters", absent[-1])
+        # Another connection's commit: its keys are unknown, so every key is "maybe".
+        await _commit(theirs, lambda u: u.insert("counters", {"_id": absent[-1]}))
+        assert await mine.may_exist("counters", absent[-1])
+        assert await mine.get("counters", absent[-1]) == {"_id": absent[-1], "_v": 1}
+        assert await mine.may_exist("counters", "never-written")
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_commit_by_another_connection_around_own_batch_turns_the_filter_off(tmp_path):
+    path = str(tmp_path / "f.db")
+    mine = await open_document_store(FILTERED, sqlite_path=path)
+    try:
+        assert not await mine.may_exist("counters", "x")
+        with sqlite3.connect(path) as other:  # between the filter's look and the next batch
+            other.execute('INSERT INTO "counters" ("_id", "_v", "_doc") VALUES (?, 1, ?)',
+                          ("x", b'{"_id": "x"}'))
+        await _commit(mine, lambda u: u.insert("counters", {"_id": "y"}))
+        assert await mine.may_exist("counters", "x")
+        assert await mine.get("counters", "x") is not None
+    finally:
+        await mine.close()
