@@ -45,8 +45,7 @@ class CheckIns:
             key = f"{member_id}:{today.isoformat()}"
             # The usual check-in reads one document: the streak tells whether today's
             # check-in can exist. A member's first reads none (the streaks' key filter).
-            streak = (await self.store.get(STREAKS.name, member_id)
-                      if await self.store.may_exist(STREAKS.name, member_id) else None)
+            streak = await self.store.get(STREAKS.name, member_id)
             if dc.may_have_checked_in(streak, today):
                 first = await self.store.get(CHECKINS.name, key)
                 if first is not None:

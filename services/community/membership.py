@@ -75,9 +75,7 @@ class Membership:
         """The member's counters; None for a member who never joined a group, who then
         has no membership anywhere (the first join writes both in one unit of work,
         and a merge moves memberships only with counters), so callers skip reading one.
-        A member the store knows has none is answered without a read."""
-        if not await self.store.may_exist(MEMBER_STATS.name, member_id):
-            return None
+        A member who never had any is answered without a read (the key filter)."""
         return await self.store.get(MEMBER_STATS.name, member_id)
 
     async def add_member(self, uow: UnitOfWork, group: Doc, member_id: str,

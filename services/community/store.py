@@ -46,7 +46,7 @@ MEMBERSHIPS = Collection(
     (Index(("group_id", "state")), Index(("member_id", "state")), Index(("member_id", "pool_id"))),
 )
 # Most members who scan a live code never joined a group: a filter of the counters'
-# keys answers that without a read (DocumentStore.may_exist).
+# keys answers `get` without a read (Collection.key_filter).
 MEMBER_STATS = Collection("member_stats", key_filter=True)
 RULES = Collection("rules", (Index(("deleted", "priority")),))
 CHECKINS = Collection("checkins", (Index(("member_id", "day")),))

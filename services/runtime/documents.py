@@ -103,8 +103,8 @@ class Collection:
     fields: tuple[str, ...] = ()
     key_type: type[str] | type[int] = str
     blob: str | None = None  # the one field holding bytes, if any
-    # Keep a filter of the collection's keys, so that `may_exist` answers most keys
-    # never written without a read (the SQLite engine; see DocumentStore.may_exist).
+    # Keep a filter of the collection's keys, so that `get` (and `may_exist`) answers
+    # most keys never written without a read (the SQLite engine; DocumentStore.may_exist).
     key_filter: bool = False
 
     @cached_property
@@ -248,7 +248,7 @@ class DocumentStore(abc.ABC):
         would find: a hint that spares the read of a key that was never written (the
         counters of a member who never joined a group). True means "read it". The
         SQLite engine keeps a filter of the keys of a collection declared with
-        `key_filter`; the others always answer True."""
+        `key_filter` (its `get` consults it too); the others always answer True."""
         return True
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ reached); a row larger than KEPT_ROW_BYTES (a big blob) is read every time.
 The key filters of collections declared with `key_filter` (KeyFilter: every key the
 table held when the store opened, and every key its batches wrote since) follow the
 same header: while nothing but the store's batches committed, a key a filter never
-saw does not exist, and `may_exist` says so without a read. A commit by anyone else
+saw does not exist, and `get` (and `may_exist`) says so without a read. A commit by anyone else
 turns the filters off until the store is opened again (their keys are unknown).
 """
 
@@ -99,6 +99,8 @@ class KeptRows:
         ref = (t.name, key)
         with self._lock:
             under = self.wal.look()
+            if self._absent(t, key, under, writer):
+                return None
             row = UNKEPT
             if under == self.under:
                 row = self.rows.get(ref, UNKEPT)
@@ -136,14 +138,19 @@ class KeptRows:
         """False when the table's filter never saw `key` and nothing but this store's
         batches (each seen by after_batch) committed since the filter was made."""
         with self._lock:
-            keys = self.filters.get(t.name)
-            if keys is None:
-                return True
-            if self.wal.look() != self.filters_under:
-                if not writer.in_flight:  # another process committed: keys unknown
-                    self.filters = {}
-                return True  # (or a batch of this store's half seen: after_batch will)
-            return keys.maybe(key)
+            return not self._absent(t, key, self.wal.look(), writer)
+
+    def _absent(self, t: Table, key: Key, look: bytes, writer: _Writer) -> bool:
+        """(Under the lock, with the header's `look`.) Whether the table's filter
+        knows `key` is not there; a commit by another process turns the filters off."""
+        keys = self.filters.get(t.name)
+        if keys is None:
+            return False
+        if look != self.filters_under:
+            if not writer.in_flight:  # another process committed: keys unknown
+                self.filters = {}
+            return False  # (or a batch of this store's half seen: after_batch will)
+        return not keys.maybe(key)
 
     def _keep(self, ref: Ref, row: Any) -> None:
         """Keeps `row` (under the lock), within the bounds above."""

@@ -238,16 +238,17 @@ def _status_code(exc: Exception, context: Context) -> grpc.StatusCode:
 async def _abort(method: str, context: Context, exc: Exception) -> NoReturn:
     """Ends the call with the status `exc` stands for (always raises). A failed call
     returns its request id too: that is when a caller needs it most."""
-    request_id = ((REQUEST_ID_METADATA, request_id_var.get()),) if request_id_var.get() else ()
+    request_id = request_id_var.get()
+    trailing = ((REQUEST_ID_METADATA, request_id),) if request_id else ()
     if isinstance(exc, PondError):
         RPC_METRICS.record_error(method, exc.reason)
         status = to_rpc_status(exc)
         await context.abort_with_status(status._replace(  # type: ignore[attr-defined]
-            trailing_metadata=(*status.trailing_metadata, *request_id)))
+            trailing_metadata=(*status.trailing_metadata, *trailing)))
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     _log.exception("unhandled error", method=method)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error", request_id)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error", trailing)
 
 
 def _finish(method: str, code: str, start: float) -> None:
