@@ -37,12 +37,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from itertools import count
 from pathlib import Path
 from typing import Any
 
 import grpc
-from pond.community.v1 import community_pb2 as cpb
 from pond.community.v1 import community_pb2_grpc
 from pond.member.v1 import member_pb2 as mpb
 from pond.member.v1 import member_pb2_grpc
@@ -157,7 +155,7 @@ async def _measure(workdir: Path, calls: int, say, servers: frozenset[str] = SER
         service_md = call_metadata(mint_token(secret, "bench-campaign", Role.SERVICE))
         operator_md = call_metadata(mint_token(secret, "bench-operator", Role.OPERATOR))
         rng = random.Random(SEED)
-        numbers, tag = count(1), secrets.token_hex(3)
+        tag = secrets.token_hex(3)
 
         def env(data: str, db: int) -> dict[str, str]:
             url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
@@ -170,16 +168,8 @@ async def _measure(workdir: Path, calls: int, say, servers: frozenset[str] = SER
             return tpb.CheckMembershipRequest(
                 member_id=member_id(rng.randrange(TAGGING_MEMBERS)), segment_ids=CHECKED_SEGMENTS)
 
-        def route() -> cpb.RouteMemberRequest:
-            n = next(numbers)
-            rule_id = bench_community.RULES_IDS[n % bench_community.POOLS]
-            return cpb.RouteMemberRequest(member_id=f"r{tag}{n:08d}", rule_id=rule_id)
-
-        def check_in() -> cpb.CheckInRequest:
-            return cpb.CheckInRequest(member_id=f"c{tag}{next(numbers):08d}")
-
-        def echo_request() -> mpb.GetMemberRequest:
-            return mpb.GetMemberRequest(member_id=f"m{tag}{next(numbers):08d}")
+        requests = bench_community.Requests()
+        route, check_in, echo_request = requests.route, requests.check_in, requests.echo
 
         member_ids: list[str] = []
 
@@ -198,27 +188,33 @@ async def _measure(workdir: Path, calls: int, say, servers: frozenset[str] = SER
             id="m" * 26, store_id="store-001", guide_id="guide-0001", tier_level=1,
             tier_name="Silver")).SerializeToString())
         echo = ["-m", "bench.server", "echo", "--response-file"]
-        plans = [
-            ("echo (a Member)", [*echo, str(workdir / "echo-member.bin")], env("member", 3),
-             [("echo", echo_request, operator_md, None)]),
-            ("member", ["-m", "bench.server", "member"], env("member", 3),
-             [("GetMember", get_member, operator_md, member_pb2_grpc.MemberServiceStub),
-              ("RecordOrder", orders, operator_md, member_pb2_grpc.MemberServiceStub)]),
-            # label, server args, env, [(method, make request, metadata, stub maker)]
-            ("echo (CheckMembership's answer)", [*echo, str(workdir / "echo-tagging.bin")],
-             env("tagging", 1), [("echo", check, service_md, None)]),
-            ("tagging", ["-m", "bench.tagging.server"], env("tagging", 1),
-             [("CheckMembership", check, service_md, tagging_pb2_grpc.TaggingServiceStub)]),
-            ("echo (the community bench's answer)", [*echo, str(workdir / "echo-community.bin")],
-             env("community", 2), [("echo", echo_request, operator_md, None)]),
-            ("community", ["-m", "bench.server", "community"], env("community", 2),
-             [("RouteMember", route, operator_md, community_pb2_grpc.CommunityServiceStub),
-              ("CheckIn", check_in, operator_md, community_pb2_grpc.CommunityServiceStub)]),
-        ]
-        # Each echo is kept with the server measured after it (its baseline).
-        chosen = [plan for plan, kind in zip(plans, [k for k in SERVERS_IN_ORDER for _ in "ab"],
-                                             strict=True)
-                  if kind in servers]
+        # Per service: its echo (its baseline, with the same answer size) and itself;
+        # each (label, server args, env, [(method, make request, metadata, stub maker)]).
+        plans = {
+            "member": [
+                ("echo (a Member)", [*echo, str(workdir / "echo-member.bin")], env("member", 3),
+                 [("echo", echo_request, operator_md, None)]),
+                ("member", ["-m", "bench.server", "member"], env("member", 3),
+                 [("GetMember", get_member, operator_md, member_pb2_grpc.MemberServiceStub),
+                  ("RecordOrder", orders, operator_md, member_pb2_grpc.MemberServiceStub)]),
+            ],
+            "tagging": [
+                ("echo (CheckMembership's answer)", [*echo, str(workdir / "echo-tagging.bin")],
+                 env("tagging", 1), [("echo", check, service_md, None)]),
+                ("tagging", ["-m", "bench.tagging.server"], env("tagging", 1),
+                 [("CheckMembership", check, service_md, tagging_pb2_grpc.TaggingServiceStub)]),
+            ],
+            "community": [
+                ("echo (the community bench's answer)",
+                 [*echo, str(workdir / "echo-community.bin")],
+                 env("community", 2), [("echo", echo_request, operator_md, None)]),
+                ("community", ["-m", "bench.server", "community"], env("community", 2),
+                 [("RouteMember", route, operator_md, community_pb2_grpc.CommunityServiceStub),
+                  ("CheckIn", check_in, operator_md,
+                   community_pb2_grpc.CommunityServiceStub)]),
+            ],
+        }
+        chosen = [plan for kind in SERVERS_IN_ORDER if kind in servers for plan in plans[kind]]
         for i, (label, args, server_env, methods) in enumerate(chosen):
             if patch and label in SERVERS:
                 args = [*args, "--patch", patch]

@@ -35,6 +35,7 @@ import time
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import grpc
 from pond.community.v1 import community_pb2 as cpb
@@ -44,7 +45,7 @@ from pond.member.v1 import member_pb2 as mpb
 from bench import report
 from bench.load import RunResult, closed_loop
 from bench.procstat import find_pid
-from bench.runner import CHANNEL_OPTIONS, ServerProcess, _server_env
+from bench.runner import CHANNEL_OPTIONS, ServerProcess, _server_env, shut_down
 from bench.server import ECHO_METHOD
 from services.community.domain import groups as dg
 from services.community.domain import routing as dr
@@ -119,6 +120,56 @@ def _channel(port: int) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
 
 
+class Requests:
+    """The bench's requests: every RouteMember and CheckIn for a new member (over the
+    POOLS live codes in turn), echo's the size of GetMember's."""
+
+    def __init__(self) -> None:
+        self._numbers, self._tag = count(1), secrets.token_hex(3)
+
+    def route(self) -> cpb.RouteMemberRequest:
+        n = next(self._numbers)
+        return cpb.RouteMemberRequest(member_id=f"r{self._tag}{n:08d}",
+                                      rule_id=RULES_IDS[n % POOLS])
+
+    def check_in(self) -> cpb.CheckInRequest:
+        return cpb.CheckInRequest(member_id=f"c{self._tag}{next(self._numbers):08d}")
+
+    def echo(self) -> mpb.GetMemberRequest:
+        return mpb.GetMemberRequest(member_id=f"m{self._tag}{next(self._numbers):08d}")
+
+
+async def start_community(workdir: Path, data: Path, redis_url: str, secret: str,
+                          log_level: str = "info", *extra: str,
+                          ) -> tuple[ServerProcess, grpc.aio.Channel]:
+    """A community server on `data` (its other services unreachable: none is asked)
+    and a ready channel to it; it runs in `workdir`."""
+    env = _server_env(data, redis_url, secret, "", log_level, {
+        "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
+        "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",
+        "POND_COMMUNITY_CALLBACK_PORT": "0"})
+    workdir.mkdir()
+    proc = ServerProcess("community", workdir, env, *extra).start()
+    channel = _channel(proc.port)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    return proc, channel
+
+
+async def start_echo(workdir: Path) -> tuple[ServerProcess, grpc.aio.Channel, Any]:
+    """The echo server answering the bench's echo answer, a ready channel to it, and
+    its call."""
+    answer = workdir / "echo-response.bin"
+    answer.write_bytes(_echo_answer())
+    echo = ServerProcess("echo", workdir, _server_env(workdir, "", "", "", "info", {}),
+                         "--response-file", str(answer)).start()
+    channel = _channel(echo.port)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    call = channel.unary_unary(
+        ECHO_METHOD, request_serializer=mpb.GetMemberRequest.SerializeToString,
+        response_deserializer=mpb.Member.FromString, _registered_method=True)
+    return echo, channel, call
+
+
 async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
     rng = random.Random(20261130)
     secret = secrets.token_urlsafe(32)
@@ -136,45 +187,21 @@ async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
             # would hold the relay's lease for both and their consumer groups would
             # share each other's events (the idle one doing part of the other's work).
             redis_url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
-            env = _server_env(workdir / label, redis_url, secret, "", args.log_level, {
-                "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
-                "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",
-                "POND_COMMUNITY_CALLBACK_PORT": "0"})
-            (workdir / f"{label}-run").mkdir()
-            proc = ServerProcess("community", workdir / f"{label}-run", env).start()
+            proc, ch = await start_community(workdir / f"{label}-run", workdir / label,
+                                             redis_url, secret, args.log_level)
             servers.append(proc)
-            channels.append(ch := _channel(proc.port))
-            await asyncio.wait_for(ch.channel_ready(), 30)
+            channels.append(ch)
             stubs[label], procs[label] = community_pb2_grpc.CommunityServiceStub(ch), proc
-        answer = workdir / "echo-response.bin"
-        answer.write_bytes(_echo_answer())
-        echo = ServerProcess("echo", workdir, _server_env(workdir, "", "", "", "info", {}),
-                             "--response-file", str(answer)).start()
+        echo, echo_channel, echo_call = await start_echo(workdir)
         servers.append(echo)
-        channels.append(echo_channel := _channel(echo.port))
-        await asyncio.wait_for(echo_channel.channel_ready(), 30)
-        echo_call = echo_channel.unary_unary(
-            ECHO_METHOD, request_serializer=mpb.GetMemberRequest.SerializeToString,
-            response_deserializer=mpb.Member.FromString, _registered_method=True)
+        channels.append(echo_channel)
         md = call_metadata(mint_token(secret, "bench-operator", Role.OPERATOR))
-        numbers = count(1)
-        tag = secrets.token_hex(3)
-
-        def route() -> cpb.RouteMemberRequest:
-            n = next(numbers)
-            return cpb.RouteMemberRequest(member_id=f"r{tag}{n:08d}",
-                                          rule_id=RULES_IDS[n % POOLS])
-
-        def check_in() -> cpb.CheckInRequest:
-            return cpb.CheckInRequest(member_id=f"c{tag}{next(numbers):08d}")
-
-        def echo_request() -> mpb.GetMemberRequest:
-            return mpb.GetMemberRequest(member_id=f"m{tag}{next(numbers):08d}")
-
+        requests = Requests()
+        route = requests.route
         targets = {
-            "echo": (echo, echo_call, echo_request),
+            "echo": (echo, echo_call, requests.echo),
             "RouteMember": (procs["small"], stubs["small"].RouteMember, route),
-            "CheckIn": (procs["small"], stubs["small"].CheckIn, check_in),
+            "CheckIn": (procs["small"], stubs["small"].CheckIn, requests.check_in),
             "RouteMember@100": (procs["small"], stubs["small"].RouteMember, route),
             "RouteMember@25k": (procs["large"], stubs["large"].RouteMember, route),
             WARM_UP_LARGE: (procs["large"], stubs["large"].RouteMember, route),
@@ -193,11 +220,7 @@ async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
         errors = [line for s in servers if s.kind == "community" for line in s.error_lines()]
         return {"runs": runs, "seeded": seeded, "server_errors": errors}
     finally:
-        for ch in channels:
-            await ch.close()
-        for server in reversed(servers):
-            server.stop()
-        valkey.stop()
+        await shut_down(channels, servers, valkey)
 
 
 def figures(runs: list[RunResult]) -> list[report.Figure]:

@@ -23,17 +23,14 @@ import shutil
 import statistics
 import sys
 import tempfile
-from itertools import count
 from pathlib import Path
 
-from pond.community.v1 import community_pb2 as cpb
+import grpc
 from pond.community.v1 import community_pb2_grpc
-from pond.member.v1 import member_pb2 as mpb
 
 from bench import community as bench_community
 from bench.load import closed_loop
-from bench.runner import ServerProcess, _server_env
-from bench.server import ECHO_METHOD
+from bench.runner import ServerProcess, shut_down
 from services.runtime.auth import Role, mint_token
 from services.runtime.clients import call_metadata
 from services.runtime.redis_conn import EmbeddedValkey
@@ -47,54 +44,30 @@ async def one_repeat(workdir: Path, seeded: Path, patch: str, method: str,
     secret = secrets.token_urlsafe(32)
     valkey = EmbeddedValkey(workdir / "valkey").start()
     servers: list[ServerProcess] = []
-    channels = []
+    channels: list[grpc.aio.Channel] = []
     try:
         calls = {}
         for db, label in ((1, "A"), (2, "B")):
             shutil.copytree(seeded, workdir / label)
-            env = _server_env(workdir / label, valkey.url.rsplit("/", 1)[0] + f"/{db}",
-                              secret, "", "info", {
-                                  "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
-                                  "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",
-                                  "POND_COMMUNITY_CALLBACK_PORT": "0"})
-            (workdir / f"{label}-run").mkdir()
-            extra = ("--patch", patch) if label == "B" else ()
-            proc = ServerProcess("community", workdir / f"{label}-run", env, *extra).start()
+            proc, channel = await bench_community.start_community(
+                workdir / f"{label}-run", workdir / label,
+                valkey.url.rsplit("/", 1)[0] + f"/{db}", secret, "info",
+                *(("--patch", patch) if label == "B" else ()))
             servers.append(proc)
-            channels.append(channel := bench_community._channel(proc.port))
-            await asyncio.wait_for(channel.channel_ready(), 30)
+            channels.append(channel)
             stub = community_pb2_grpc.CommunityServiceStub(channel)
             calls[label] = (proc, getattr(stub, method))
-        answer = workdir / "echo-response.bin"
-        answer.write_bytes(bench_community._echo_answer())
-        echo = ServerProcess("echo", workdir, _server_env(workdir, "", "", "", "info", {}),
-                             "--response-file", str(answer)).start()
+        echo, echo_channel, echo_call = await bench_community.start_echo(workdir)
         servers.append(echo)
-        channels.append(echo_channel := bench_community._channel(echo.port))
-        await asyncio.wait_for(echo_channel.channel_ready(), 30)
-        calls["echo"] = (echo, echo_channel.unary_unary(
-            ECHO_METHOD, request_serializer=mpb.GetMemberRequest.SerializeToString,
-            response_deserializer=mpb.Member.FromString, _registered_method=True))
+        channels.append(echo_channel)
+        calls["echo"] = (echo, echo_call)
         md = call_metadata(mint_token(secret, "bench-operator", Role.OPERATOR))
-        numbers, tag = count(1), secrets.token_hex(3)
-
-        def route() -> cpb.RouteMemberRequest:
-            n = next(numbers)
-            return cpb.RouteMemberRequest(
-                member_id=f"r{tag}{n:08d}",
-                rule_id=bench_community.RULES_IDS[n % bench_community.POOLS])
-
-        def check_in() -> cpb.CheckInRequest:
-            return cpb.CheckInRequest(member_id=f"c{tag}{next(numbers):08d}")
-
-        def echo_request() -> mpb.GetMemberRequest:
-            return mpb.GetMemberRequest(member_id=f"m{tag}{next(numbers):08d}")
-
-        make = {"RouteMember": route, "CheckIn": check_in}[method]
+        requests = bench_community.Requests()
+        make = {"RouteMember": requests.route, "CheckIn": requests.check_in}[method]
         rates: dict[str, list[float]] = {"A": [], "B": [], "echo": []}
         for label in ORDER:
             proc, call = calls[label]
-            result = await closed_loop(label, call, echo_request if label == "echo" else make,
+            result = await closed_loop(label, call, requests.echo if label == "echo" else make,
                                        md, concurrency=concurrency, warmup=1.0,
                                        duration=duration, server_pid=proc.pid)
             if result.errors:
@@ -106,11 +79,7 @@ async def one_repeat(workdir: Path, seeded: Path, patch: str, method: str,
             f"B {b:,.0f} ({b / echo_rate:.1%}): B/A {b / a:.3f}")
         return b / a
     finally:
-        for channel in channels:
-            await channel.close()
-        for server in reversed(servers):
-            server.stop()
-        valkey.stop()
+        await shut_down(channels, servers, valkey)
 
 
 async def measure(args: argparse.Namespace, workdir: Path, say) -> list[float]:

@@ -128,6 +128,17 @@ class ServerProcess:
         return found
 
 
+async def shut_down(channels: list[grpc.aio.Channel], servers: list[ServerProcess],
+                    valkey: EmbeddedValkey) -> None:
+    """The end of a bench run: its channels closed, its servers stopped (the last
+    started first) and its Valkey."""
+    for channel in channels:
+        await channel.close()
+    for server in reversed(servers):
+        server.stop()
+    valkey.stop()
+
+
 def _server_env(
     data_dir: Path,
     redis_url: str,
@@ -339,8 +350,4 @@ async def measure(opts: Options, workdir: Path, say) -> Measured:
             windows,
         )
     finally:
-        for ch in channels:
-            await ch.close()
-        for server in reversed(servers):
-            server.stop()
-        valkey.stop()
+        await shut_down(channels, servers, valkey)

@@ -45,7 +45,7 @@ from pond.tagging.v1 import tagging_pb2_grpc
 
 from bench import workload
 from bench.load import RunResult, closed_loop
-from bench.runner import CHANNEL_OPTIONS, ServerProcess
+from bench.runner import CHANNEL_OPTIONS, ServerProcess, shut_down
 from bench.server import ECHO_METHOD
 from bench.tagging.brand import CATEGORIES, CHECKED_SEGMENTS, FIRST_ORDER_SEGMENT
 from bench.tagging.synth import member_id
@@ -310,8 +310,4 @@ async def measure(opts: RpcOptions, data_dir: Path, workdir: Path, say) -> dict:
             "server_errors": errors[:5],
         }
     finally:
-        for ch in channels:
-            await ch.close()
-        for proc in reversed(servers):
-            proc.stop()
-        valkey.stop()
+        await shut_down(channels, servers, valkey)
