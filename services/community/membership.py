@@ -32,6 +32,15 @@ class Joined:
     first_join: bool = False
 
 
+def write_group(uow: UnitOfWork, group: Doc) -> None:
+    """The group as joins left it: replaced (guarded by the version it was read at),
+    or inserted when it was opened in this unit of work."""
+    if group.get("_v"):
+        uow.replace(GROUPS.name, group)
+    else:
+        uow.insert(GROUPS.name, group)
+
+
 class Membership:
     def __init__(self, writes: Writes, peers: Peers) -> None:
         self.w = writes
@@ -86,21 +95,32 @@ class Membership:
         archived or full or the member fails its entry rules. Nothing added when the
         member is in the group already. `stats`: the member's counters (member_stats)
         as read in this attempt."""
-        mid = membership_id(group["_id"], member_id)
-        current = None if stats is None else await self.store.get(MEMBERSHIPS.name, mid)
+        current = None if stats is None else await self.stint(group["_id"], member_id)
         if current is not None and current["state"] == ACTIVE:
             return Joined(group, current, already_member=True)
         dg.ensure_joinable(group)
         dg.check_entry(group["entry_rules"], facts)
+        joined = self.admit(uow, group, member_id, stats, current, rule_id)
+        write_group(uow, joined.group)
+        return joined
+
+    async def stint(self, group_id: str, member_id: str) -> Doc | None:
+        """The member's membership of the group, active or past (None: never in it).
+        Not asked for a member without counters (member_stats): never in any group."""
+        return await self.store.get(MEMBERSHIPS.name, membership_id(group_id, member_id))
+
+    def admit(self, uow: UnitOfWork, group: Doc, member_id: str, stats: Doc | None,
+              current: Doc | None, rule_id: str) -> Joined:
+        """The join's membership, the member's counters and its event added to `uow`,
+        once the group has taken the member (ensure_joinable, check_entry). The group
+        with its new count is the Joined's, not written: a batch of joins into one
+        group writes it once (write_group)."""
         now, micros = self.w.now(), self.w.now_micros()
         group = dg.refresh_open({**group, "member_count": group["member_count"] + 1,
                                  "update_time": micros})
-        if group.get("_v"):
-            uow.replace(GROUPS.name, group)
-        else:
-            uow.insert(GROUPS.name, group)
         membership = {
-            **(current or {}), "_id": mid, "group_id": group["_id"], "member_id": member_id,
+            **(current or {}), "_id": membership_id(group["_id"], member_id),
+            "group_id": group["_id"], "member_id": member_id,
             "pool_id": group["pool_id"], "rule_id": rule_id, "state": ACTIVE,
             "join_time": micros, "leave_time": 0, "removed_by": "", "reason": "",
             "join_count": (current or {}).get("join_count", 0) + 1,

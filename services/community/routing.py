@@ -9,36 +9,52 @@ never open the same number twice) and announced (GroupOpened); without a templat
 pool is full (POOL_FULL). The chosen group's entry rules are checked and the member
 joins, in one unit of work with the group's count.
 
-Routes into one pool take turns in the process, so 1,000 concurrent joins never
-conflict among themselves and open exactly the groups they fill; across replicas the
-guards (the group's version, the rule's version, the overflow group's id) decide and
-the loser routes again."""
+Scans of one pool are routed in batches, in the pool's turn: while a batch is being
+written, the scans that arrive wait for the next one (up to MAX_BATCH), which reads
+the pool's open groups once, chooses each member's group in memory as routing them
+one by one would (domain.routing.PoolFill), writes each group joined once and commits
+every join together. So 1,000 concurrent joins never conflict among themselves, open
+exactly the groups they fill and cost a read and a commit per batch, not per join.
+Each member gets their own answer or error (an entry rule they fail is theirs alone).
+Across replicas the guards (the group's version, the rule's version, the overflow
+group's id) decide and the losing batch routes again."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
+from services.community.domain import groups as dg
 from services.community.domain import routing as dr
 from services.community.domain.errors import RuleViolation
 from services.community.events import GroupOpened
-from services.community.membership import ACTIVE, Joined, Membership
+from services.community.membership import ACTIVE, Joined, Membership, write_group
 from services.community.peers import MemberLookup
 from services.community.store import (
     GROUPS,
     MEMBERSHIPS,
     RULES,
     open_groups_in_pool,
-    open_pool_group,
+    open_pool_groups,
 )
-from services.community.writes import DOMAIN, Writes
+from services.community.writes import DOMAIN, Writes, rule_error
 from services.runtime.documents import Doc, DuplicateKey, UnitOfWork
-from services.runtime.errors import already_exists, failed_precondition, not_found
+from services.runtime.errors import (
+    Unavailable,
+    already_exists,
+    failed_precondition,
+    not_found,
+)
 from services.runtime.ids import new_id
 
 MAX_RULES = 1000  # rules a brand may have: routing by context reads them in order
+# Scans of one pool routed together: one read of the pool, one write of each group
+# joined and one commit for up to this many joins.
+MAX_BATCH = 100
 # How long a scan may use a rule read by an earlier scan. A change made on this
 # replica applies at once (it drops the kept rule); one made on another, within this.
 RULE_KEPT_SECONDS = 1.0
@@ -51,12 +67,51 @@ class Routed:
     opened_group: bool = False
 
 
+@dataclass
+class _Scan:
+    """A route waiting for its pool's next batch."""
+
+    member_id: str
+    lookup: MemberLookup
+    payment_id: str
+    rule: Doc  # as read for the scan
+    future: asyncio.Future[Routed] = field(init=False)  # a queued scan's answer
+
+
+Outcome = Routed | Exception | None  # None: routed in the next batch
+
+
+def _take_batch(queue: list[_Scan]) -> list[_Scan]:
+    """Up to MAX_BATCH of the queue's scans, in arrival order, taken off it: not the
+    ones whose caller gave up, nor a member's second scan (it waits for the next
+    batch, which finds the first one's join)."""
+    batch: list[_Scan] = []
+    members: set[str] = set()
+    kept: list[_Scan] = []
+    for scan in queue:
+        if scan.future.done():
+            continue
+        if len(batch) < MAX_BATCH and scan.member_id not in members:
+            batch.append(scan)
+            members.add(scan.member_id)
+        else:
+            kept.append(scan)
+    queue[:] = kept
+    return batch
+
+
+def _stopping() -> Unavailable:
+    return Unavailable("STOPPING", "the service is stopping; route again", domain=DOMAIN)
+
+
 class Routing:
     def __init__(self, writes: Writes, membership: Membership) -> None:
         self.w = writes
         self.store = writes.store
         self.membership = membership
         self._kept: dict[str, tuple[float, Doc]] = {}  # rule id -> (read at, rule)
+        self._queues: dict[str, list[_Scan]] = {}  # rule id -> scans waiting for a batch
+        self._draining: set[asyncio.Task[None]] = set()  # each pool's batches, while any
 
     # -- rules --
     async def create_rule(self, rule_id: str, fields: Mapping[str, Any]) -> Doc:
@@ -161,41 +216,140 @@ class Routing:
                                           domain=DOMAIN, rule_id=rule_id)
         else:
             rule = await self._matching_rule(lookup, store_id, city)
-        rule_id = rule["_id"]
-        if rule["template"]:  # ask what the pool's entry rules need before taking the turn
+        if rule["template"]:  # ask what the pool's entry rules need before queueing
             await self.membership.entry_facts(rule["template"]["entry_rules"], lookup,
                                               payment_id)
+        rule_id = rule["_id"]
+        scan = _Scan(member_id, lookup, payment_id, rule)
+        queue = self._queues.get(rule_id)
+        if queue is not None:  # the pool's batch is being written: wait for the next
+            scan.future = asyncio.get_running_loop().create_future()
+            queue.append(scan)
+            return await scan.future
+        # An idle pool: this scan is routed here, alone (no task, no hand-over); scans
+        # arriving meanwhile queue, and a task routes them in batches.
+        self._queues[rule_id] = queue = []
+        try:
+            outcome: Outcome = None
+            while outcome is None:
+                outcome = (await self.w.run(None, functools.partial(
+                    self._route_batch, rule_id, [scan], [0])))[0]
+        finally:
+            if queue:
+                task = asyncio.get_running_loop().create_task(self._drain(rule_id, queue))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+            else:
+                del self._queues[rule_id]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        # The rule read above serves the first attempt (a stale one cannot do harm: a
-        # group it opens is written guarded by the rule's version); retries reload it.
-        read = [rule]
+    async def _drain(self, rule_id: str, queue: list[_Scan]) -> None:
+        """Routes the pool's queued scans, a batch at a time in the pool's turn, until
+        none is left; each scan's caller gets its own answer or error."""
+        try:
+            while queue:
+                batch = _take_batch(queue)
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self.w.run(None, functools.partial(
+                        self._route_batch, rule_id, batch, [0]))
+                except Exception as exc:  # the batch as a whole failed
+                    outcomes = [exc] * len(batch)
+                except BaseException:
+                    for scan in batch:
+                        if not scan.future.done():
+                            scan.future.set_exception(_stopping())
+                    raise
+                deferred = []
+                for scan, outcome in zip(batch, outcomes, strict=True):
+                    if outcome is None:
+                        deferred.append(scan)
+                    elif not scan.future.done():
+                        if isinstance(outcome, Routed):
+                            scan.future.set_result(outcome)
+                        else:
+                            scan.future.set_exception(outcome)
+                queue[:0] = deferred
+        finally:
+            del self._queues[rule_id]
+            for scan in queue:  # only when cancelled (the service stopping)
+                if not scan.future.done():
+                    scan.future.set_exception(_stopping())
 
-        async def attempt() -> Routed:
-            stats = await self.membership.member_stats(member_id)
+    async def _route_batch(self, rule_id: str, batch: list[_Scan],
+                           attempts: list[int]) -> list[Outcome]:
+        """One attempt at the batch: each scan's Routed, its error, or None (routed in
+        the next batch), with every join committed in one unit of work. A lost race
+        (Conflict, DuplicateKey) leaves nothing written and the whole batch goes again
+        (`attempts`: the batch's count of them, so that a retry reads the rule again)."""
+        attempts[0] += 1
+        outcomes: list[Outcome] = [None] * len(batch)
+        joining: list[tuple[int, _Scan, Doc | None]] = []
+        for i, scan in enumerate(batch):
+            stats = await self.membership.member_stats(scan.member_id)
             if stats is not None:  # in a group now or before: maybe routed here already
-                current = await self.store.find(MEMBERSHIPS.name, {
-                    "member_id": member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
-                if current:  # routed before (the code scanned twice): the same group
-                    mine = await self.w.need(GROUPS.name, "group", current[0]["group_id"])
-                    return Routed(Joined(mine, current[0], already_member=True), rule_id)
-            rule = read.pop() if read else await self.get_rule(rule_id)
-            uow = UnitOfWork()
-            found = await open_pool_group(self.store, rule_id,
-                                          dr.POOL_ORDER[rule["fill_strategy"]])
-            opened = found is None
-            group = await self._open_group(uow, rule) if found is None else found
-            facts = await self.membership.entry_facts(group["entry_rules"], lookup, payment_id)
-            joined = await self.membership.add_member(uow, group, member_id, stats, facts,
-                                                      rule_id)
-            if not joined.already_member:
-                await self.store.commit(uow)
-                if opened:  # the rule's numbering moved on
-                    self._changed(rule_id)
-            return Routed(joined, rule_id, opened)
+                here = await self.store.find(MEMBERSHIPS.name, {
+                    "member_id": scan.member_id, "pool_id": rule_id, "state": ACTIVE}, limit=1)
+                if here:  # routed before (the code scanned twice): the same group
+                    mine = await self.w.need(GROUPS.name, "group", here[0]["group_id"])
+                    outcomes[i] = Routed(Joined(mine, here[0], already_member=True), rule_id)
+                    continue
+            joining.append((i, scan, stats))
+        if not joining:
+            return outcomes
+        # The scans' rule serves the first attempt (a stale one cannot do harm: a group
+        # it opens is written guarded by the rule's version); retries reload it.
+        rule = await self.get_rule(rule_id) if attempts[0] > 1 else batch[-1].rule
+        fill = dr.PoolFill(rule["fill_strategy"], await open_pool_groups(
+            self.store, rule_id, dr.POOL_ORDER[rule["fill_strategy"]], len(joining)),
+            len(joining))
+        uow = UnitOfWork()
+        joined_groups: dict[str, Doc] = {}
+        opening: Doc | None = None  # the group this batch opens (at most one)
+        for i, scan, stats in joining:
+            choice = fill.next_group()
+            if choice is dr.UNDECIDED or (choice is dr.OPEN_NEW and opening is not None):
+                break  # these and the rest go in the next batch
+            try:
+                if choice is dr.OPEN_NEW:
+                    opening = await self._next_group(rule)
+                    fill.update(opening)
+                    group = opening
+                else:
+                    group = cast(Doc, choice)
+                facts = await self.membership.entry_facts(group["entry_rules"], scan.lookup,
+                                                          scan.payment_id)
+                current = None if stats is None else await self.membership.stint(
+                    group["_id"], scan.member_id)
+                dg.ensure_joinable(group)
+                dg.check_entry(group["entry_rules"], facts)
+            except RuleViolation as exc:
+                outcomes[i] = rule_error(exc)
+                continue
+            except Exception as exc:  # another service's answer, say: this scan's alone
+                outcomes[i] = exc
+                continue
+            opened = group is opening and group["_id"] not in joined_groups
+            if opened:  # its first member: the group is opened, then joined
+                self._announce_opening(uow, rule, group)
+            joined = self.membership.admit(uow, group, scan.member_id, stats, current,
+                                           rule_id)
+            joined_groups[group["_id"]] = joined.group
+            fill.update(joined.group)
+            outcomes[i] = Routed(joined, rule_id, opened)
+        for group in joined_groups.values():
+            write_group(uow, group)
+        if joined_groups:
+            await self.store.commit(uow)
+            if opening is not None and opening["_id"] in joined_groups:
+                self._changed(rule_id)  # the rule's numbering moved on
+        return outcomes
 
-        return await self.w.run(("pool", rule_id), attempt)
-
-    async def _open_group(self, uow: UnitOfWork, rule: Doc) -> Doc:
+    async def _next_group(self, rule: Doc) -> Doc:
+        """The pool's next group from the rule's template (not written yet)."""
         if not rule["template"]:
             raise RuleViolation("POOL_FULL", f"every group of rule {rule['_id']!r} is full"
                                 " and the rule has no template to open another",
@@ -204,12 +358,13 @@ class Routing:
         # A number whose id a group made by hand has taken is skipped (ids are free).
         while await self.store.get(GROUPS.name, dr.pool_group_id(rule["_id"], sequence)):
             sequence += 1
-        uow.replace(RULES.name, {**rule, "last_sequence": sequence})
-        group = dr.overflow_group(rule, sequence, self.w.now_micros())
+        return dr.overflow_group(rule, sequence, self.w.now_micros())
+
+    def _announce_opening(self, uow: UnitOfWork, rule: Doc, group: Doc) -> None:
+        uow.replace(RULES.name, {**rule, "last_sequence": group["sequence"]})
         self.w.emit(uow, group["_id"], GroupOpened(
-            group_id=group["_id"], rule_id=rule["_id"], sequence=sequence, name=group["name"],
-            owner_guide_id=group["owner_guide_id"]), self.w.now())
-        return group
+            group_id=group["_id"], rule_id=rule["_id"], sequence=group["sequence"],
+            name=group["name"], owner_guide_id=group["owner_guide_id"]), self.w.now())
 
     async def _matching_rule(self, lookup: MemberLookup, store_id: str, city: str) -> Doc:
         rules = await self.store.find(RULES.name, {"deleted": False}, order=("priority",),

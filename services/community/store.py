@@ -77,11 +77,11 @@ def membership_id(group_id: str, member_id: str) -> str:
     return f"{group_id}:{member_id}"
 
 
-async def open_pool_group(store: DocumentStore, pool_id: str, order: tuple[str, ...]) -> Doc | None:
-    """The pool's next group to fill (an indexed read of one document)."""
-    found = await store.find(GROUPS.name, {"pool_id": pool_id, "open": True}, order=order,
-                             limit=1)
-    return found[0] if found else None
+async def open_pool_groups(store: DocumentStore, pool_id: str, order: tuple[str, ...],
+                           limit: int) -> list[Doc]:
+    """The pool's next `limit` groups to fill, in `order` (an indexed read)."""
+    return await store.find(GROUPS.name, {"pool_id": pool_id, "open": True}, order=order,
+                            limit=limit)
 
 
 async def open_groups_in_pool(store: DocumentStore, pool_id: str) -> int:

@@ -19,7 +19,7 @@ from services.community.store import (
     SCHEMA,
     active_entries,
     open_groups_in_pool,
-    open_pool_group,
+    open_pool_groups,
 )
 from services.runtime.documents import UnitOfWork, open_document_store
 
@@ -61,11 +61,12 @@ async def test_a_pools_next_group_by_fill_order(store):
               group("q-1", "q", 1, 0)):
         uow.insert(GROUPS.name, g)
     await store.commit(uow)
-    first = await open_pool_group(store, "p", dr.POOL_ORDER[dr.FILL_FIRST])
-    fewest = await open_pool_group(store, "p", dr.POOL_ORDER[dr.BALANCE])
-    assert (first["_id"], fewest["_id"]) == ("p-2", "p-3")
+    first = await open_pool_groups(store, "p", dr.POOL_ORDER[dr.FILL_FIRST], 2)
+    fewest = await open_pool_groups(store, "p", dr.POOL_ORDER[dr.BALANCE], 5)
+    assert [g["_id"] for g in first] == ["p-2", "p-3"]
+    assert [g["_id"] for g in fewest] == ["p-3", "p-4", "p-2"]  # all open ones: fewer
     assert await open_groups_in_pool(store, "p") == 3
-    assert await open_pool_group(store, "none", ("sequence",)) is None
+    assert await open_pool_groups(store, "none", ("sequence",), 1) == []
 
 
 async def test_memberships_by_member_and_pool_and_a_chains_order_list(store):

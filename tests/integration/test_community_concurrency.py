@@ -116,3 +116,55 @@ async def test_a_member_scanning_a_code_many_times_at_once_joins_one_group(
     groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="scan"), metadata=c.md())
     assert sum(g.member_count for g in groups.groups) == 50
     assert sorted(g.member_count for g in groups.groups) == [1] + [7] * 7
+
+
+async def test_scans_of_one_pool_at_once_go_in_batches_each_with_its_own_answer(
+        community: Community, redis, monkeypatch):
+    """Concurrent scans of one live code are routed in batches (one read of the pool
+    and one commit for many joins); within a batch each member still gets their own
+    answer: a member who has not paid the entry fee is refused alone, a member scanning
+    twice joins once, each joiner sees the group as their join left it, and a group
+    opened in a batch is announced before its first join."""
+    c = community
+    template = pb.GroupTemplate(name_prefix="Fee", kind=1, capacity=30)
+    template.entry_rules.entry_fee_fen = 990
+    await c.rule("fee", template=template)
+    store = c.service.use_cases.routing.store
+    commit, commits = store.commit, []
+
+    async def counted(uow):
+        commits.append(uow)
+        return await commit(uow)
+
+    monkeypatch.setattr(store, "commit", counted)
+
+    async def scan(i: int) -> tuple[str, object]:
+        paid = i % 3 != 0
+        try:
+            return f"m{i % 90:02d}", await c.route(f"m{i % 90:02d}", "fee",
+                                                  entry_payment_id=f"pay-{i % 90}" if paid else "")
+        except grpc.aio.AioRpcError as err:
+            return f"m{i % 90:02d}", error_details(err)[0]
+
+    outcomes = await asyncio.gather(*(scan(i) for i in range(110)))  # m00-m19 twice
+    refused = {m for m, o in outcomes if o == "ENTRY_FEE_REQUIRED"}
+    routed = [(m, o) for m, o in outcomes if isinstance(o, pb.RouteMemberResponse)]
+    # 60 members paid, 13 of them scanned twice; 30 did not (7 of them twice).
+    assert len(refused) == 30 and len(routed) == 73
+    assert all(int(m[1:]) % 3 == 0 for m in refused)
+    group_of = {}
+    for m, r in routed:
+        assert group_of.setdefault(m, r.group.id) == r.group.id  # twice: the same group
+    joins = [r for _, r in routed if not r.already_member]
+    assert len(joins) == 60 and len(group_of) == 60
+    for gid in ("fee-1", "fee-2"):  # each joiner saw their own count: 1, 2, ... 30
+        assert sorted(r.group.member_count for r in joins if r.group.id == gid) == list(
+            range(1, 31))
+    assert len(commits) < 30  # batches, not a commit per join
+    groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="fee"), metadata=c.md())
+    assert {g.id: g.member_count for g in groups.groups} == {"fee-1": 30, "fee-2": 30}
+    events = await eventually(lambda: published(redis),
+                              lambda e: sum(n == "MemberJoinedGroup" for n, _ in e) == 60)
+    order = [(n, p.group_id) for n, p in events if n in ("GroupOpened", "MemberJoinedGroup")]
+    for gid in ("fee-1", "fee-2"):
+        assert order.index(("GroupOpened", gid)) < order.index(("MemberJoinedGroup", gid))

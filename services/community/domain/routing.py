@@ -7,7 +7,9 @@ with 100 groups or 25,000."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from services.community.domain.groups import new_group
@@ -78,3 +80,57 @@ def pool_group_id(rule_id: str, sequence: int) -> str:
     """An overflow group's id: one per pool and sequence, so two replicas opening the
     same group collide on the insert instead of opening two."""
     return f"{rule_id}-{sequence}"
+
+
+class _Choice:
+    """A PoolFill answer that is not a group."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# The pool has no open group: open the next one from the template.
+OPEN_NEW = _Choice("OPEN_NEW")
+# Not known from what was read (the pool's later groups may come first now): route
+# the member in the next batch, after a fresh read.
+UNDECIDED = _Choice("UNDECIDED")
+
+
+class PoolFill:
+    """Which group each route of a batch into one pool joins, decided in memory as the
+    batch goes, the same groups routing the members one at a time would choose.
+
+    `read`: the pool's first open groups in the fill order, as the store holds them,
+    `limit` asked for. Joins only raise a group's key (its count) or close it, and the
+    pool's unread open groups come after the last read one, so the smallest open key
+    among the read groups is the pool's next group as long as it is not past the last
+    read group's key as read. With `limit` at least the number of routes, that holds
+    for every route (one of the first k read groups is untouched at the k-th route);
+    with fewer groups read than asked, the read groups are all the pool's open ones."""
+
+    def __init__(self, strategy: int, read: list[Doc], limit: int) -> None:
+        # A group's place in the fill order (the store breaks ties by _id).
+        self._key: Callable[[Doc], tuple[Any, ...]] = itemgetter(*POOL_ORDER[strategy], "_id")
+        self._groups = {g["_id"]: g for g in read}
+        self._complete = len(read) < limit
+        self._last = self._key(read[-1]) if read else None
+
+    def next_group(self) -> Doc | _Choice:
+        key = self._key
+        best, best_key = None, None
+        for group in self._groups.values():
+            if group["open"] and (best_key is None or key(group) < best_key):
+                best, best_key = group, key(group)
+        if best is None:
+            return OPEN_NEW if self._complete else UNDECIDED
+        if self._complete or (self._last is not None and best_key <= self._last):
+            return best
+        return UNDECIDED
+
+    def update(self, group: Doc) -> None:
+        """`group` as it is now (joined, or opened: then the read groups were all the
+        pool's open ones, and this is the pool's only open group)."""
+        self._groups[group["_id"]] = group
