@@ -168,3 +168,29 @@ async def test_scans_of_one_pool_at_once_go_in_batches_each_with_its_own_answer(
     order = [(n, p.group_id) for n, p in events if n in ("GroupOpened", "MemberJoinedGroup")]
     for gid in ("fee-1", "fee-2"):
         assert order.index(("GroupOpened", gid)) < order.index(("MemberJoinedGroup", gid))
+
+
+async def test_a_failing_store_fails_the_waiting_scans_and_the_pool_routes_again(
+        community: Community, monkeypatch):
+    """The store failing under a batch (a dependency lost mid-flight): every scan
+    waiting on it gets an error, nothing is half-written, and the pool is not left
+    stuck: the next scans route as usual."""
+    c = community
+    await c.rule("flaky", template=pb.GroupTemplate(name_prefix="Flaky", kind=1, capacity=10))
+    store = c.service.use_cases.routing.store
+    commit = store.commit
+
+    async def failing(uow):
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(store, "commit", failing)
+    outcomes = await asyncio.gather(*(c.route(f"m{i:02d}", "flaky") for i in range(40)),
+                                    return_exceptions=True)
+    assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+    assert {o.code() for o in outcomes} == {grpc.StatusCode.INTERNAL}
+    monkeypatch.setattr(store, "commit", commit)
+    assert await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="flaky"),
+                                   metadata=c.md()) == pb.ListGroupsResponse()
+    routed = await asyncio.gather(*(c.route(f"m{i:02d}", "flaky") for i in range(25)))
+    assert Counter(r.group.id for r in routed) == {"flaky-1": 10, "flaky-2": 10, "flaky-3": 5}
+    assert all(r.first_join for r in routed)
