@@ -18,6 +18,9 @@ of the 25,000-group server, then 100, 25k, 100, 25k, 100 alternated, and echo: e
 ratio uses the echo runs next to it, and routing at 25,000 groups is compared by the
 mean of its runs against the mean of the runs at 100 around them.
 
+Then the floods (not a goal, a figure): 1,000 new members scanning one live code at
+once, three times, each against 1,000 echo calls at once right before it.
+
 Goals: RouteMember and CheckIn >= 40% of echo; routing time at 25,000 groups within
 10% of 100 groups (calls/s at 25k >= 1/1.10 of calls/s at 100). Results go to
 bench/results/community.json. Exit 1 when calls failed (or, with --strict, a goal
@@ -66,6 +69,7 @@ WARM_UP_LARGE = "warm-up@25k"
 SCHEDULE = ("echo", "RouteMember", "echo", "CheckIn", "echo", WARM_UP_LARGE,
             "RouteMember@100", "RouteMember@25k", "RouteMember@100", "RouteMember@25k",
             "RouteMember@100", "echo")
+FLOOD, FLOOD_ROUNDS = 1000, 3  # scans of one live code at once (floods)
 POOLS = 25  # live codes being scanned at once (one per store): 4 or 1,000 groups each
 RULES_IDS = [f"bench-{p:02d}" for p in range(POOLS)]
 
@@ -217,10 +221,35 @@ async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
             say(f"  {label:<16} {result.rate:>9,.0f} calls/s"
                 + (f"  ({result.errors} errors: {result.first_error})" if result.errors else ""))
             runs.append(result)
+        flood = await floods(stubs["small"].RouteMember, echo_call, requests, md, say)
         errors = [line for s in servers if s.kind == "community" for line in s.error_lines()]
-        return {"runs": runs, "seeded": seeded, "server_errors": errors}
+        return {"runs": runs, "seeded": seeded, "server_errors": errors, "flood": flood}
     finally:
         await shut_down(channels, servers, valkey)
+
+
+async def floods(route: Any, echo: Any, requests: Requests, md: Any, say) -> dict:
+    """FLOOD new members scanning one live code at once (a poster at a store event),
+    FLOOD_ROUNDS times, each into a pool of its own, against FLOOD echo calls at once
+    right before: the time for all of them to be answered, and its ratio to echo's."""
+    rounds = []
+    for n in range(FLOOD_ROUNDS):
+        echo_calls = [requests.echo() for _ in range(FLOOD)]
+        started = time.perf_counter()
+        await asyncio.gather(*(echo(r, metadata=md) for r in echo_calls))
+        echo_seconds = time.perf_counter() - started
+        scans = [cpb.RouteMemberRequest(member_id=f"flood-{n}-{i:04d}", rule_id=RULES_IDS[n])
+                 for i in range(FLOOD)]
+        started = time.perf_counter()
+        routed = await asyncio.gather(*(route(r, metadata=md) for r in scans))
+        seconds = time.perf_counter() - started
+        assert len({r.membership.member_id for r in routed}) == FLOOD
+        rounds.append({"seconds": round(seconds, 4), "echo_seconds": round(echo_seconds, 4),
+                       "ratio": round(seconds / echo_seconds, 2)})
+        say(f"  flood {n + 1}: {FLOOD:,} scans of one code answered in {seconds * 1000:,.0f}"
+            f" ms ({seconds / echo_seconds:.1f}x {FLOOD:,} echo calls at once,"
+            f" {echo_seconds * 1000:,.0f} ms)")
+    return {"scans": FLOOD, "rounds": rounds}
 
 
 def figures(runs: list[RunResult]) -> list[report.Figure]:
@@ -273,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         "scale": {"groups": [SMALL, LARGE], "calls_per_second_small": round(small, 1),
                   "calls_per_second_large": round(large, 1), "time_ratio": round(ratio, 4),
                   "goal": SCALE_GOAL, "passed": scale_ok},
+        "flood": m["flood"],
         "total_seconds": round(time.perf_counter() - started, 1),
     }
+    times = [r["seconds"] * 1000 for r in m["flood"]["rounds"]]
+    ratios = [r["ratio"] for r in m["flood"]["rounds"]]
+    print(f"{FLOOD:,} scans of one live code at once: {min(times):,.0f}-{max(times):,.0f} ms"
+          f" ({min(ratios):.1f}-{max(ratios):.1f}x as long as {FLOOD:,} echo calls at once)")
     print(f"written: {report.write_json(payload, 'community.json')}")
     failed = sum(r.errors for r in runs)
     if failed or m["server_errors"]:
