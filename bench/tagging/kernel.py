@@ -119,6 +119,22 @@ def _since(day: np.ndarray, today: int) -> np.ndarray:
     return np.where(day >= 0, today - day.astype(np.int64), NEVER_DAYS)
 
 
+def lifecycle_stage(since_reg: np.ndarray, since_first: np.ndarray, since_last: np.ndarray,
+                    buyer: np.ndarray, t: LifecycleThresholds) -> np.ndarray:
+    """The LIFECYCLE code per member, written out by hand (first match wins: assigned
+    in reverse order of precedence). New: the first known activity (registration or
+    first order, the earlier; an unknown one is NEVER_DAYS ago) less than new_days ago."""
+    stage = np.full(len(since_last), 4, dtype=np.int8)
+    first_seen = np.where(since_reg >= NEVER_DAYS, since_first,
+                          np.where(since_first >= NEVER_DAYS, since_reg,
+                                   np.maximum(since_reg, since_first)))
+    stage[since_last < t.sleeping_days] = 3
+    stage[since_last < t.active_days] = 2
+    stage[~buyer] = 5
+    stage[first_seen < t.new_days] = 1
+    return stage
+
+
 def kernel_step(h: History, today: int, manual: Masks, t: LifecycleThresholds) -> Masks:
     n = len(h.idx)
     members = np.arange(n)
@@ -191,12 +207,8 @@ def kernel_step(h: History, today: int, manual: Masks, t: LifecycleThresholds) -
             cycle[c] = max(1, int(np.floor(pop.median(gaps[c]) + 0.5)))
     masks: Masks = dict(manual)
     # Lifecycle (first match wins: assign in reverse order of precedence).
-    stage = np.full(n, 4, dtype=np.int8)
-    since_reg, since_last = f["days_since_registered"], f["days_since_last_order"]
-    stage[since_last < t.sleeping_days] = 3
-    stage[since_last < t.active_days] = 2
-    stage[~buyer] = 5
-    stage[since_reg < t.new_days] = 1
+    stage = lifecycle_stage(f["days_since_registered"], f["days_since_first_order"],
+                            f["days_since_last_order"], buyer, t)
     for code, (key, _) in LIFECYCLE.items():
         masks[sc.LIFECYCLE_PREFIX + key] = stage == code
     # Repurchase due.

@@ -9,8 +9,9 @@ never open the same number twice) and announced (GroupOpened); without a templat
 pool is full (POOL_FULL). The chosen group's entry rules are checked and the member
 joins, in one unit of work with the group's count.
 
-Scans of one pool are routed in batches, in the pool's turn: while a batch is being
-written, the scans that arrive wait for the next one (up to MAX_BATCH), which reads
+Scans of one pool are routed in batches, one batch of a pool at a time in the
+process (the pool's queue is its turn; no lock): while a batch is being written,
+the scans that arrive wait for the next one (up to MAX_BATCH), which reads
 the pool's open groups once, chooses each member's group in memory as routing them
 one by one would (domain.routing.PoolFill), writes each group joined once and commits
 every join together. So 1,000 concurrent joins never conflict among themselves, open
@@ -246,8 +247,8 @@ class Routing:
         return outcome
 
     async def _drain(self, rule_id: str, queue: list[_Scan]) -> None:
-        """Routes the pool's queued scans, a batch at a time in the pool's turn, until
-        none is left; each scan's caller gets its own answer or error."""
+        """Routes the pool's queued scans, a batch at a time, until none is left; each
+        scan's caller gets its own answer or error."""
         try:
             while queue:
                 batch = _take_batch(queue)
