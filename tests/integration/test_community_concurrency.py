@@ -194,3 +194,19 @@ async def test_a_failing_store_fails_the_waiting_scans_and_the_pool_routes_again
     routed = await asyncio.gather(*(c.route(f"m{i:02d}", "flaky") for i in range(25)))
     assert Counter(r.group.id for r in routed) == {"flaky-1": 10, "flaky-2": 10, "flaky-3": 5}
     assert all(r.first_join for r in routed)
+
+
+async def test_a_batch_opens_one_group_and_leaves_the_rest_to_the_next(community: Community):
+    """Groups of two and 21 scans at once: a batch opens at most one group (the rule's
+    numbering moves once per commit), so the scans past its second seat wait for the
+    next batch, which opens the next number; every group fills, none is skipped."""
+    c = community
+    await c.rule("pairs", template=pb.GroupTemplate(name_prefix="Pair", kind=1, capacity=2))
+    routed = await asyncio.gather(*(c.route(f"m{i:02d}", "pairs") for i in range(21)))
+    assert Counter(r.group.id for r in routed) == {
+        **{f"pairs-{n}": 2 for n in range(1, 11)}, "pairs-11": 1}
+    assert sorted(r.group.id for r in routed if r.opened_group) == sorted(
+        f"pairs-{n}" for n in range(1, 12))
+    rule = await c.stub.GetRoutingRule(pb.GetRoutingRuleRequest(rule_id="pairs"),
+                                       metadata=c.md())
+    assert (rule.last_sequence, rule.open_groups) == (11, 1)
