@@ -110,7 +110,7 @@ async def serve_service(kind: str, port_file: str, profiler: _Profiler | None,
         runpy.run_path(patch, run_name="bench_patch")
     # Imported here so the echo process loads nothing of Pond's.
     from services.runtime.logs import configure_logging
-    from services.runtime.server import freeze_startup_heap
+    from services.runtime.server import tune_heap_for_serving
 
     if kind == "community":
         from services.community.server import SPEC as spec
@@ -121,7 +121,7 @@ async def serve_service(kind: str, port_file: str, profiler: _Profiler | None,
     settings = spec.settings()
     configure_logging(settings.log_level, settings.log_format)
     service = await start_service(spec, settings, port=0, metrics=False)
-    freeze_startup_heap()  # as services.runtime.entrypoint does in production
+    tune_heap_for_serving()  # as services.runtime.entrypoint does in production
     if profiler:
         profiler.install(asyncio.get_running_loop())
     _write_port(port_file, service.port)

@@ -30,7 +30,7 @@ from services.runtime.host import ServiceHost, start_service
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.loop import run
 from services.runtime.redis_conn import EmbeddedValkey, redact_url
-from services.runtime.server import freeze_startup_heap, termination_requested
+from services.runtime.server import termination_requested, tune_heap_for_serving
 from services.runtime.supervision import Supervised, Task
 from services.tagging.server import SPEC as TAGGING
 from services.tagging.settings import TaggingSettings
@@ -108,7 +108,7 @@ async def main() -> int:
             os.environ["POND_WECHAT_API_BASE"] = http[-1].url
         gateway_settings = GatewaySettings()
         http.append(await gateway_server(gateway_settings).start())
-        freeze_startup_heap()
+        tune_heap_for_serving()
         token_file = config.token_path(data_dir)
         write_private(
             token_file,

@@ -50,14 +50,14 @@ def compact_payloads() -> None:
 
 async def serve(port_file: str, profiler: _Profiler | None) -> None:
     from services.runtime.logs import configure_logging
-    from services.runtime.server import freeze_startup_heap
+    from services.runtime.server import tune_heap_for_serving
     from services.tagging.server import start_tagging_service
     from services.tagging.settings import TaggingSettings
 
     settings = TaggingSettings()
     configure_logging(settings.log_level, settings.log_format)
     service = await start_tagging_service(settings, port=0, metrics=False)
-    freeze_startup_heap()  # as services.runtime.entrypoint does in production
+    tune_heap_for_serving()  # as services.runtime.entrypoint does in production
     if profiler:
         profiler.install(asyncio.get_running_loop())
     _write_port(port_file, service.port)

@@ -10,7 +10,7 @@ from typing import Any
 from services.runtime.host import ServiceSpec, start_service
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.loop import run
-from services.runtime.server import freeze_startup_heap, wait_for_termination_signal
+from services.runtime.server import tune_heap_for_serving, wait_for_termination_signal
 
 
 async def serve(spec: ServiceSpec[Any]) -> int:
@@ -27,7 +27,7 @@ async def serve(spec: ServiceSpec[Any]) -> int:
         log.error("missing configuration", missing=missing)
         return 2
     host = await start_service(spec, settings)
-    freeze_startup_heap()
+    tune_heap_for_serving()
     await wait_for_termination_signal()
     log.info("shutting down", grace=settings.shutdown_grace)
     await host.stop(settings.shutdown_grace)

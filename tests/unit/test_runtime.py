@@ -773,3 +773,19 @@ def test_an_envelope_holds_what_any_pack_and_a_timestamp_would() -> None:
     assert (event.producer, event.subject_id, event.request_id) == ("member", "m-new", "req-1")
     unpacked = mev.MembersMerged()
     assert event.payload.Unpack(unpacked) and unpacked == payload
+
+
+def test_a_serving_process_freezes_its_start_up_heap_and_collects_less_often() -> None:
+    import gc
+
+    from services.runtime.server import GC_THRESHOLDS, tune_heap_for_serving
+
+    before = gc.get_threshold()
+    try:
+        tune_heap_for_serving()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
