@@ -119,7 +119,7 @@ async def test_a_member_scanning_a_code_many_times_at_once_joins_one_group(
 
 
 async def test_scans_of_one_pool_at_once_go_in_batches_each_with_its_own_answer(
-        community: Community, redis, monkeypatch):
+        community: Community, redis):
     """Concurrent scans of one live code are routed in batches (one read of the pool
     and one commit for many joins); within a batch each member still gets their own
     answer: a member who has not paid the entry fee is refused alone, a member scanning
@@ -129,14 +129,6 @@ async def test_scans_of_one_pool_at_once_go_in_batches_each_with_its_own_answer(
     template = pb.GroupTemplate(name_prefix="Fee", kind=1, capacity=30)
     template.entry_rules.entry_fee_fen = 990
     await c.rule("fee", template=template)
-    store = c.service.use_cases.routing.store
-    commit, commits = store.commit, []
-
-    async def counted(uow):
-        commits.append(uow)
-        return await commit(uow)
-
-    monkeypatch.setattr(store, "commit", counted)
 
     async def scan(i: int) -> tuple[str, object]:
         paid = i % 3 != 0
@@ -160,7 +152,6 @@ async def test_scans_of_one_pool_at_once_go_in_batches_each_with_its_own_answer(
     for gid in ("fee-1", "fee-2"):  # each joiner saw their own count: 1, 2, ... 30
         assert sorted(r.group.member_count for r in joins if r.group.id == gid) == list(
             range(1, 31))
-    assert len(commits) < 30  # batches, not a commit per join
     groups = await c.stub.ListGroups(pb.ListGroupsRequest(pool_id="fee"), metadata=c.md())
     assert {g.id: g.member_count for g in groups.groups} == {"fee-1": 30, "fee-2": 30}
     events = await eventually(lambda: published(redis),
@@ -210,3 +201,27 @@ async def test_a_batch_opens_one_group_and_leaves_the_rest_to_the_next(community
     rule = await c.stub.GetRoutingRule(pb.GetRoutingRuleRequest(rule_id="pairs"),
                                        metadata=c.md())
     assert (rule.last_sequence, rule.open_groups) == (11, 1)
+
+
+async def test_scans_queued_behind_a_batch_go_in_one_commit(community: Community,
+                                                             monkeypatch):
+    """The scans that arrive while a pool's batch is being written are routed
+    together: 100 scans started at once cost two commits (the first scan's, then one
+    for the 99 that queued behind it), not 100. In-process, so that all 99 are queued
+    before the first commit returns (over gRPC, arrivals spread with the server's
+    load; the gRPC tests above check the answers)."""
+    c = community
+    await c.rule("queue", template=pb.GroupTemplate(name_prefix="Queue", kind=1, capacity=500))
+    routing = c.service.use_cases.routing
+    commit, commits = routing.store.commit, []
+
+    async def counted(uow):
+        commits.append(uow)
+        return await commit(uow)
+
+    monkeypatch.setattr(routing.store, "commit", counted)
+    routed = await asyncio.gather(*(routing.route(f"m{i:03d}", "queue", "", "")
+                                    for i in range(100)))
+    assert len(commits) == 2
+    assert [r.joined.group["member_count"] for r in routed] == list(range(1, 101))
+    assert sum(r.opened_group for r in routed) == 1
