@@ -225,3 +225,24 @@ async def test_scans_queued_behind_a_batch_go_in_one_commit(community: Community
     assert len(commits) == 2
     assert [r.joined.group["member_count"] for r in routed] == list(range(1, 101))
     assert sum(r.opened_group for r in routed) == 1
+
+
+async def test_a_scan_given_up_while_queued_joins_nothing(community: Community):
+    """A caller that gives up (its deadline, a closed mini-program) while its scan waits
+    for the pool's next batch is left out of it: it joins nothing, and the scans queued
+    with it join as usual."""
+    c = community
+    await c.rule("quit", template=pb.GroupTemplate(name_prefix="Quit", kind=1, capacity=500))
+    routing = c.service.use_cases.routing
+    tasks = [asyncio.create_task(routing.route(f"m{i:02d}", "quit", "", "")) for i in range(50)]
+    await asyncio.sleep(0)  # the first scan is being written; the other 49 are queued
+    for task in tasks[10:20]:
+        task.cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes[10:20])
+    joined = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(joined) == 40
+    for i in range(50):
+        groups = await c.stub.ListMemberGroups(pb.ListMemberGroupsRequest(
+            member_id=f"m{i:02d}"), metadata=c.md())
+        assert len(groups.memberships) == (0 if 10 <= i < 20 else 1), i
