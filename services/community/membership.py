@@ -95,24 +95,31 @@ class Membership:
         archived or full or the member fails its entry rules. Nothing added when the
         member is in the group already. `stats`: the member's counters (member_stats)
         as read in this attempt."""
-        current = None if stats is None else await self.stint(group["_id"], member_id)
+        current = await self.joinable(group, member_id, stats, facts)
         if current is not None and current["state"] == ACTIVE:
             return Joined(group, current, already_member=True)
-        dg.ensure_joinable(group)
-        dg.check_entry(group["entry_rules"], facts)
         joined = self.admit(uow, group, member_id, stats, current, rule_id)
         write_group(uow, joined.group)
         return joined
 
-    async def stint(self, group_id: str, member_id: str) -> Doc | None:
-        """The member's membership of the group, active or past (None: never in it).
-        Not asked for a member without counters (member_stats): never in any group."""
-        return await self.store.get(MEMBERSHIPS.name, membership_id(group_id, member_id))
+    async def joinable(self, group: Doc, member_id: str, stats: Doc | None,
+                       facts: dg.EntryFacts) -> Doc | None:
+        """The member's membership of the group, active or past (None: never in it; not
+        read for a member without counters, who was never in any group). An active one
+        is returned as it is; otherwise RuleViolation unless the group takes the member
+        now (active, with room, its entry rules met)."""
+        current = None if stats is None else await self.store.get(
+            MEMBERSHIPS.name, membership_id(group["_id"], member_id))
+        if current is not None and current["state"] == ACTIVE:
+            return current
+        dg.ensure_joinable(group)
+        dg.check_entry(group["entry_rules"], facts)
+        return current
 
     def admit(self, uow: UnitOfWork, group: Doc, member_id: str, stats: Doc | None,
               current: Doc | None, rule_id: str) -> Joined:
         """The join's membership, the member's counters and its event added to `uow`,
-        once the group has taken the member (ensure_joinable, check_entry). The group
+        once the group has taken the member (joinable). The group
         with its new count is the Joined's, not written: a batch of joins into one
         group writes it once (write_group)."""
         now, micros = self.w.now(), self.w.now_micros()

@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from services.community.domain import groups as dg
 from services.community.domain import routing as dr
 from services.community.domain.errors import RuleViolation
 from services.community.events import GroupOpened
@@ -233,8 +232,7 @@ class Routing:
         try:
             outcome: Outcome = None
             while outcome is None:
-                outcome = (await self.w.run(None, functools.partial(
-                    self._route_batch, rule_id, [scan], [0])))[0]
+                outcome = (await self._routed_batch(rule_id, [scan]))[0]
         finally:
             if queue:
                 task = asyncio.get_running_loop().create_task(self._drain(rule_id, queue))
@@ -255,8 +253,7 @@ class Routing:
                 if not batch:
                     continue
                 try:
-                    outcomes = await self.w.run(None, functools.partial(
-                        self._route_batch, rule_id, batch, [0]))
+                    outcomes = await self._routed_batch(rule_id, batch)
                 except Exception as exc:  # the batch as a whole failed
                     outcomes = [exc] * len(batch)
                 except BaseException:
@@ -279,6 +276,12 @@ class Routing:
             for scan in queue:  # only when cancelled (the service stopping)
                 if not scan.future.done():
                     scan.future.set_exception(_stopping())
+
+    async def _routed_batch(self, rule_id: str, batch: list[_Scan]) -> list[Outcome]:
+        """The batch routed, again while it loses races (no lock: the pool's queue is
+        its turn in this process)."""
+        return await self.w.run(None, functools.partial(self._route_batch, rule_id, batch,
+                                                        [0]))
 
     async def _route_batch(self, rule_id: str, batch: list[_Scan],
                            attempts: list[int]) -> list[Outcome]:
@@ -323,17 +326,20 @@ class Routing:
                     group = cast(Doc, choice)
                 facts = await self.membership.entry_facts(group["entry_rules"], scan.lookup,
                                                           scan.payment_id)
-                current = None if stats is None else await self.membership.stint(
-                    group["_id"], scan.member_id)
-                dg.ensure_joinable(group)
-                dg.check_entry(group["entry_rules"], facts)
+                current = await self.membership.joinable(group, scan.member_id, stats, facts)
             except RuleViolation as exc:
                 outcomes[i] = rule_error(exc)
                 continue
             except Exception as exc:  # another service's answer, say: this scan's alone
                 outcomes[i] = exc
                 continue
-            opened = group is opening and group["_id"] not in joined_groups
+            if current is not None and current["state"] == ACTIVE:
+                # Not expected (the find above sees the pool's active memberships);
+                # answered as add_member does rather than counted twice.
+                outcomes[i] = Routed(Joined(group, current, already_member=True), rule_id)
+                continue
+            # The group as opened is only ever chosen until its first join replaces it.
+            opened = group is opening
             if opened:  # its first member: the group is opened, then joined
                 self._announce_opening(uow, rule, group)
             joined = self.membership.admit(uow, group, scan.member_id, stats, current,
