@@ -158,7 +158,7 @@ async def _measure(workdir: Path, calls: int, say, servers: frozenset[str] = SER
         tag = secrets.token_hex(3)
 
         def env(data: str, db: int) -> dict[str, str]:
-            url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
+            url = valkey.url_of(db)
             return _server_env(workdir / data, url, secret, phone_key, "info", {
                 "POND_COMMUNITY_MEMBER_TARGET": "127.0.0.1:9",
                 "POND_COMMUNITY_TAGGING_TARGET": "127.0.0.1:8",

@@ -190,7 +190,7 @@ async def measure(args: argparse.Namespace, workdir: Path, say) -> dict:
             # Each server on its own Redis database: on one, the server started first
             # would hold the relay's lease for both and their consumer groups would
             # share each other's events (the idle one doing part of the other's work).
-            redis_url = valkey.url.rsplit("/", 1)[0] + f"/{db}"
+            redis_url = valkey.url_of(db)
             proc, ch = await start_community(workdir / f"{label}-run", workdir / label,
                                              redis_url, secret, args.log_level)
             servers.append(proc)

@@ -51,7 +51,7 @@ async def one_repeat(workdir: Path, seeded: Path, patch: str, method: str,
             shutil.copytree(seeded, workdir / label)
             proc, channel = await bench_community.start_community(
                 workdir / f"{label}-run", workdir / label,
-                valkey.url.rsplit("/", 1)[0] + f"/{db}", secret, "info",
+                valkey.url_of(db), secret, "info",
                 *(("--patch", patch) if label == "B" else ()))
             servers.append(proc)
             channels.append(channel)

@@ -48,8 +48,13 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
+        return self.url_of(0)
+
+    def url_of(self, db: int) -> str:
+        """The URL of logical database `db` (servers of one service on one database
+        share its relay lease and consumer groups: give each its own)."""
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     @property
     def pid(self) -> int | None:
